@@ -1,0 +1,152 @@
+"""Typed settings for every component, from environment, a TOML file and the private stack.
+
+Precedence, highest first: environment variables (`GAS_SAFETY_<SECTION>__<FIELD>`, e.g.
+`GAS_SAFETY_DB__DSN`), the TOML file named by `GAS_SAFETY_CONFIG` (or `gas-safety.toml`
+in the working directory), the ports of the private stack when it runs (`.stack/runtime.json`),
+then the defaults below. Point `mqtt` and `db` at existing servers to run without the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stack_home() -> Path:
+    return Path(os.environ.get("GAS_SAFETY_HOME", ROOT / ".stack"))
+
+
+class MqttSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = "gateway"
+    password: SecretStr = SecretStr("")
+    client_id: str = "gas-safety-gateway"
+    topic_prefix: str = "gas/v1"
+    keepalive_s: int = 30
+    # Unacknowledged QoS 1 messages we let the broker keep in flight towards us; Mosquitto
+    # must allow at least this many (max_inflight_messages in mosquitto.conf).
+    max_unacked: int = Field(default=20_000, ge=100, le=60_000)
+
+
+class DbSettings(BaseModel):
+    dsn: str = "host=127.0.0.1 port=5432 dbname=gas_safety user=gas_safety"
+    batch_rows: int = Field(default=5_000, ge=1)
+    batch_max_s: float = Field(default=0.010, gt=0)
+    # Readings held in memory while the database is away; beyond it acknowledgements stop
+    # and the broker holds the rest (back-pressure).
+    buffer_rows: int = Field(default=200_000, ge=1_000)
+    retention_days: int = Field(default=365, ge=1)
+
+
+class DetectionSettings(BaseModel):
+    """Defaults of shared/ARCHITECTURE.md section 3; per-model overrides by model name."""
+
+    prealarm_lel: float = 10.0
+    prealarm_count: int = 3
+    leak_lel: float = 20.0
+    leak_count: int = 2
+    leak_instant_lel: float = 40.0
+    heartbeat_s: float = 300.0
+    offline_heartbeats: int = 3
+    overflow_factor: float = 1.5
+    continuous_flow_s: float = 10 * 3600
+    battery_low_v: float = 3.3
+    clock_skew_s: float = 300.0
+    sweep_interval_s: float = 5.0
+    models: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class ResponseSettings(BaseModel):
+    ack_timeout_s: float = 5.0
+    max_resends: int = 3
+    backoff_factor: float = 2.0
+    emergency_arrival_s: float = 30 * 60
+    routine_repair_s: float = 4 * 3600
+    notify_channel: Literal["log", "webhook"] = "log"
+    notify_webhook_url: str | None = None
+    notify_max_attempts: int = 5
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    jwt_secret: SecretStr | None = None
+    token_ttl_s: int = Field(default=3600, ge=60, le=7 * 86400)
+    max_points: int = 10_000
+    max_range_days: int = 400
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GAS_SAFETY_", env_nested_delimiter="__",
+                                      extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+    log_json: bool = False
+    metrics_port: int = 9108
+    mqtt: MqttSettings = MqttSettings()
+    db: DbSettings = DbSettings()
+    detection: DetectionSettings = DetectionSettings()
+    response: ResponseSettings = ResponseSettings()
+    api: ApiSettings = ApiSettings()
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        return v.upper()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _DictSource(settings_cls, _file_values()),
+                _DictSource(settings_cls, _stack_values()))
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def _file_values() -> dict[str, Any]:
+    path = Path(os.environ.get("GAS_SAFETY_CONFIG", "gas-safety.toml"))
+    if not path.is_file():
+        return {}
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+def _stack_values() -> dict[str, Any]:
+    """Where the private stack runs, so that every command finds it with no configuration."""
+    runtime = stack_home() / "runtime.json"
+    if not runtime.is_file():
+        return {}
+    info = json.loads(runtime.read_text())
+    return {
+        "mqtt": {"host": "127.0.0.1", "port": info["mqtt_port"], "username": "gateway",
+                 "password": info["gateway_password"]},
+        "db": {"dsn": info["dsn"]},
+    }
+
+
+def load() -> Settings:
+    return Settings()

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Installs what gas-safety needs on a Debian machine, idempotently:
+#   1. Debian packages (Mosquitto, PostgreSQL 15, the TimescaleDB build tools);
+#   2. TimescaleDB (Apache build) for PostgreSQL 15, from Debian trixie's source
+#      package, through a private apt configuration (the system's sources stay untouched);
+#   3. a virtual environment (.venv) with the project installed.
+# A second run finds everything in place and returns in a few seconds.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+state="${GAS_SAFETY_HOME:-$root/.stack}"
+pg_version=15
+tsdb_version="${TSDB_VERSION:-2.19.3}"
+packages=(mosquitto mosquitto-clients postgresql-$pg_version postgresql-client-$pg_version
+          postgresql-server-dev-$pg_version cmake gcc make dpkg-dev libssl-dev libkrb5-dev)
+
+log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31mbootstrap: %s\033[0m\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@";
+  else die "need root (or sudo) to run: $*"; fi
+}
+
+install_packages() {
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq || die "apt-get update failed; check the machine's apt sources"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+  # Debian's postgresql-common may create and start a default cluster; we never use it,
+  # and leave it alone if it was already there.
+}
+
+# The mirror the machine already uses, read from its own apt sources (deb822 or one-line).
+debian_mirror() {
+  local uri=""
+  if compgen -G "/etc/apt/sources.list.d/*.sources" >/dev/null; then
+    uri=$(awk '/^URIs:/ {print $2}' /etc/apt/sources.list.d/*.sources | grep -v -- '-security' | head -n1)
+  fi
+  if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+    uri=$(awk '$1=="deb" {for(i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list \
+          | grep -v -- '-security' | head -n1)
+  fi
+  [ -n "$uri" ] || die "cannot find a Debian mirror in /etc/apt/sources.list{,.d}"
+  echo "$uri"
+}
+
+install_timescaledb() {
+  local pkglibdir
+  pkglibdir=$(/usr/lib/postgresql/$pg_version/bin/pg_config --pkglibdir)
+  if [ -f "$pkglibdir/timescaledb.so" ]; then return 0; fi
+  log "building TimescaleDB $tsdb_version (Apache build) for PostgreSQL $pg_version"
+  local apt_dir="$state/apt" build="$state/build"
+  mkdir -p "$apt_dir/lists/partial" "$build"
+  local mirror keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  mirror=$(debian_mirror)
+  echo "deb-src [signed-by=$keyring] $mirror trixie main" > "$apt_dir/sources.list"
+  local apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+                  -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
+  apt-get "${apt_opts[@]}" update -qq || die "apt-get update of the private trixie deb-src failed"
+  (cd "$build" && apt-get "${apt_opts[@]}" source --download-only -qq timescaledb) \
+      || apt-get "${apt_opts[@]}" source --download-only -qq timescaledb) \
+    || die "cannot download the timescaledb source package"
+  local dsc
+  dsc=$(ls -t "$build"/timescaledb_*.dsc | head -n1)
+  rm -rf "$build/src"
+  dpkg-source --no-check -x "$dsc" "$build/src" >/dev/null || die "cannot unpack $dsc"
+  (cd "$build/src" && PATH="/usr/lib/postgresql/$pg_version/bin:$PATH" ./bootstrap \
+      -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF -DAPACHE_ONLY=ON \
+      -DPG_CONFIG="/usr/lib/postgresql/$pg_version/bin/pg_config" >"$build/configure.log" 2>&1) \
+    || die "TimescaleDB configure failed; see $build/configure.log"
+  as_root make -C "$build/src/build" -j"$(nproc)" install >"$build/make.log" 2>&1 \
+    || die "TimescaleDB build failed; see $build/make.log"
+  [ -f "$pkglibdir/timescaledb.so" ] || die "TimescaleDB installed, but $pkglibdir/timescaledb.so is missing"
+  log "TimescaleDB installed into $pkglibdir"
+}
+
+install_venv() {
+  local venv="$root/.venv" stamp="$root/.venv/.gas-safety-installed"
+  local want
+  want=$(cat "$root/pyproject.toml" "$root/requirements.lock" 2>/dev/null | sha256sum | cut -c1-16)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  log "creating the virtual environment .venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || die "python3 -m venv failed (install python3-venv)"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/requirements.lock" \
+    || die "pip install -r requirements.lock failed"
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$root" \
+    || die "pip install -e . failed"
+  echo "$want" > "$stamp"
+}
+
+install_packages
+install_timescaledb
+install_venv
