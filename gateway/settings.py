@@ -8,6 +8,7 @@ then the defaults below. Point `mqtt` and `db` at existing servers to run withou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tomllib
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
+from gateway.detection import Thresholds
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,21 +50,20 @@ class DbSettings(BaseModel):
 
 
 class DetectionSettings(BaseModel):
-    """Defaults of shared/ARCHITECTURE.md section 3; per-model overrides by model name."""
+    """Rule thresholds (defaults: shared/ARCHITECTURE.md section 3, in gateway.detection).
 
-    prealarm_lel: float = 10.0
-    prealarm_count: int = 3
-    leak_lel: float = 20.0
-    leak_count: int = 2
-    leak_instant_lel: float = 40.0
-    heartbeat_s: float = 300.0
-    offline_heartbeats: int = 3
-    overflow_factor: float = 1.5
-    continuous_flow_s: float = 10 * 3600
-    battery_low_v: float = 3.3
-    clock_skew_s: float = 300.0
-    sweep_interval_s: float = 5.0
+    `models` overrides some thresholds for one device model, on top of `thresholds`:
+    `GAS_SAFETY_DETECTION__MODELS='{"LD-200": {"leak_lel": 15}}'`.
+    """
+
+    thresholds: Thresholds = Thresholds()
     models: dict[str, dict[str, float]] = Field(default_factory=dict)
+    clock_skew_s: float = Field(default=300.0, gt=0)
+    sweep_interval_s: float = Field(default=1.0, gt=0)
+    incident_window_s: float = Field(default=600.0, gt=0)
+
+    def for_model(self, model: str) -> Thresholds:
+        return dataclasses.replace(self.thresholds, **self.models.get(model, {}))
 
 
 class ResponseSettings(BaseModel):

@@ -1,0 +1,999 @@
+"""Detection core: the alarm rules of ARCHITECTURE section 3 over NumPy state arrays.
+
+Pure and batched. `FleetState` keeps every device's detection state in arrays indexed
+by a device *slot* (0..n-1); `evaluate_detectors`, `evaluate_meters`, `sweep`,
+`mark_offline` and `mark_seen` are steps `(state, batch, now) -> Effects` that update
+the state in place and return what happened as arrays (alarms raised and cleared,
+valves to close). No I/O, no asyncio, no clock: `now` is always an argument.
+
+Clocks: rules that measure a condition over readings (debounce, rise, stuck, flow
+runs) use each reading's own `ts` (device clock), so a backlog replayed after an
+outage is judged as it happened; liveness and service life use `now` (platform clock).
+
+Repeated devices in one batch: readings of the same slot are applied in batch order
+and the result equals applying them one at a time. Instead of sorting the whole
+batch, a scatter/gather over a per-slot scratch array finds which slots repeat (usually
+none), only those readings are stably sorted, and the batch is processed in rounds
+(round r holds every slot's r-th reading; usually one round, rarely two or three).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "AlarmKind",
+    "DeviceKind",
+    "Effects",
+    "FleetState",
+    "ModelThresholds",
+    "Thresholds",
+    "ValveCode",
+    "evaluate_detectors",
+    "evaluate_meters",
+    "group_incidents",
+    "mark_offline",
+    "mark_seen",
+    "sweep",
+]
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I32 = npt.NDArray[np.int32]
+U8 = npt.NDArray[np.uint8]
+U32 = npt.NDArray[np.uint32]
+Bool = npt.NDArray[np.bool_]
+Ix = npt.NDArray[np.intp]
+
+YEAR_S = 365.25 * 86400.0
+RING = 8  # samples kept per detector for the rate-of-rise rule
+_REBASE_S = 1.0e5  # rise-ring time offsets are float32: rebase before they lose precision
+
+
+class DeviceKind(IntEnum):
+    DETECTOR = 0
+    METER = 1
+
+
+class ValveCode(IntEnum):
+    """Valve position as reported by a meter (`valve` field), and the state's code for it."""
+
+    OPEN = 0
+    CLOSED = 1
+    FAULT = 2
+    UNKNOWN = 255  # no meter reading yet
+
+    @classmethod
+    def from_protocol(cls, valve: str) -> ValveCode:
+        return cls[valve.upper()]
+
+
+class AlarmKind(IntEnum):
+    """One bit each in `FleetState.active` (bit = 1 << kind)."""
+
+    PREALARM = 0
+    LEAK = 1
+    RISING = 2
+    DETECTOR_FAULT = 3
+    STUCK_SENSOR = 4
+    OFFLINE = 5
+    OVERFLOW = 6
+    CONTINUOUS_FLOW = 7
+    MICRO_LEAK = 8
+    VALVE_FAULT = 9
+    BATTERY_LOW = 10
+    METER_SERVICE_LIFE = 11
+    DETECTOR_SERVICE_LIFE = 12
+
+    @property
+    def bit(self) -> int:
+        return 1 << int(self)
+
+
+GAS_KINDS = (AlarmKind.PREALARM, AlarmKind.LEAK, AlarmKind.RISING)
+_N_KINDS = len(AlarmKind)
+_B = {k: np.uint32(1 << int(k)) for k in AlarmKind}
+_GAS_BITS = np.uint32(sum(1 << int(k) for k in GAS_KINDS))
+_NOT_OFFLINE = np.uint32(~np.uint32(_B[AlarmKind.OFFLINE]))
+_KIND_SHIFTS = np.arange(_N_KINDS, dtype=np.uint32)
+_IS_GAS = np.zeros(_N_KINDS, dtype=np.bool_)
+_IS_GAS[list(GAS_KINDS)] = True
+
+
+# ------------------------------------------------------------------ thresholds
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Every number of ARCHITECTURE section 3, with its default; units in the names."""
+
+    # detector gas levels, %LEL
+    prealarm_lel: float = 10.0
+    prealarm_count: int = 3  # consecutive readings >= prealarm_lel
+    leak_lel: float = 20.0
+    leak_count: int = 2  # consecutive readings >= leak_lel
+    leak_instant_lel: float = 40.0  # one reading is enough
+    clear_lel: float = 5.0  # gas alarms clear below this ...
+    clear_count: int = 3  # ... for this many consecutive readings
+    # rate of rise: least-squares slope over the window, extrapolated rise_lead_s ahead
+    rise_window_s: float = 60.0
+    rise_lead_s: float = 120.0
+    rise_floor_lel: float = 5.0  # only warn from this level up (and below leak_lel)
+    rise_track_lel: float = 1.0  # a reading below this ends the tracked rise
+    rise_min_samples: int = 4  # points in the window, the current reading included
+    rise_min_span_s: float = 30.0  # oldest point in the window at least this old
+    # sensor faults
+    fault_clear_count: int = 3  # healthy readings (fault == 0) that clear DETECTOR_FAULT
+    stuck_s: float = 3 * 86400.0
+    stuck_tolerance_lel: float = 0.001
+    stuck_ignore_below_lel: float = 0.5  # a flat 0.0 background is normal, not stuck
+    # liveness
+    heartbeat_s: float = 300.0
+    offline_heartbeats: int = 3
+    # meter flow, m3/h
+    start_flow_m3h: float = 0.016  # the meter's starting flow: below it, "no flow"
+    overflow_factor: float = 1.5  # OVERFLOW when flow > factor * qmax ...
+    overflow_clear_factor: float = 1.0  # ... clears when flow <= this factor * qmax
+    continuous_flow_s: float = 10 * 3600.0
+    micro_flow_factor: float = 2.0  # micro flow: 0 < flow < factor * start flow ...
+    micro_flow_s: float = 6 * 3600.0  # ... sustained this long
+    valve_closed_flow_count: int = 2  # consecutive readings: flow while valve closed
+    valve_clear_count: int = 3  # healthy valve readings that clear VALVE_FAULT
+    # battery and service life
+    battery_low_v: float = 3.3
+    battery_clear_v: float = 3.4
+    meter_life_years: float = 10.0  # diaphragm meters, JJG 577-2012
+    detector_life_years: float = 5.0  # residential alarms
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_count") or f.name in ("offline_heartbeats", "rise_min_samples"):
+                if not (isinstance(value, int) and 1 <= value <= 254):
+                    raise ValueError(f"{f.name}={value!r}: need an int in 1..254")
+            elif not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+                raise ValueError(f"{f.name}={value!r}: need a finite number >= 0")
+        if not self.clear_lel <= self.prealarm_lel <= self.leak_lel <= self.leak_instant_lel:
+            raise ValueError("need clear_lel <= prealarm_lel <= leak_lel <= leak_instant_lel")
+        if not self.rise_track_lel <= self.rise_floor_lel < self.leak_lel:
+            raise ValueError("need rise_track_lel <= rise_floor_lel < leak_lel")
+        if self.rise_min_samples > RING + 1:
+            raise ValueError(f"rise_min_samples={self.rise_min_samples}: at most {RING + 1}")
+        if self.rise_window_s <= 0 or self.heartbeat_s <= 0:
+            raise ValueError("rise_window_s and heartbeat_s must be > 0")
+        if self.overflow_clear_factor > self.overflow_factor:
+            raise ValueError("need overflow_clear_factor <= overflow_factor")
+        if self.battery_clear_v < self.battery_low_v:
+            raise ValueError("need battery_clear_v >= battery_low_v")
+
+
+ModelThresholds: TypeAlias = Mapping[int, Thresholds]
+"""Per-model overrides: model index -> Thresholds; models not listed use the default."""
+
+# Columns of the per-model table, with the dtype the rules compare in (float32 against
+# float32 readings, float64 for durations against float64 timestamps, uint8 run lengths).
+_COLUMNS: dict[str, tuple[type[np.generic], Callable[[Thresholds], float]]] = {}
+
+
+def _col(name: str, dtype: type[np.generic], fn: Callable[[Thresholds], float] | None = None,
+         ) -> None:
+    _COLUMNS[name] = (dtype, fn if fn is not None else (lambda t: getattr(t, name)))
+
+
+for _name in ("prealarm_lel", "leak_lel", "leak_instant_lel", "clear_lel", "rise_floor_lel",
+              "rise_track_lel", "stuck_tolerance_lel", "stuck_ignore_below_lel",
+              "start_flow_m3h", "overflow_factor", "overflow_clear_factor",
+              "battery_low_v", "battery_clear_v"):
+    _col(_name, np.float32)
+for _name in ("prealarm_count", "leak_count", "clear_count", "fault_clear_count",
+              "valve_closed_flow_count", "valve_clear_count", "rise_min_samples"):
+    _col(_name, np.uint8)
+for _name in ("rise_window_s", "rise_lead_s", "rise_min_span_s", "stuck_s",
+              "continuous_flow_s", "micro_flow_s"):
+    _col(_name, np.float64)
+_col("micro_max_m3h", np.float32, lambda t: t.micro_flow_factor * t.start_flow_m3h)
+_col("offline_s", np.float64, lambda t: t.offline_heartbeats * t.heartbeat_s)
+_col("rise_spacing_s", np.float64, lambda t: t.rise_window_s / RING)
+_col("meter_life_s", np.float64, lambda t: t.meter_life_years * YEAR_S)
+_col("detector_life_s", np.float64, lambda t: t.detector_life_years * YEAR_S)
+
+
+class _ThresholdTable:
+    """One small array per threshold, indexed by model: `column[model[slots]]`.
+
+    A column that is the same for every model is used as a scalar, so the common case
+    (no override touches it) costs no gather at all.
+    """
+
+    def __init__(self, default: Thresholds, overrides: ModelThresholds) -> None:
+        if any(k < 0 or k > np.iinfo(np.int16).max for k in overrides):
+            raise ValueError("model indices must be in 0..32767")
+        self.default = default
+        self.overrides = dict(overrides)
+        self.columns: dict[str, npt.NDArray[Any]] = {}
+        self.scalars: dict[str, np.generic | None] = {}
+        self.n_rows = 0
+        self.ensure_rows(max(self.overrides, default=0) + 1)
+
+    def ensure_rows(self, n_rows: int) -> None:
+        if n_rows <= self.n_rows:
+            return
+        rows = [self.overrides.get(i, self.default) for i in range(n_rows)]
+        for name, (dtype, fn) in _COLUMNS.items():
+            col = np.array([fn(r) for r in rows], dtype=dtype)
+            self.columns[name] = col
+            self.scalars[name] = col[0] if bool((col == col[0]).all()) else None
+        self.n_rows = n_rows
+
+    def row(self, model: int) -> Thresholds:
+        return self.overrides.get(model, self.default)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.columns.values())
+
+
+class _Lookup:
+    """Thresholds for the readings of one round: a scalar, or a gather by model."""
+
+    __slots__ = ("_model", "_m", "_s", "_table")
+
+    def __init__(self, table: _ThresholdTable, model: npt.NDArray[np.int16], s: Ix) -> None:
+        self._table, self._model, self._s = table, model, s
+        self._m: npt.NDArray[np.int16] | None = None
+
+    def __call__(self, name: str) -> Any:
+        scalar = self._table.scalars[name]
+        if scalar is not None:
+            return scalar
+        if self._m is None:
+            self._m = self._model.take(self._s)
+        return self._table.columns[name].take(self._m)
+
+
+# ------------------------------------------------------------------ effects
+
+def _empty(dtype: type[np.generic]) -> npt.NDArray[Any]:
+    return np.empty(0, dtype=dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """What one step did. Raised and cleared alarms, and valve closes to request.
+
+    Order: as if the readings were applied one at a time in batch order; within one
+    reading, by AlarmKind. `raised_value` is the reading behind the alarm (ch4 %LEL for
+    detector alarms, flow m3/h for meter alarms, volts for BATTERY_LOW, seconds of
+    silence for OFFLINE, age in years for service life). `raised_flow_at_meter` is set
+    for gas alarms (PREALARM, LEAK, RISING) whose household meter last reported flow
+    above its starting flow: the more certain alarms. Valve closes come only from LEAK
+    (the household's meter) and OVERFLOW (the meter itself), never from OFFLINE or a
+    fault; two detectors of one household leaking in one batch give two requests for
+    the same meter (the response layer keeps one command per meter).
+    """
+
+    raised_slot: I32
+    raised_kind: U8
+    raised_value: F32
+    raised_ts: F64
+    raised_flow_at_meter: Bool
+    cleared_slot: I32
+    cleared_kind: U8
+    cleared_ts: F64
+    close_valve_meter_slot: I32
+    close_cause: U8
+    close_trigger_slot: I32
+
+    @classmethod
+    def empty(cls) -> Effects:
+        return cls(_empty(np.int32), _empty(np.uint8), _empty(np.float32), _empty(np.float64),
+                   _empty(np.bool_), _empty(np.int32), _empty(np.uint8), _empty(np.float64),
+                   _empty(np.int32), _empty(np.uint8), _empty(np.int32))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Effects]) -> Effects:
+        """Join effects of consecutive steps, in the order given."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in _EFFECT_FIELDS))
+
+    def __len__(self) -> int:
+        return (self.raised_slot.size + self.cleared_slot.size
+                + self.close_valve_meter_slot.size)
+
+
+_EFFECT_FIELDS = tuple(f.name for f in dataclasses.fields(Effects))
+
+
+class _Collector:
+    """Gathers effects of the rounds of one step; orders them as sequential processing."""
+
+    __slots__ = ("changes", "closes", "sort")
+
+    def __init__(self) -> None:
+        # (row, slot, kind, raised, value, ts) and (row, meter, cause, trigger)
+        self.changes: list[tuple[Ix, I32, U8, Bool, F32, F64]] = []
+        self.closes: list[tuple[Ix, I32, U8, I32]] = []
+        self.sort = False
+
+    def finish(self, state: FleetState) -> Effects:
+        if not self.changes and not self.closes:
+            return Effects.empty()
+        if self.changes:
+            row, slot, kind, up, value, ts = (np.concatenate(c) for c in zip(*self.changes))
+            if self.sort:
+                order = np.argsort(row, kind="stable")
+                slot, kind, up, value, ts = slot[order], kind[order], up[order], value[order], ts[order]
+            down = ~up
+            r_slot, r_kind = slot[up], kind[up]
+            flow_at_meter = _flow_at_meter(state, r_slot, r_kind)
+            raised = (r_slot, r_kind, value[up], ts[up], flow_at_meter)
+            cleared = (slot[down], kind[down], ts[down])
+        else:
+            raised = (_empty(np.int32), _empty(np.uint8), _empty(np.float32),
+                      _empty(np.float64), _empty(np.bool_))
+            cleared = (_empty(np.int32), _empty(np.uint8), _empty(np.float64))
+        if self.closes:
+            crow, meter, cause, trig = (np.concatenate(c) for c in zip(*self.closes))
+            if self.sort:
+                order = np.argsort(crow, kind="stable")
+                meter, cause, trig = meter[order], cause[order], trig[order]
+            closes = (meter, cause, trig)
+        else:
+            closes = (_empty(np.int32), _empty(np.uint8), _empty(np.int32))
+        return Effects(*raised, *cleared, *closes)
+
+
+def _flow_at_meter(state: FleetState, slot: I32, kind: U8) -> Bool:
+    out = np.zeros(slot.size, dtype=np.bool_)
+    gas = np.flatnonzero(_IS_GAS[kind])
+    if gas.size:
+        meter = state.meter_slot[slot[gas]]
+        has = meter >= 0
+        m = meter[has]
+        start = state._table.columns["start_flow_m3h"][state.model[m]]
+        out[gas[has]] = state.last_flow_m3h[m] > start
+    return out
+
+
+def _emit(out: _Collector, s: Ix, rows: Ix | None, ts: F64, old: U32, new: U32,
+          value_of: Callable[[Ix, U8], F32]) -> Ix:
+    """Record the alarm bits that changed between `old` and `new`; return the changed rows.
+
+    `rows` maps round positions to batch positions (None: they are the same).
+    """
+    diff = old ^ new
+    ch = np.flatnonzero(diff)
+    if ch.size == 0:
+        return ch
+    bits = (diff[ch, None] >> _KIND_SHIFTS) & np.uint32(1)
+    i, k = np.nonzero(bits)  # row-major: by reading, then by kind
+    local = ch[i]
+    kind = k.astype(np.uint8)
+    up = ((new[local] >> kind.astype(np.uint32)) & np.uint32(1)).astype(np.bool_)
+    row = local if rows is None else rows[local]
+    out.changes.append((row, s[local].astype(np.int32), kind, up,
+                        value_of(local, kind), ts[local]))
+    return ch
+
+
+# ------------------------------------------------------------------ state
+
+# Per-slot run lengths (consecutive readings meeting a condition), packed as 8 uint8 in
+# one uint64 so a round gathers and scatters them once.
+_R_PRE, _R_LEAK, _R_CLEAR, _R_FAULT_OK, _R_RING_N, _R_RING_HEAD = 0, 1, 2, 3, 4, 5  # detectors
+_R_VALVE_FLOW, _R_VALVE_OK = 6, 7  # meters
+
+
+class FleetState:
+    """Detection state of a fleet, one entry per device slot, in NumPy arrays.
+
+    Slots are assigned by `add_devices` in order (0, 1, ...) and never reused. One
+    state belongs to one worker: it is not thread-safe, and a partition of the device
+    space is simply one FleetState per partition.
+
+    Public arrays (index by slot, read freely; write only `valve_state` and `last_seen`):
+    kind (uint8 DeviceKind), household (int32), meter_slot (int32, the household's meter
+    for a detector, the meter itself for a meter, -1 if none), model (int16), active
+    (uint32 bitmask of AlarmKind), last_seen (float64 platform time, NaN = never),
+    installed_ts, qmax_m3h, last_flow_m3h (NaN = no reading), valve_state (uint8 ValveCode).
+    """
+
+    # name -> (dtype, fill, trailing shape)
+    _ARRAYS: dict[str, tuple[type[np.generic], Any, tuple[int, ...]]] = {
+        "kind": (np.uint8, 255, ()),
+        "model": (np.int16, 0, ()),
+        "household": (np.int32, -1, ()),
+        "meter_slot": (np.int32, -1, ()),
+        "active": (np.uint32, 0, ()),
+        "last_seen": (np.float64, np.nan, ()),
+        "installed_ts": (np.float64, np.nan, ()),
+        "service_due_ts": (np.float64, np.inf, ()),
+        "runs": (np.uint8, 0, (8,)),
+        # detectors
+        "stuck_ref_lel": (np.float32, np.nan, ()),
+        "stuck_since_ts": (np.float64, np.inf, ()),
+        "rise_lel": (np.float32, 0.0, (RING,)),
+        "rise_dt_s": (np.float32, 0.0, (RING,)),
+        "rise_t0": (np.float64, 0.0, ()),
+        # meters
+        "qmax_m3h": (np.float32, np.nan, ()),
+        "last_flow_m3h": (np.float32, np.nan, ()),
+        "valve_state": (np.uint8, int(ValveCode.UNKNOWN), ()),
+        "flow_since_ts": (np.float64, np.inf, ()),  # start of the current flow run
+        "micro_since_ts": (np.float64, np.inf, ()),  # start of the current micro-flow run
+    }
+
+    kind: U8
+    model: npt.NDArray[np.int16]
+    household: I32
+    meter_slot: I32
+    active: U32
+    last_seen: F64
+    installed_ts: F64
+    service_due_ts: F64
+    runs: U8
+    stuck_ref_lel: F32
+    stuck_since_ts: F64
+    rise_lel: F32
+    rise_dt_s: F32
+    rise_t0: F64
+    qmax_m3h: F32
+    last_flow_m3h: F32
+    valve_state: U8
+    flow_since_ts: F64
+    micro_since_ts: F64
+
+    def __init__(self, capacity: int = 1024, thresholds: Thresholds | None = None,
+                 models: ModelThresholds | None = None) -> None:
+        self._table = _ThresholdTable(thresholds or Thresholds(), models or {})
+        self.n_devices = 0
+        self.capacity = 0
+        for name, (dtype, fill, shape) in self._ARRAYS.items():
+            setattr(self, name, np.full((0, *shape), fill, dtype=dtype))
+        self._scratch = np.zeros(0, dtype=np.int32)  # slot -> batch index, see _rounds
+        self._flag = np.zeros(0, dtype=np.bool_)
+        self._grow(max(int(capacity), 1))
+
+    # -- registry
+
+    def thresholds(self, model: int = 0) -> Thresholds:
+        return self._table.row(model)
+
+    def ensure_capacity(self, n: int) -> None:
+        """Make room for at least `n` devices (grows by at least half)."""
+        if n > self.capacity:
+            self._grow(max(n, self.capacity + self.capacity // 2))
+
+    def _grow(self, capacity: int) -> None:
+        for name, (dtype, fill, shape) in self._ARRAYS.items():
+            old = getattr(self, name)
+            new = np.full((capacity, *shape), fill, dtype=dtype)
+            new[: old.shape[0]] = old
+            setattr(self, name, new)
+        self._scratch = np.zeros(capacity, dtype=np.int32)
+        self._flag = np.zeros(capacity, dtype=np.bool_)
+        self.capacity = capacity
+
+    @property
+    def _runs64(self) -> npt.NDArray[np.uint64]:
+        return self.runs.view(np.uint64).reshape(self.capacity)
+
+    def add_devices(self, kinds: npt.ArrayLike, household: npt.ArrayLike,
+                    meter_slot: npt.ArrayLike, model: npt.ArrayLike,
+                    qmax_m3h: npt.ArrayLike, installed_ts: npt.ArrayLike,
+                    last_seen: npt.ArrayLike | None = None) -> I32:
+        """Register devices in bulk; return their slots (consecutive, from `n_devices`).
+
+        `meter_slot` of a detector is its household's meter slot (already registered or
+        in this call, i.e. < n_devices + len(kinds)), or -1; for a meter it is ignored
+        (a meter's meter_slot is itself). `qmax_m3h` matters for meters only (> 0, or NaN
+        to switch over-flow off). `last_seen` (platform time) arms the offline clock;
+        NaN (the default) means never seen, which never counts as offline.
+        """
+        k = np.asarray(kinds, dtype=np.uint8).ravel()
+        n = k.size
+        hh = np.asarray(household, dtype=np.int32).ravel()
+        ms = np.asarray(meter_slot, dtype=np.int32).ravel()
+        md = np.asarray(model).ravel()
+        qm = np.asarray(qmax_m3h, dtype=np.float32).ravel()
+        inst = np.asarray(installed_ts, dtype=np.float64).ravel()
+        seen = (np.full(n, np.nan) if last_seen is None
+                else np.broadcast_to(np.asarray(last_seen, dtype=np.float64), (n,)))
+        if not all(a.size == n for a in (hh, ms, md, qm, inst)):
+            raise ValueError("add_devices: all arrays must have the same length")
+        if n == 0:
+            return _empty(np.int32)
+        if not np.isin(k, (DeviceKind.DETECTOR, DeviceKind.METER)).all():
+            raise ValueError("kinds must be 0 (detector) or 1 (meter)")
+        if md.min() < 0 or md.max() > np.iinfo(np.int16).max:
+            raise ValueError("model indices must be in 0..32767")
+        md = md.astype(np.int16)
+        is_meter = k == DeviceKind.METER
+        if (is_meter & ~(np.isnan(qm) | (qm > 0))).any():
+            raise ValueError("qmax_m3h of a meter must be > 0 (or NaN)")
+        base = self.n_devices
+        slots = np.arange(base, base + n, dtype=np.int32)
+        ms = np.where(is_meter, slots, ms)
+        det_ms = ms[~is_meter]
+        if ((det_ms < -1) | (det_ms >= base + n)).any():
+            raise ValueError("meter_slot of a detector must be -1 or a registered slot")
+        linked = det_ms[det_ms >= 0]
+        known = linked < base
+        linked_kind = np.concatenate([self.kind[linked[known]], k[linked[~known] - base]])
+        if (linked_kind != DeviceKind.METER).any():
+            raise ValueError("meter_slot of a detector must point at a meter")
+        self.ensure_capacity(base + n)
+        self._table.ensure_rows(int(md.max()) + 1)
+        sl = slice(base, base + n)
+        self.kind[sl] = k
+        self.household[sl] = hh
+        self.meter_slot[sl] = ms
+        self.model[sl] = md
+        self.qmax_m3h[sl] = qm
+        self.installed_ts[sl] = inst
+        life = np.where(is_meter, self._table.columns["meter_life_s"][md],
+                        self._table.columns["detector_life_s"][md])
+        self.service_due_ts[sl] = inst + life
+        self.last_seen[sl] = seen
+        self.n_devices = base + n
+        return slots
+
+    def set_active(self, slots: npt.ArrayLike, kinds: npt.ArrayLike) -> None:
+        """Restore alarms that were open before a restart (pairs of slot and AlarmKind).
+
+        A restored alarm is not raised again; it clears by its rule as usual.
+        """
+        s = self._check(slots)
+        kd = np.asarray(kinds, dtype=np.uint32).ravel()
+        if kd.size != s.size or (kd >= _N_KINDS).any():
+            raise ValueError("set_active: one AlarmKind per slot")
+        np.bitwise_or.at(self.active, s, np.uint32(1) << kd)
+        # a restored alarm clears only after a full run of clear readings
+        self.runs[s, _R_CLEAR] = 0
+        self.runs[s, _R_FAULT_OK] = 0
+        self.runs[s, _R_VALVE_OK] = 0
+
+    def nbytes(self) -> int:
+        """Bytes held by the state arrays, scratch and threshold tables."""
+        arrays = sum(getattr(self, name).nbytes for name in self._ARRAYS)
+        return arrays + self._scratch.nbytes + self._flag.nbytes + self._table.nbytes
+
+    def _check(self, slots: npt.ArrayLike, kind: DeviceKind | None = None) -> Ix:
+        s = np.asarray(slots).ravel().astype(np.intp, copy=False)
+        if s.size and (s.min() < 0 or s.max() >= self.n_devices):
+            raise ValueError(f"slots must be in 0..{self.n_devices - 1}")
+        if kind is not None and s.size and (self.kind.take(s) != kind).any():
+            raise ValueError(f"evaluate: every slot must be a {kind.name.lower()}")
+        return s
+
+
+# ------------------------------------------------------------------ rounds
+
+def _rounds(state: FleetState, s: Ix) -> Iterator[Ix | None]:
+    """Batch positions per round: round r holds each slot's r-th reading, in batch order.
+
+    Yields None for "the whole batch" when no slot repeats (the common case).
+    """
+    n = s.size
+    if n == 0:
+        return
+    idx = np.arange(n, dtype=np.int32)
+    state._scratch[s] = idx  # one writer per slot wins, whichever
+    lost = np.flatnonzero(state._scratch.take(s) != idx)
+    if lost.size == 0:
+        yield None
+        return
+    flag = state._flag
+    flag[s[lost]] = True
+    involved = np.flatnonzero(flag.take(s))
+    flag[s[lost]] = False
+    sub = s[involved]
+    order = np.argsort(sub, kind="stable")
+    sorted_slots = sub[order]
+    m = sorted_slots.size
+    pos = np.arange(m)
+    first = np.ones(m, dtype=np.bool_)
+    first[1:] = sorted_slots[1:] != sorted_slots[:-1]
+    rank_sorted = pos - np.maximum.accumulate(np.where(first, pos, 0))
+    rank = np.zeros(n, dtype=np.intp)
+    rank[involved[order]] = rank_sorted
+    for r in range(int(rank_sorted.max()) + 1):
+        yield np.flatnonzero(rank == r)
+
+
+def _bump(run: U8, cond: Bool) -> U8:
+    """Saturating run length: +1 where cond holds, 0 where it does not."""
+    out: U8 = (np.minimum(run, np.uint8(254)) + np.uint8(1)) * cond
+    return out
+
+
+def _put_changed(arr: npt.NDArray[Any], s: Ix, old: npt.NDArray[Any],
+                 new: npt.NDArray[Any]) -> None:
+    ch = np.flatnonzero(old != new)
+    if ch.size:
+        arr[s[ch]] = new[ch]
+
+
+# ------------------------------------------------------------------ detectors
+
+def evaluate_detectors(state: FleetState, slots: npt.ArrayLike, ch4_lel: npt.ArrayLike,
+                       fault: npt.ArrayLike, ts: npt.ArrayLike, now: float) -> Effects:
+    """Apply a batch of detector readings (in arrival order; slots may repeat)."""
+    s = state._check(slots, DeviceKind.DETECTOR)
+    ch4 = np.asarray(ch4_lel, dtype=np.float32).ravel()
+    flt = np.asarray(fault, dtype=np.uint32).ravel()
+    t = np.asarray(ts, dtype=np.float64).ravel()
+    if not ch4.size == flt.size == t.size == s.size:
+        raise ValueError("evaluate_detectors: all arrays must have the same length")
+    out = _Collector()
+    for rows in _rounds(state, s):
+        if rows is None:
+            _detector_round(state, s, ch4, flt, t, float(now), None, out)
+        else:
+            out.sort = True
+            _detector_round(state, s[rows], ch4[rows], flt[rows], t[rows], float(now), rows, out)
+    return out.finish(state)
+
+
+def _detector_round(state: FleetState, s: Ix, ch4: F32, fault: U32, ts: F64, now: float,
+                    rows: Ix | None, out: _Collector) -> None:
+    th = _Lookup(state._table, state.model, s)
+    act = state.active.take(s)
+    w = state._runs64.take(s)
+    b = w.view(np.uint8).reshape(-1, 8)
+
+    # gas level runs and the clear run (hysteresis)
+    pre = _bump(b[:, _R_PRE], ch4 >= th("prealarm_lel"))
+    leak = _bump(b[:, _R_LEAK], ch4 >= th("leak_lel"))
+    clr = _bump(b[:, _R_CLEAR], ch4 < th("clear_lel"))
+    healthy = fault == 0
+    fok = _bump(b[:, _R_FAULT_OK], healthy)
+
+    new = act & _NOT_OFFLINE  # a reading proves the device is alive
+    new &= ~((clr >= th("clear_count")) * _GAS_BITS)
+    new |= ((leak >= th("leak_count")) | (ch4 >= th("leak_instant_lel"))) * _B[AlarmKind.LEAK]
+    leak_on = (new & _B[AlarmKind.LEAK]) != 0  # prealarm and rise are subsumed by a leak
+    new |= ((pre >= th("prealarm_count")) & ~leak_on) * _B[AlarmKind.PREALARM]
+
+    # sensor fault bit, cleared by a run of healthy readings
+    new |= ~healthy * _B[AlarmKind.DETECTOR_FAULT]
+    new &= ~((fok >= th("fault_clear_count")) * _B[AlarmKind.DETECTOR_FAULT])
+
+    # stuck: the value has not moved (within tolerance) since stuck_since_ts
+    ref = state.stuck_ref_lel.take(s)
+    moved = ~(np.abs(ch4 - ref) <= th("stuck_tolerance_lel"))  # NaN ref: first reading
+    mv = np.flatnonzero(moved)
+    since = state.stuck_since_ts.take(s)
+    if mv.size:
+        since[mv] = ts[mv]
+        state.stuck_ref_lel[s[mv]] = ch4[mv]
+        state.stuck_since_ts[s[mv]] = ts[mv]
+        new &= ~(moved * _B[AlarmKind.STUCK_SENSOR])
+    stuck = (ts - since >= th("stuck_s")) & (ch4 >= th("stuck_ignore_below_lel"))
+    new |= stuck * _B[AlarmKind.STUCK_SENSOR]
+
+    # rate of rise, on the few readings above the tracking level
+    ring_n = b[:, _R_RING_N].copy()
+    head = b[:, _R_RING_HEAD].copy()
+    tracked = ch4 >= th("rise_track_lel")
+    ring_n *= tracked  # a reading below the tracking level ends the tracked rise
+    tr = np.flatnonzero(tracked)
+    if tr.size:
+        _rise(state, th, s, ch4, ts, tr, ring_n, head, new, leak_on)
+
+    b[:, _R_PRE] = pre
+    b[:, _R_LEAK] = leak
+    b[:, _R_CLEAR] = clr
+    b[:, _R_FAULT_OK] = fok
+    b[:, _R_RING_N] = ring_n
+    b[:, _R_RING_HEAD] = head
+    state._runs64[s] = w
+    state.last_seen[s] = now
+
+    ch = _emit(out, s, rows, ts, act, new, lambda i, k: ch4[i])
+    if ch.size:
+        state.active[s[ch]] = new[ch]
+        leak_up = ch[((new[ch] & ~act[ch]) & _B[AlarmKind.LEAK]) != 0]
+        if leak_up.size:
+            trig = s[leak_up]
+            meter = state.meter_slot[trig]
+            has = meter >= 0
+            r = leak_up if rows is None else rows[leak_up]
+            out.closes.append((r[has], meter[has], np.full(int(has.sum()), AlarmKind.LEAK,
+                               dtype=np.uint8), trig[has].astype(np.int32)))
+
+
+def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, ring_n: U8,
+          head: U8, new: U32, leak_on: Bool) -> None:
+    """Rate-of-rise rule on the tracked readings `tr`; updates ring_n, head, new in place.
+
+    Each detector keeps up to RING samples, at least rise_window_s / RING apart so the
+    ring spans the window whatever the reporting rate. The current reading and the
+    ring's samples inside the window give a least-squares slope; RISING is raised when
+    ch4 is in [rise_floor_lel, leak_lel) and the slope reaches leak_lel within
+    rise_lead_s.
+    """
+
+    def sub(name: str, idx: Ix) -> Any:  # a threshold for some readings of the round
+        value = th(name)
+        return value[idx] if np.ndim(value) else value
+
+    ss = s[tr]
+    v = ch4[tr]
+    t = ts[tr]
+    rn = ring_n[tr]
+    hd = head[tr]
+    fresh = rn == 0
+    old_t0 = state.rise_t0.take(ss)
+    t0 = np.where(fresh, t, old_t0)
+    off = t - t0
+    big = np.flatnonzero(off > _REBASE_S)
+    if big.size:  # keep the float32 offsets small: move the origin to this reading
+        state.rise_dt_s[ss[big]] -= off[big, None].astype(np.float32)
+        t0[big] = t[big]
+        off[big] = 0.0
+    _put_changed(state.rise_t0, ss, old_t0, t0)
+    flat = ss * RING
+    last_dt = state.rise_dt_s.reshape(-1).take(flat + ((hd.astype(np.intp) - 1) & (RING - 1)))
+
+    # candidates: in the warning band, with history, no leak or rise alarm yet
+    cand = np.flatnonzero((v >= sub("rise_floor_lel", tr)) & (v < sub("leak_lel", tr))
+                          & ~leak_on[tr] & ((new[tr] & _B[AlarmKind.RISING]) == 0)
+                          & ~fresh)
+    if cand.size:
+        at = tr[cand]
+        cs = ss[cand]
+        window = sub("rise_window_s", at)
+        window = window[:, None] if np.ndim(window) else window
+        x = state.rise_dt_s[cs].astype(np.float64) - off[cand, None]  # <= 0: seconds ago
+        age = (hd[cand, None].astype(np.intp) - 1 - np.arange(RING)) & (RING - 1)
+        ok = (age < rn[cand, None]) & (x <= 0) & (x >= -window)
+        x = np.where(ok, x, 0.0)
+        y = np.where(ok, state.rise_lel[cs].astype(np.float64), 0.0)
+        vc = v[cand].astype(np.float64)
+        n = ok.sum(axis=1) + 1.0  # the current reading is the point (0, vc)
+        sx = x.sum(axis=1)
+        sy = y.sum(axis=1) + vc
+        sxx = (x * x).sum(axis=1)
+        sxy = (x * y).sum(axis=1)
+        den = n * sxx - sx * sx
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = np.where(den > 0, (n * sxy - sx * sy) / den, 0.0)
+        span = -x.min(axis=1)
+        rising = ((n >= sub("rise_min_samples", at)) & (span >= sub("rise_min_span_s", at))
+                  & (slope > 0)
+                  & (vc + slope * sub("rise_lead_s", at) >= sub("leak_lel", at)))
+        new[at[rising]] |= _B[AlarmKind.RISING]
+
+    # record this reading if the ring is empty or its last sample is old enough
+    rec = np.flatnonzero(fresh | (off - last_dt >= sub("rise_spacing_s", tr)))
+    if rec.size:
+        pos = flat[rec] + hd[rec]
+        state.rise_lel.reshape(-1)[pos] = v[rec]
+        state.rise_dt_s.reshape(-1)[pos] = off[rec]
+        ring_n[tr[rec]] = np.minimum(rn[rec] + 1, RING)
+        head[tr[rec]] = (hd[rec] + 1) & (RING - 1)
+
+
+# ------------------------------------------------------------------ meters
+
+def evaluate_meters(state: FleetState, slots: npt.ArrayLike, flow_m3h: npt.ArrayLike,
+                    vol_m3: npt.ArrayLike, valve: npt.ArrayLike, batt_v: npt.ArrayLike,
+                    ts: npt.ArrayLike, now: float) -> Effects:
+    """Apply a batch of meter readings (in arrival order; slots may repeat).
+
+    `valve` holds ValveCode values (0 open, 1 closed, 2 fault). `vol_m3` is accepted so
+    the call mirrors the reading, but no v1 rule uses the cumulative volume.
+    """
+    s = state._check(slots, DeviceKind.METER)
+    flow = np.asarray(flow_m3h, dtype=np.float32).ravel()
+    vl = np.asarray(valve, dtype=np.uint8).ravel()
+    batt = np.asarray(batt_v, dtype=np.float32).ravel()
+    t = np.asarray(ts, dtype=np.float64).ravel()
+    if not flow.size == vl.size == batt.size == t.size == np.size(vol_m3) == s.size:
+        raise ValueError("evaluate_meters: all arrays must have the same length")
+    out = _Collector()
+    for rows in _rounds(state, s):
+        if rows is None:
+            _meter_round(state, s, flow, vl, batt, t, float(now), None, out)
+        else:
+            out.sort = True
+            _meter_round(state, s[rows], flow[rows], vl[rows], batt[rows], t[rows],
+                         float(now), rows, out)
+    return out.finish(state)
+
+
+def _meter_round(state: FleetState, s: Ix, flow: F32, valve: U8, batt: F32, ts: F64,
+                 now: float, rows: Ix | None, out: _Collector) -> None:
+    th = _Lookup(state._table, state.model, s)
+    act = state.active.take(s)
+    new = act & _NOT_OFFLINE
+    flowing = flow > th("start_flow_m3h")
+
+    # over-flow against the household load, with a hysteresis band
+    qmax = state.qmax_m3h.take(s)
+    new &= ~((flow <= qmax * th("overflow_clear_factor")) * _B[AlarmKind.OVERFLOW])
+    new |= (flow > qmax * th("overflow_factor")) * _B[AlarmKind.OVERFLOW]
+
+    # continuous flow: a run without a pause; a pause clears the alarm
+    since = state.flow_since_ts.take(s)
+    run = np.where(flowing, np.minimum(since, ts), np.inf)
+    _put_changed(state.flow_since_ts, s, since, run)
+    new &= ~(~flowing * _B[AlarmKind.CONTINUOUS_FLOW])
+    new |= (ts - run >= th("continuous_flow_s")) * _B[AlarmKind.CONTINUOUS_FLOW]
+
+    # micro flow: a small steady flow; only a true zero proves the leak gone
+    micro = (flow > 0) & (flow < th("micro_max_m3h"))
+    msince = state.micro_since_ts.take(s)
+    mrun = np.where(micro, np.minimum(msince, ts), np.inf)
+    _put_changed(state.micro_since_ts, s, msince, mrun)
+    new &= ~((flow <= 0) * _B[AlarmKind.MICRO_LEAK])
+    new |= (ts - mrun >= th("micro_flow_s")) * _B[AlarmKind.MICRO_LEAK]
+
+    # valve: flow while closed (debounced), or the meter reports a valve fault
+    w = state._runs64.take(s)
+    b = w.view(np.uint8).reshape(-1, 8)
+    bad_flow = (valve == ValveCode.CLOSED) & flowing
+    vfault = valve == ValveCode.FAULT
+    vrun = _bump(b[:, _R_VALVE_FLOW], bad_flow)
+    vok = _bump(b[:, _R_VALVE_OK], ~(bad_flow | vfault))
+    new &= ~((vok >= th("valve_clear_count")) * _B[AlarmKind.VALVE_FAULT])
+    new |= ((vrun >= th("valve_closed_flow_count")) | vfault) * _B[AlarmKind.VALVE_FAULT]
+    b[:, _R_VALVE_FLOW] = vrun
+    b[:, _R_VALVE_OK] = vok
+    state._runs64[s] = w
+
+    # battery, with hysteresis
+    new &= ~((batt >= th("battery_clear_v")) * _B[AlarmKind.BATTERY_LOW])
+    new |= (batt < th("battery_low_v")) * _B[AlarmKind.BATTERY_LOW]
+
+    state.valve_state[s] = valve
+    state.last_flow_m3h[s] = flow
+    state.last_seen[s] = now
+
+    def value_of(i: Ix, k: U8) -> F32:
+        v: F32 = np.where(k == AlarmKind.BATTERY_LOW, batt[i], flow[i])
+        return v
+
+    ch = _emit(out, s, rows, ts, act, new, value_of)
+    if ch.size:
+        state.active[s[ch]] = new[ch]
+        up = ch[((new[ch] & ~act[ch]) & _B[AlarmKind.OVERFLOW]) != 0]
+        if up.size:
+            meter = s[up].astype(np.int32)
+            r = up if rows is None else rows[up]
+            out.closes.append((r, meter, np.full(up.size, AlarmKind.OVERFLOW, dtype=np.uint8),
+                               meter))
+
+
+# ------------------------------------------------------------------ periodic and status
+
+def sweep(state: FleetState, now: float, start: int = 0, stop: int | None = None) -> Effects:
+    """Periodic whole-fleet check (every few seconds), optionally over a slot range.
+
+    OFFLINE: no message for offline_heartbeats * heartbeat_s (of the device's model).
+    Service life: now past installed_ts + meter/detector life. CONTINUOUS_FLOW and
+    MICRO_LEAK: a run of flow that outlasts its limit between a meter's readings (only
+    for meters heard from recently). Never requests a valve close.
+    """
+    now = float(now)
+    stop = state.n_devices if stop is None else min(stop, state.n_devices)
+    if stop <= start:
+        return Effects.empty()
+    sl = slice(start, stop)
+    act = state.active[sl]
+    model = state.model[sl]
+    tab = state._table
+
+    def col(name: str) -> Any:
+        scalar = tab.scalars[name]
+        return scalar if scalar is not None else tab.columns[name].take(model)
+
+    silent = now - state.last_seen[sl]
+    stale = silent > col("offline_s")
+    new = act | stale * _B[AlarmKind.OFFLINE]
+    due = state.service_due_ts[sl] <= now
+    is_meter = state.kind[sl] == DeviceKind.METER
+    new |= (due & is_meter) * _B[AlarmKind.METER_SERVICE_LIFE]
+    new |= (due & ~is_meter) * _B[AlarmKind.DETECTOR_SERVICE_LIFE]
+    heard = ~stale & ((new & _B[AlarmKind.OFFLINE]) == 0)
+    new |= ((now - state.flow_since_ts[sl] >= col("continuous_flow_s")) & heard
+            ) * _B[AlarmKind.CONTINUOUS_FLOW]
+    new |= ((now - state.micro_since_ts[sl] >= col("micro_flow_s")) & heard
+            ) * _B[AlarmKind.MICRO_LEAK]
+
+    ch = np.flatnonzero(act != new)
+    if ch.size == 0:
+        return Effects.empty()
+    slot = ch + start
+    state.active[slot] = new[ch]
+    age_years = (now - state.installed_ts[slot]) / YEAR_S
+    flow = state.last_flow_m3h[slot]
+    silent_ch = silent[ch]
+
+    def value_of(i: Ix, k: U8) -> F32:
+        v = np.where(k == AlarmKind.OFFLINE, silent_ch[i],
+                     np.where((k == AlarmKind.METER_SERVICE_LIFE)
+                              | (k == AlarmKind.DETECTOR_SERVICE_LIFE),
+                              age_years[i], flow[i]))
+        return v.astype(np.float32)
+
+    out = _Collector()
+    _emit(out, slot, None, np.full(ch.size, now), act[ch], new[ch], value_of)
+    return out.finish(state)
+
+
+def mark_offline(state: FleetState, slots: npt.ArrayLike, now: float) -> Effects:
+    """A device said `{"online": false}` (or its last will fired): OFFLINE at once."""
+    return _set_bit(state, state._check(slots), float(now), AlarmKind.OFFLINE, on=True)
+
+
+def mark_seen(state: FleetState, slots: npt.ArrayLike, now: float) -> Effects:
+    """A device spoke without a reading (status online, event, ack): alive again."""
+    s = state._check(slots)
+    state.last_seen[s] = float(now)
+    return _set_bit(state, s, float(now), AlarmKind.OFFLINE, on=False)
+
+
+def _set_bit(state: FleetState, s: Ix, now: float, kind: AlarmKind, on: bool) -> Effects:
+    if s.size == 0:
+        return Effects.empty()
+    s = np.unique(s)
+    act = state.active.take(s)
+    new = act | _B[kind] if on else act & ~_B[kind]
+    out = _Collector()
+    silent = (now - state.last_seen.take(s)).astype(np.float32)
+    ch = _emit(out, s, None, np.full(s.size, now), act, new, lambda i, k: silent[i])
+    if ch.size:
+        state.active[s[ch]] = new[ch]
+    return out.finish(state)
+
+
+# ------------------------------------------------------------------ correlation
+
+def group_incidents(building: npt.ArrayLike, household: npt.ArrayLike, ts: npt.ArrayLike,
+                    window_s: float = 600.0, min_households: int = 2) -> npt.NDArray[np.int64]:
+    """Group gas alarms of one building into incidents (a riser leak, not many leaks).
+
+    Pass the gas alarms (PREALARM/LEAK/RISING) raised in the last `window_s` together
+    with the new ones: building id (any integer code), household id and raise time of
+    each. Alarms of one building chain into one cluster while each follows the previous
+    one within `window_s`. A cluster spanning at least `min_households` distinct
+    households is an incident: every alarm in it gets the incident key, the position
+    (in the input) of the cluster's earliest alarm. Alarms outside an incident get -1.
+    """
+    bld = np.asarray(building).ravel()
+    hh = np.asarray(household).ravel()
+    t = np.asarray(ts, dtype=np.float64).ravel()
+    n = t.size
+    if not bld.size == hh.size == n:
+        raise ValueError("group_incidents: all arrays must have the same length")
+    key = np.full(n, -1, dtype=np.int64)
+    if n == 0:
+        return key
+    order = np.lexsort((t, bld))  # by building, then time (stable for ties)
+    b_s, t_s = bld[order], t[order]
+    starts = np.ones(n, dtype=np.bool_)
+    starts[1:] = (b_s[1:] != b_s[:-1]) | (t_s[1:] - t_s[:-1] > window_s)
+    cluster = np.cumsum(starts) - 1
+    # distinct households per cluster
+    h_s = hh[order]
+    by_hh = np.lexsort((h_s, cluster))
+    c2, h2 = cluster[by_hh], h_s[by_hh]
+    new_pair = np.ones(n, dtype=np.bool_)
+    new_pair[1:] = (c2[1:] != c2[:-1]) | (h2[1:] != h2[:-1])
+    distinct = np.bincount(c2[new_pair], minlength=int(cluster[-1]) + 1)
+    first_pos = order[np.flatnonzero(starts)]
+    is_incident = distinct[cluster] >= min_households
+    key[order[is_incident]] = first_pos[cluster[is_incident]]
+    return key

@@ -1,0 +1,54 @@
+"""Prometheus metrics of the gateway: one registry per Gateway, so tests can read them."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.readings = Counter("gas_readings_received", "Valid readings received", registry=r)
+        self.stored = Counter("gas_readings_stored", "Readings committed to TimescaleDB",
+                              registry=r)
+        self.rejects = Counter("gas_rejects", "Messages refused, by reason", ["reason"],
+                               registry=r)
+        self.alarms = Counter("gas_alarms_raised", "Alarms raised, by kind", ["kind"], registry=r)
+        self.alarms_cleared = Counter("gas_alarms_cleared", "Alarms cleared, by kind", ["kind"],
+                                      registry=r)
+        self.commands = Counter("gas_valve_commands", "Valve commands by state reached",
+                                ["state"], registry=r)
+        self.alarm_latency = Histogram(
+            "gas_alarm_latency_seconds",
+            "Socket read holding a dangerous reading -> valve command written", registry=r,
+            buckets=_LATENCY_BUCKETS)
+        self.ack_latency = Histogram("gas_valve_ack_seconds", "Command sent -> device ack",
+                                     registry=r, buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30))
+        self.handle_seconds = Histogram("gas_handle_seconds", "Hot path time per socket read",
+                                        registry=r, buckets=_LATENCY_BUCKETS)
+        self.seq_gaps = Counter("gas_seq_gaps", "Readings missing by device sequence", registry=r)
+        self.clock_skew = Counter("gas_clock_skew", "Readings with a skewed device clock",
+                                  registry=r)
+        self.buffer_rows = Gauge("gas_writer_buffer_rows", "Rows waiting for the database",
+                                 registry=r)
+        self.writer_lag = Gauge("gas_writer_lag_seconds", "Batch closed -> committed",
+                                registry=r)
+        self.duplicates = Gauge("gas_duplicates_absorbed", "Redelivered rows absorbed",
+                                registry=r)
+        self.unacked = Gauge("gas_mqtt_unacked", "QoS 1 messages received, not yet acked",
+                             registry=r)
+        self.open_commands = Gauge("gas_open_commands", "Valve commands awaiting an ack",
+                                   registry=r)
+        self.db_up = Gauge("gas_db_up", "1 when the writer reaches the database", registry=r)
+        self.mqtt_connected = Gauge("gas_mqtt_connected", "1 when connected to the broker",
+                                    registry=r)
+
+    def serve(self, port: int) -> None:
+        if port:
+            start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+    def value(self, name: str, **labels: str) -> float:
+        v = self.registry.get_sample_value(name, labels or None)
+        return 0.0 if v is None else v

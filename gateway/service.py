@@ -1,0 +1,693 @@
+"""The gateway service: MQTT in, decisions in the detection core, commands out, rows to the writer.
+
+`Gateway.handle(messages, now)` is the whole hot path for one socket read: decode and route
+every message, evaluate all readings of the read at once, publish valve-close commands at
+once (before any database work), then hand everything to the writer thread, which
+acknowledges the messages to the broker after COMMIT. Tests feed `handle` directly; the
+`run` coroutine wires it to the real broker and database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from gateway import detection, protocol, response
+from gateway.detection import AlarmKind, Effects, FleetState
+from gateway.metrics import Metrics
+from gateway.mqtt import ClientConfig, Message, MqttClient, MqttError
+from gateway.protocol import Channel, RejectReason, Rejected
+from gateway.registry import KIND_METER, LOAD_SQL, Registry, rows_to_registry_input
+from gateway.response import CommandBook, CommandState, ValveCommand
+from gateway.settings import Settings
+from gateway.storage import AlarmRow, Batch, NotificationRow, Readings, WorkOrderRow, Writer
+
+logger = logging.getLogger(__name__)
+
+U32 = 2**32
+VALVE_CODES = {"open": 0, "closed": 1, "fault": 2}
+GAS_ALARMS = frozenset({AlarmKind.PREALARM, AlarmKind.LEAK, AlarmKind.RISING})
+FLAG_CLOCK_SKEW = 1
+
+
+class _Columns:
+    """Readings of one kind, gathered per message into lists, turned into arrays once."""
+
+    __slots__ = ("slot", "seq", "time", "received", "flags", "values", "evaluate")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.slot: list[int] = []
+        self.seq: list[int] = []
+        self.time: list[float] = []
+        self.received: list[float] = []
+        self.flags: list[int] = []
+        self.values: dict[str, list[Any]] = {n: [] for n in names}
+        self.evaluate: list[bool] = []  # False for redelivered readings (already judged)
+
+    def readings(self, dtypes: dict[str, Any]) -> Readings | None:
+        if not self.slot:
+            return None
+        return Readings(np.array(self.slot, np.int32), np.array(self.seq, np.int64),
+                        np.array(self.time, np.float64), np.array(self.received, np.float64),
+                        np.array(self.flags, np.int16),
+                        {k: np.array(v, dtypes[k]) for k, v in self.values.items()})
+
+
+DET_DTYPES = {"ch4": np.float32, "fault": np.uint32}
+MET_DTYPES = {"vol": np.float64, "flow": np.float32, "valve": np.uint8, "batt": np.float32,
+              "rssi": np.int16}
+
+
+class Gateway:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.prefix = settings.mqtt.topic_prefix
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.registry = Registry()
+        for model in settings.detection.models:
+            self.registry.model_index(model)
+        models = {self.registry.models[m]: settings.detection.for_model(m)
+                  for m in settings.detection.models}
+        self.state = FleetState(capacity=1024, thresholds=settings.detection.thresholds,
+                                models=models)
+        r = settings.response
+        self.book = CommandBook(ack_timeout_s=r.ack_timeout_s, max_resends=r.max_resends,
+                                backoff_factor=r.backoff_factor)
+        self.last_seq: list[int] = []
+        self.batch = Batch()
+        self.submit: Callable[[Batch], None] = lambda b: None  # set by run()
+        self.publish: Callable[[str, bytes], None] = lambda t, p: None  # set by run()
+        self.generation = 0
+        self._recent_gas: deque[tuple[float, str, str]] = deque()  # (ts, building, household)
+        self._state_dirty: dict[int, tuple] = {}
+
+    # ------------------------------------------------------------------ registry
+    def load_devices(self, rows: list[tuple]) -> int:
+        devices, households = rows_to_registry_input(rows)
+        cols = self.registry.add(devices, households)
+        n = len(cols["kinds"])
+        if n:
+            self.state.add_devices(last_seen=np.full(n, self.clock()), **cols)
+            self.last_seq.extend([-1] * n)
+        return n
+
+    def restore(self, open_alarms: list[tuple[str, str]], open_commands: list[ValveCommand]) -> None:
+        """Alarms and commands that were open before a restart stay open, not raised again."""
+        slots, kinds = [], []
+        for device_id, kind in open_alarms:
+            slot = self.registry.index.get(device_id)
+            if slot is not None and kind.upper() in AlarmKind.__members__:
+                slots.append(slot)
+                kinds.append(int(AlarmKind[kind.upper()]))
+        if slots:
+            self.state.set_active(np.array(slots, np.int32), np.array(kinds, np.uint8))
+        for cmd in open_commands:
+            self.book.add(cmd)
+
+    # ------------------------------------------------------------------ hot path
+    def handle(self, messages: list[Message], now: float | None = None) -> None:
+        """One socket read: decode, detect, command, and queue for the writer."""
+        now = self.clock() if now is None else now
+        det = _Columns(("ch4", "fault"))
+        met = _Columns(("vol", "flow", "valve", "batt", "rssi"))
+        batch = self.batch
+        skew = self.settings.detection.clock_skew_s
+        index = self.registry.index
+        kinds = self.registry.kind
+        last_seq = self.last_seq
+        prefix = self.prefix
+        seen_other: list[int] = []
+        for msg in messages:
+            if msg.qos:
+                batch.packet_ids.append(msg.packet_id)
+            if msg.dup:
+                batch.redelivered = True
+            try:
+                topic = protocol.parse_topic(msg.topic, prefix)
+                slot = index.get(topic.device_id)
+                if slot is None:
+                    raise Rejected(RejectReason.UNKNOWN_DEVICE,
+                                   f"device {topic.device_id!r} is not provisioned",
+                                   topic.device_id)
+                channel = topic.channel
+                if channel is Channel.TELEMETRY:
+                    is_meter = kinds[slot] == KIND_METER
+                    reading: Any = protocol.decode(
+                        protocol.MeterReading if is_meter else protocol.DetectorReading,
+                        msg.payload, topic.device_id)
+                    seq = reading.seq
+                    last = last_seq[slot]
+                    fresh = True
+                    if last >= 0:
+                        delta = (seq - last) % U32
+                        if delta == 0 or delta > U32 // 2:
+                            if not msg.dup:
+                                raise Rejected(RejectReason.SEQ_REPLAYED,
+                                               f"seq {seq} after {last}", topic.device_id)
+                            fresh = False  # a redelivery: store (idempotent), judge no more
+                        elif delta > 1:
+                            self.metrics.seq_gaps.inc(delta - 1)
+                    if fresh:
+                        last_seq[slot] = seq
+                    ts = reading.ts
+                    flags = 0
+                    if abs(ts - now) > skew:
+                        self.metrics.clock_skew.inc()
+                        ts, flags = now, FLAG_CLOCK_SKEW
+                    cols = met if is_meter else det
+                    cols.slot.append(slot)
+                    cols.seq.append(seq)
+                    cols.time.append(ts)
+                    cols.received.append(now)
+                    cols.flags.append(flags)
+                    cols.evaluate.append(fresh)
+                    v = cols.values
+                    if is_meter:
+                        v["vol"].append(reading.vol)
+                        v["flow"].append(reading.flow)
+                        v["valve"].append(VALVE_CODES[reading.valve])
+                        v["batt"].append(reading.batt)
+                        v["rssi"].append(reading.rssi)
+                    else:
+                        v["ch4"].append(reading.ch4)
+                        v["fault"].append(reading.fault)
+                elif channel is Channel.ACK:
+                    self._on_ack(topic.device_id, slot,
+                                 protocol.decode(protocol.Ack, msg.payload, topic.device_id), now)
+                    seen_other.append(slot)
+                elif channel is Channel.STATUS:
+                    self._on_status(topic.device_id, slot,
+                                    protocol.decode(protocol.Status, msg.payload, topic.device_id),
+                                    msg.payload, now)
+                elif channel is Channel.EVENT:
+                    ev = protocol.decode(protocol.DeviceEvent, msg.payload, topic.device_id)
+                    batch.events.append((_ts(ev.ts if abs(ev.ts - now) <= skew else now),
+                                         topic.device_id, ev.seq, ev.type,
+                                         msg.payload.decode(), _ts(now)))
+                    seen_other.append(slot)
+                else:  # a device publishing on `cmd`: only the platform may
+                    raise Rejected(RejectReason.UNKNOWN_CHANNEL,
+                                   "devices do not publish commands", topic.device_id)
+            except Rejected as rej:
+                self._reject(msg, rej, now)
+        self.metrics.readings.inc(len(det.slot) + len(met.slot))
+        effects: list[Effects] = []
+        if seen_other:
+            effects.append(detection.mark_seen(self.state, np.array(seen_other, np.int32), now))
+        d = det.readings(DET_DTYPES)
+        if d is not None:
+            idx = np.flatnonzero(det.evaluate)
+            effects.append(detection.evaluate_detectors(
+                self.state, d.slot[idx], d.values["ch4"][idx], d.values["fault"][idx],
+                d.time[idx], now))
+            self._track(d, idx, "det")
+            batch.detector = _merge(batch.detector, d)
+        m = met.readings(MET_DTYPES)
+        if m is not None:
+            idx = np.flatnonzero(met.evaluate)
+            effects.append(detection.evaluate_meters(
+                self.state, m.slot[idx], m.values["flow"][idx], m.values["vol"][idx],
+                m.values["valve"][idx], m.values["batt"][idx], m.time[idx], now))
+            self._track(m, idx, "met")
+            batch.meter = _merge(batch.meter, m)
+        for e in effects:
+            if len(e):
+                self.apply(e, now)
+        if batch.rows >= self.settings.db.batch_rows:
+            self.flush()
+
+    def _track(self, r: Readings, idx: np.ndarray, kind: str) -> None:
+        """Remember each device's latest values for the device_state table."""
+        slots = r.slot[idx].tolist()
+        if not slots:
+            return
+        times, seqs = r.time[idx].tolist(), r.seq[idx].tolist()
+        dirty = self._state_dirty
+        if kind == "det":
+            ch4, fault = r.values["ch4"][idx].tolist(), r.values["fault"][idx].tolist()
+            for i, slot in enumerate(slots):
+                dirty[slot] = ("det", times[i], seqs[i], ch4[i], fault[i])
+        else:
+            cols = [r.values[k][idx].tolist() for k in ("flow", "vol", "valve", "batt", "rssi")]
+            for i, slot in enumerate(slots):
+                dirty[slot] = ("met", times[i], seqs[i], *(c[i] for c in cols))
+
+    def device_state_rows(self) -> list[tuple]:
+        rows = []
+        valve_names = {0: "open", 1: "closed", 2: "fault"}
+        for slot, st in self._state_dirty.items():
+            did = self.registry.ids[slot]
+            if st[0] == "det":
+                _, t, seq, ch4, fault = st
+                rows.append((did, True, _ts(t), seq, ch4, fault, None, None, None, None, None,
+                             None))
+            elif st[0] == "met":
+                _, t, seq, flow, vol, valve, batt, rssi = st
+                rows.append((did, True, _ts(t), seq, None, None, flow, vol,
+                             valve_names.get(int(valve)), batt, int(rssi), None))
+            else:  # status
+                _, online, fw = st
+                rows.append((did, online, None, None, None, None, None, None, None, None, None,
+                             fw))
+        self._state_dirty.clear()
+        return rows
+
+    def _reject(self, msg: Message, rej: Rejected, now: float) -> None:
+        self.metrics.rejects.labels(rej.reason.value).inc()
+        logger.info("reject reason=%s device=%s topic=%s detail=%s", rej.reason, rej.device_id,
+                    msg.topic[:200], rej.detail[:200])
+        self.batch.rejects.append((_ts(now), rej.device_id, msg.topic[:256], rej.reason.value,
+                                   rej.detail[:500], msg.payload[:256]))
+
+    def _on_status(self, device_id: str, slot: int, status: protocol.Status, raw: bytes,
+                   now: float) -> None:
+        self.batch.events.append((_ts(now), device_id, -1, "status", raw.decode(), _ts(now)))
+        self._state_dirty[slot] = ("status", status.online, status.fw)
+        s = np.array([slot], np.int32)
+        e = (detection.mark_seen(self.state, s, now) if status.online
+             else detection.mark_offline(self.state, s, now))
+        if len(e):
+            self.apply(e, now)
+
+    def _on_ack(self, meter_id: str, slot: int, ack: protocol.Ack, now: float) -> None:
+        try:
+            cmd, first = self.book.on_ack(meter_id, ack.cmd_id, ack.ok, ack.valve, ack.error, now)
+        except response.UnknownCommand:
+            raise Rejected(RejectReason.UNKNOWN_COMMAND,
+                           f"no command {ack.cmd_id!r} for this device", meter_id) from None
+        if not first:
+            return
+        self.metrics.commands.labels(cmd.state.value).inc()
+        if cmd.sent_at is not None:
+            self.metrics.ack_latency.observe(max(0.0, now - cmd.sent_at))
+        self._record_command(cmd, "command.acked" if ack.ok else "command.failed",
+                             {"ok": ack.ok, "valve": ack.valve, "error": ack.error})
+        if not ack.ok:
+            self._escalate(cmd, now, f"device refused: {ack.error}")
+
+    # ------------------------------------------------------------------ effects
+    def apply(self, e: Effects, now: float) -> None:
+        """Turn the core's effects into commands (now) and rows (for the writer)."""
+        ids = self.registry.ids
+        # 1. valve closes first: nothing else may delay them
+        for i in range(len(e.close_valve_meter_slot)):
+            meter_id = ids[int(e.close_valve_meter_slot[i])]
+            trigger = ids[int(e.close_trigger_slot[i])]
+            cause = AlarmKind(int(e.close_cause[i]))
+            self.close_valve(meter_id, trigger, cause, now)
+        # 2. alarms raised
+        for i in range(len(e.raised_slot)):
+            self._raise(int(e.raised_slot[i]), AlarmKind(int(e.raised_kind[i])),
+                        float(e.raised_value[i]), float(e.raised_ts[i]),
+                        bool(e.raised_flow_at_meter[i]), now)
+        for i in range(len(e.cleared_slot)):
+            device_id = ids[int(e.cleared_slot[i])]
+            kind = response.kind_name(AlarmKind(int(e.cleared_kind[i])))
+            self.batch.cleared.append((device_id, kind, float(e.cleared_ts[i])))
+            self.batch.live.append({"type": "alarm.cleared", "device_id": device_id,
+                                    "kind": kind})
+            self.metrics.alarms_cleared.labels(kind).inc()
+
+    def close_valve(self, meter_id: str, trigger: str, cause: AlarmKind, now: float) -> None:
+        household = self.registry.household_of[self.registry.index[meter_id]]
+        cmd = self.book.request(ValveCommand(
+            cmd_id=f"gw-{uuid.uuid4().hex[:20]}", meter_id=meter_id, household_id=household,
+            action="valve_close", reason=response.kind_name(cause), requested_by="gateway",
+            issued_at=now, trigger_device=trigger, cause=response.kind_name(cause)))
+        if cmd is None:
+            return  # a close is already on its way to this meter
+        self._send(cmd, now)
+        self.metrics.alarm_latency.observe(max(0.0, self.clock() - now))
+        self.metrics.commands.labels("issued").inc()
+        self._record_command(cmd, "command.issued", {"trigger": trigger,
+                                                     "cause": response.kind_name(cause)})
+
+    def _send(self, cmd: ValveCommand, now: float) -> None:
+        payload = protocol.encode(protocol.Command(cmd.cmd_id, cmd.action, cmd.reason,  # type: ignore[arg-type]
+                                                   round(now, 3)))
+        self.publish(protocol.topic(cmd.meter_id, Channel.CMD, self.prefix), payload)
+        self.book.mark_sent(cmd.cmd_id, self.clock())
+
+    def _record_command(self, cmd: ValveCommand, action: str, details: dict[str, Any]) -> None:
+        snap = asdict(cmd)
+        snap["state"] = cmd.state.value
+        self.batch.commands.append(snap)
+        self.batch.audit.append((cmd.requested_by if action == "command.issued" else "gateway",
+                                 action, "valve_command", cmd.cmd_id,
+                                 {"meter": cmd.meter_id, "household": cmd.household_id,
+                                  "attempts": cmd.attempts, **details}))
+        self.batch.live.append({"type": "command.state", "cmd_id": cmd.cmd_id,
+                                "meter_id": cmd.meter_id, "household_id": cmd.household_id,
+                                "action": cmd.action, "state": cmd.state.value,
+                                "attempts": cmd.attempts})
+
+    def _raise(self, slot: int, kind: AlarmKind, value: float, ts: float, flow_at_meter: bool,
+               now: float) -> None:
+        device_id = self.registry.ids[slot]
+        household_id = self.registry.household_of[slot]
+        hh = self.registry.households[household_id]
+        policy = response.POLICIES[kind]
+        name = response.kind_name(kind)
+        incident = False
+        if kind in GAS_ALARMS:
+            incident = self._building_incident(hh.building, household_id, now)
+        self.metrics.alarms.labels(name).inc()
+        evidence = [{"device": device_id, "value": round(value, 3), "ts": ts}]
+        self.batch.alarms.append(AlarmRow(device_id, household_id, name, policy.severity, value,
+                                          ts, flow_at_meter if kind in GAS_ALARMS else None,
+                                          evidence, hh.building, hh.community, incident))
+        self.batch.live.append({"type": "alarm.raised", "device_id": device_id,
+                                "household_id": household_id, "kind": name,
+                                "severity": policy.severity, "value": round(value, 3),
+                                "incident": incident})
+        key = (device_id, name)
+        r = self.settings.response
+        if policy.cause is not None:
+            opened = _ts(now)
+            arrive, resolve = response.sla_deadlines(policy.priority, opened,
+                                                     r.emergency_arrival_s, r.routine_repair_s)
+            self.batch.work_orders.append(WorkOrderRow(
+                household_id, policy.cause, policy.priority.value, policy.title, now, arrive,
+                resolve, key, f"{name} on {device_id}: {value:.2f}"))
+        if policy.notice is not None:
+            self.batch.notifications.append(NotificationRow(
+                household_id, name, r.notify_channel, hh.owner_phone,
+                policy.notice.format(address=hh.address),
+                f"{household_id}:{name}:{device_id}:{int(ts)}", key))
+
+    def _building_incident(self, building: str, household: str, now: float) -> bool:
+        window = self.settings.detection.incident_window_s
+        recent = self._recent_gas
+        while recent and recent[0][0] < now - window:
+            recent.popleft()
+        recent.append((now, building, household))
+        same = [(t, h) for t, b, h in recent if b == building]
+        if len(same) < 2:
+            return False
+        codes = {h: i for i, h in enumerate({h for _, h in same})}
+        keys = detection.group_incidents(np.zeros(len(same), np.int64),
+                                         np.array([codes[h] for _, h in same]),
+                                         np.array([t for t, _ in same]), window)
+        return bool(keys[-1] >= 0)
+
+    def _escalate(self, cmd: ValveCommand, now: float, why: str) -> None:
+        self.metrics.commands.labels("escalated").inc()
+        logger.warning("escalate cmd_id=%s meter=%s household=%s why=%s", cmd.cmd_id,
+                       cmd.meter_id, cmd.household_id, why)
+        r = self.settings.response
+        p = response.ESCALATION
+        arrive, resolve = response.sla_deadlines(p.priority, _ts(now), r.emergency_arrival_s,
+                                                 r.routine_repair_s)
+        self.batch.work_orders.append(WorkOrderRow(
+            cmd.household_id, p.cause or "valve_escalation", p.priority.value, p.title, now,
+            arrive, resolve, None, f"{cmd.action} {cmd.cmd_id} to {cmd.meter_id}: {why}"))
+        self.batch.live.append({"type": "command.escalated", "cmd_id": cmd.cmd_id,
+                                "meter_id": cmd.meter_id, "household_id": cmd.household_id,
+                                "why": why})
+
+    # ------------------------------------------------------------------ periodic
+    def tick(self, now: float | None = None) -> None:
+        """Every sweep interval: offline and age rules, command timeouts, device state."""
+        now = self.clock() if now is None else now
+        e = detection.sweep(self.state, now)
+        if len(e):
+            self.apply(e, now)
+        for due in self.book.due(now):
+            cmd = due.command
+            if due.what == "resend":
+                self.metrics.commands.labels("resent").inc()
+                self._send(cmd, now)
+                self._record_command(cmd, "command.resent", {})
+            else:
+                cmd.state = CommandState.ESCALATED
+                self._record_command(cmd, "command.escalated", {})
+                self._escalate(cmd, now, f"no ack after {cmd.attempts} attempts")
+
+    def flush(self) -> None:
+        """Close the current batch and hand it to the writer."""
+        b = self.batch
+        if not (b.rows or b.packet_ids or b.alarms or b.cleared or b.commands or b.work_orders
+                or b.notifications or b.audit or b.live):
+            return
+        b.generation = self.generation
+        self.batch = Batch()
+        self.submit(b)
+
+
+def _merge(a: Readings | None, b: Readings | None) -> Readings | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return Readings(np.concatenate([a.slot, b.slot]), np.concatenate([a.seq, b.seq]),
+                    np.concatenate([a.time, b.time]), np.concatenate([a.received, b.received]),
+                    np.concatenate([a.flags, b.flags]),
+                    {k: np.concatenate([a.values[k], b.values[k]]) for k in a.values})
+
+
+def _ts(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
+# ====================================================================== wiring
+
+class GatewayService:
+    """Runs a Gateway against the real broker and database until stopped."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.gw = Gateway(settings)
+        self.client: MqttClient | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.writer: Writer | None = None
+        self._stopping = asyncio.Event()
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # -------------------------------------------------------------- startup
+    async def _load(self) -> None:
+        dsn = self.settings.db.dsn
+        delay = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=5) as conn:
+                    rows = await (await conn.execute(LOAD_SQL, ([],))).fetchall()
+                    n = self.gw.load_devices(rows)
+                    alarms = await (await conn.execute(
+                        "SELECT device_id, kind FROM alarms WHERE cleared_at IS NULL")).fetchall()
+                    cmds = await (await conn.execute(
+                        "SELECT cmd_id, meter_id, household_id, action, reason, requested_by,"
+                        " extract(epoch FROM issued_at), attempts, state FROM valve_commands"
+                        " WHERE state IN ('issued', 'sent')")).fetchall()
+                break
+            except psycopg.OperationalError as err:
+                logger.warning("database not reachable at start (%s); retrying",
+                               str(err).strip()[:200])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
+        now = time.time()
+        open_cmds = [ValveCommand(cmd_id=c[0], meter_id=c[1], household_id=c[2], action=c[3],
+                                  reason=c[4], requested_by=c[5], issued_at=float(c[6]),
+                                  attempts=c[7], state=CommandState.SENT, deadline=now)
+                     for c in cmds if c[1] in self.gw.registry.index]
+        self.gw.restore([(a[0], a[1]) for a in alarms], open_cmds)
+        logger.info("registry loaded devices=%d open_alarms=%d open_commands=%d", n,
+                    len(alarms), len(open_cmds))
+
+    async def _refresh_registry(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.settings.db.dsn) as conn:
+            rows = await (await conn.execute(LOAD_SQL, (self.gw.registry.ids,))).fetchall()
+        n = self.gw.load_devices(rows)
+        if n:
+            logger.info("registry refreshed new_devices=%d total=%d", n, len(self.gw.registry))
+
+    # -------------------------------------------------------------- batching
+    def _on_batch(self, messages: list[Message]) -> None:
+        t0 = time.perf_counter()
+        self.gw.handle(messages)
+        self.gw.metrics.handle_seconds.observe(time.perf_counter() - t0)
+        if self.gw.batch.rows and self._flush_handle is None and self.loop is not None:
+            self._flush_handle = self.loop.call_later(self.settings.db.batch_max_s, self._flush)
+        elif self.gw.batch.packet_ids and self._flush_handle is None and self.loop is not None:
+            self._flush_handle = self.loop.call_later(self.settings.db.batch_max_s, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        self.gw.flush()
+
+    def _submit(self, batch: Batch) -> None:
+        assert self.writer is not None
+        self.writer.submit(batch)
+        self.gw.metrics.buffer_rows.set(self.writer.pending_rows)
+
+    def _committed(self, batch: Batch) -> None:  # writer thread
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._ack, batch)
+
+    def _ack(self, batch: Batch) -> None:
+        m = self.gw.metrics
+        if self.writer is not None:
+            m.buffer_rows.set(self.writer.pending_rows)
+            m.writer_lag.set(self.writer.last_commit_lag_s)
+            m.stored.inc(len(batch.detector or ()) + len(batch.meter or ()))
+            m.duplicates.set(self.writer.duplicates_absorbed)
+        client = self.client
+        if batch.packet_ids and client is not None and client.connected \
+                and batch.generation == client.generation:
+            client.ack(batch.packet_ids)
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        client = self.client
+        if client is None or not client.connected:
+            # Not lost: the command stays open in the book and is resent on its deadline.
+            logger.warning("broker away; command to %s will be resent", topic)
+            return
+        client.publish(topic, payload, qos=1)
+
+    # -------------------------------------------------------------- tasks
+    async def _mqtt_loop(self) -> None:
+        s = self.settings.mqtt
+        p = s.topic_prefix
+        config = ClientConfig(
+            host=s.host, port=s.port, client_id=s.client_id, username=s.username,
+            password=s.password.get_secret_value() or None, keepalive_s=s.keepalive_s,
+            clean_session=False, max_unacked=s.max_unacked,
+            subscriptions=[(f"{p}/+/{c}", 1) for c in ("telemetry", "event", "status", "ack")])
+        delay = 0.2
+        while not self._stopping.is_set():
+            self.gw.generation += 1
+            try:
+                self.client = await MqttClient.connect(config, self._on_batch,
+                                                       generation=self.gw.generation)
+                logger.info("connected to mqtt %s:%d as %s", s.host, s.port, s.username)
+                self.gw.metrics.mqtt_connected.set(1)
+                delay = 0.2
+                assert self.client.closed is not None
+                stop = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait([self.client.closed, stop], return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if self._stopping.is_set():
+                    return
+                logger.warning("mqtt connection lost; reconnecting")
+            except (OSError, MqttError, asyncio.TimeoutError) as err:
+                logger.warning("mqtt connect failed (%s); retrying in %.1fs", err, delay)
+            self.gw.metrics.mqtt_connected.set(0)
+            self.client = None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _ticker(self) -> None:
+        interval = self.settings.detection.sweep_interval_s
+        last_state = 0.0
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            self.gw.tick()
+            now = time.monotonic()
+            if now - last_state >= 5.0:
+                last_state = now
+                self.gw.batch.device_state.extend(self.gw.device_state_rows())
+            self.gw.flush()
+            if self.writer is not None:
+                m = self.gw.metrics
+                m.db_up.set(1 if self.writer.db_up else 0)
+                m.open_commands.set(len(self.gw.book.open))
+                if self.client is not None:
+                    m.unacked.set(self.client.unacked)
+
+    async def _listener(self) -> None:
+        """Registry changes and operators' valve commands, from PostgreSQL NOTIFY."""
+        while not self._stopping.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(self.settings.db.dsn,
+                                                                 autocommit=True) as conn:
+                    await conn.execute("LISTEN gas_registry")
+                    await conn.execute("LISTEN gas_commands")
+                    await self._pick_up_operator_commands(conn)
+                    async for note in conn.notifies():
+                        if note.channel == "gas_registry":
+                            await self._refresh_registry()
+                        elif note.channel == "gas_commands":
+                            await self._pick_up_operator_commands(conn)
+            except psycopg.OperationalError as err:
+                logger.warning("listener lost the database (%s); retrying", str(err)[:200])
+                await asyncio.sleep(1.0)
+
+    async def _pick_up_operator_commands(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        rows = await (await conn.execute(
+            "SELECT cmd_id, meter_id, household_id, action, reason, requested_by,"
+            " extract(epoch FROM issued_at) FROM valve_commands WHERE state = 'issued'"
+            " ORDER BY issued_at")).fetchall()
+        now = time.time()
+        for cmd_id, meter_id, hh, action, reason, by, issued in rows:
+            if cmd_id in self.gw.book.open:
+                continue
+            cmd = self.gw.book.add(ValveCommand(cmd_id=cmd_id, meter_id=meter_id,
+                                                household_id=hh, action=action, reason=reason,
+                                                requested_by=by, issued_at=float(issued)))
+            self.gw._send(cmd, now)
+            self.gw._record_command(cmd, "command.sent", {"requested_by": by})
+        if rows:
+            self.gw.flush()
+
+    async def _notifier(self) -> None:
+        from gateway.notify import Notifier
+
+        await Notifier(self.settings, self._stopping).run()
+
+    # -------------------------------------------------------------- main
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                self.loop.add_signal_handler(sig, self._stopping.set)
+        await self._load()
+        self.writer = Writer(self.settings.db.dsn, self.gw.registry, self._committed)
+        self.writer.start()
+        self.gw.submit = self._submit
+        self.gw.publish = self._publish
+        self.gw.metrics.serve(self.settings.metrics_port)
+        self._tasks = [asyncio.create_task(c) for c in
+                       (self._mqtt_loop(), self._ticker(), self._listener(), self._notifier())]
+        await self._stopping.wait()
+        logger.info("stopping: flushing and acknowledging what was committed")
+        self.gw.flush()
+        await asyncio.to_thread(self.writer.stop)
+        await asyncio.sleep(0.05)  # let the last acks run
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.client is not None:
+            self.client.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
+def main() -> int:
+    from gateway import settings as settings_mod
+
+    s = settings_mod.load()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(GatewayService(s).run())
+    return 0

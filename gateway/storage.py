@@ -1,0 +1,397 @@
+"""The writer: one thread, one connection, batches committed in arrival order.
+
+Everything the gateway decided for a batch of messages (readings, rejects, events, alarms,
+commands, work orders, notifications, audit) is written in one transaction; only after its
+COMMIT are the batch's MQTT messages acknowledged, so a crash loses nothing the broker
+does not redeliver, and the unique keys absorb the redeliveries. Readings go by binary
+COPY (built by NumPy); a batch with redelivered rows goes through a staging table and
+`INSERT ... ON CONFLICT DO NOTHING`. When the database is away the thread retries with
+backoff while batches wait in memory; the caller bounds that memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from gateway import copy_format
+from gateway.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+DET_HEAD = copy_format.field_dtype([("nfields", ""), ("time", ">i8"), ("device", "")])
+DET_TAIL = copy_format.field_dtype([("seq", ">i8"), ("ch4", ">f4"), ("fault", ">i4"),
+                                    ("received", ">i8"), ("flags", ">i2")])
+MET_HEAD = DET_HEAD
+MET_TAIL = copy_format.field_dtype([("seq", ">i8"), ("vol", ">f8"), ("flow", ">f4"),
+                                    ("valve", ">i2"), ("batt", ">f4"), ("rssi", ">i2"),
+                                    ("received", ">i8"), ("flags", ">i2")])
+DET_COLS = "time, device_id, seq, ch4_lel, fault, received_at, flags"
+MET_COLS = "time, device_id, seq, vol_m3, flow_m3h, valve, batt_v, rssi, received_at, flags"
+
+
+def _ts(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
+@dataclass
+class Readings:
+    """Column arrays of one kind of reading (detector or meter)."""
+
+    slot: np.ndarray
+    seq: np.ndarray
+    time: np.ndarray  # float64 epoch s, the device clock or receive time when skewed
+    received: np.ndarray
+    flags: np.ndarray
+    values: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.slot)
+
+
+@dataclass
+class AlarmRow:
+    device_id: str
+    household_id: str
+    kind: str
+    severity: str
+    value: float
+    raised_at: float
+    flow_at_meter: bool | None
+    evidence: list[dict[str, Any]]
+    building: str
+    community: str
+    incident: bool = False
+
+
+@dataclass
+class WorkOrderRow:
+    household_id: str
+    cause: str
+    priority: str
+    title: str
+    opened_at: float
+    arrive_by: dt.datetime
+    resolve_by: dt.datetime
+    alarm_key: tuple[str, str] | None  # (device_id, kind) of the alarm behind it
+    note: str
+
+
+@dataclass
+class NotificationRow:
+    household_id: str
+    kind: str
+    channel: str
+    recipient: str
+    body: str
+    dedupe_key: str
+    alarm_key: tuple[str, str] | None
+
+
+@dataclass
+class Batch:
+    generation: int = 0
+    packet_ids: list[int] = field(default_factory=list)
+    redelivered: bool = False
+    detector: Readings | None = None
+    meter: Readings | None = None
+    events: list[tuple] = field(default_factory=list)
+    rejects: list[tuple] = field(default_factory=list)
+    alarms: list[AlarmRow] = field(default_factory=list)
+    cleared: list[tuple[str, str, float]] = field(default_factory=list)
+    commands: list[dict[str, Any]] = field(default_factory=list)  # snapshots to upsert
+    work_orders: list[WorkOrderRow] = field(default_factory=list)
+    notifications: list[NotificationRow] = field(default_factory=list)
+    audit: list[tuple[str, str, str, str, dict[str, Any]]] = field(default_factory=list)
+    live: list[dict[str, Any]] = field(default_factory=list)  # NOTIFY gas_events payloads
+    device_state: list[tuple] = field(default_factory=list)
+    created: float = field(default_factory=time.monotonic)
+
+    @property
+    def rows(self) -> int:
+        return (len(self.detector or ()) + len(self.meter or ()) + len(self.events)
+                + len(self.rejects))
+
+
+def _copy_payload(registry: Registry, r: Readings, kind: str) -> bytes:
+    n = len(r)
+    slots = r.slot
+    head = np.empty(n, DET_HEAD)
+    head["nfields"] = 7 if kind == "detector" else 10
+    head["time_len"] = 8
+    head["time"] = copy_format.pg_micros(r.time)
+    head["device_len"] = registry.id_len[slots]
+    if kind == "detector":
+        tail = np.empty(n, DET_TAIL)
+        tail["ch4"] = r.values["ch4"]
+        tail["fault"] = r.values["fault"]
+        for name, width in (("seq", 8), ("ch4", 4), ("fault", 4), ("received", 8), ("flags", 2)):
+            tail[name + "_len"] = width
+    else:
+        tail = np.empty(n, MET_TAIL)
+        for name in ("vol", "flow", "valve", "batt", "rssi"):
+            tail[name] = r.values[name]
+        for name, width in (("seq", 8), ("vol", 8), ("flow", 4), ("valve", 2), ("batt", 4),
+                            ("rssi", 2), ("received", 8), ("flags", 2)):
+            tail[name + "_len"] = width
+    tail["seq"] = r.seq
+    tail["received"] = copy_format.pg_micros(r.received)
+    tail["flags"] = r.flags
+    return copy_format.assemble(head, registry.id_bytes, registry.id_start[slots],
+                                registry.id_len[slots], tail)
+
+
+class Writer:
+    """Runs in its own thread; `submit` batches, `on_committed(batch)` fires after COMMIT."""
+
+    def __init__(self, dsn: str, registry: Registry,
+                 on_committed: Callable[[Batch], None],
+                 on_error: Callable[[Exception], None] | None = None) -> None:
+        self.dsn = dsn
+        self.registry = registry
+        self.on_committed = on_committed
+        self.on_error = on_error
+        self._queue: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self._conn: psycopg.Connection[Any] | None = None
+        self.pending_rows = 0
+        self.pending_batches = 0
+        self.committed_batches = 0
+        self.committed_rows = 0
+        self.duplicates_absorbed = 0
+        self.db_up = False
+        self.last_commit_lag_s = 0.0
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, batch: Batch) -> None:
+        self.pending_rows += batch.rows
+        self.pending_batches += 1
+        self._queue.put(batch)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Flush what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    # ------------------------------------------------------------------ thread
+    def _connect(self) -> psycopg.Connection[Any]:
+        while not self._stop.is_set():
+            try:
+                conn = psycopg.connect(self.dsn, connect_timeout=3)
+                self.db_up = True
+                return conn
+            except psycopg.OperationalError as err:
+                self.db_up = False
+                logger.warning("database unavailable (%s); retrying", str(err).strip()[:200])
+                time.sleep(1.0)
+        raise RuntimeError("writer stopped")
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                break
+            delay = 0.2
+            while True:
+                try:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = self._connect()
+                    self._write(self._conn, batch)
+                    break
+                except psycopg.OperationalError as err:
+                    self.db_up = False
+                    logger.warning("write failed, database away (%s); retrying in %.1fs",
+                                   str(err).strip()[:200], delay)
+                    try:
+                        if self._conn is not None:
+                            self._conn.close()
+                    except Exception:
+                        pass
+                    self._conn = None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                except Exception as err:  # a bug or bad row must not wedge the pipeline
+                    logger.exception("batch write failed; retrying")
+                    if self.on_error:
+                        self.on_error(err)
+                    if self._conn is not None and not self._conn.closed:
+                        self._conn.rollback()
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            self.pending_rows -= batch.rows
+            self.pending_batches -= 1
+            self.committed_batches += 1
+            self.committed_rows += batch.rows
+            self.last_commit_lag_s = time.monotonic() - batch.created
+            self.on_committed(batch)
+        if self._conn is not None:
+            self._conn.close()
+
+    def _write(self, conn: psycopg.Connection[Any], b: Batch) -> None:
+        with conn.transaction(), conn.cursor() as cur:
+            for kind, r, table, cols in (("detector", b.detector, "detector_readings", DET_COLS),
+                                         ("meter", b.meter, "meter_readings", MET_COLS)):
+                if r is not None and len(r):
+                    self._copy_readings(cur, kind, r, table, cols, b.redelivered)
+            if b.rejects:
+                cur.executemany("INSERT INTO rejects (time, device_id, topic, reason, detail,"
+                                " payload_head) VALUES (%s, %s, %s, %s, %s, %s)", b.rejects)
+            if b.events:
+                cur.executemany("INSERT INTO device_events (time, device_id, seq, type, payload,"
+                                " received_at) VALUES (%s, %s, %s, %s, %s, %s)", b.events)
+            alarm_ids = self._write_alarms(cur, b)
+            self._write_commands(cur, b, alarm_ids)
+            self._write_work_orders(cur, b, alarm_ids)
+            if b.notifications:
+                cur.executemany(
+                    "INSERT INTO notifications (household_id, kind, channel, recipient, body,"
+                    " dedupe_key, alarm_id) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (dedupe_key) DO NOTHING",
+                    [(n.household_id, n.kind, n.channel, n.recipient, n.body, n.dedupe_key,
+                      alarm_ids.get(n.alarm_key) if n.alarm_key else None)
+                     for n in b.notifications])
+            if b.audit:
+                cur.executemany("INSERT INTO audit_log (at, actor, action, entity, entity_id,"
+                                " details) VALUES (now(), %s, %s, %s, %s, %s)",
+                                [(a, act, e, eid, Jsonb(d)) for a, act, e, eid, d in b.audit])
+            if b.device_state:
+                cur.executemany(
+                    "INSERT INTO device_state (device_id, online, last_seen, last_seq, ch4_lel,"
+                    " fault, flow_m3h, vol_m3, valve, batt_v, rssi, firmware, updated_at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())"
+                    " ON CONFLICT (device_id) DO UPDATE SET online = excluded.online,"
+                    " last_seen = coalesce(excluded.last_seen, device_state.last_seen),"
+                    " last_seq = coalesce(excluded.last_seq, device_state.last_seq),"
+                    " ch4_lel = coalesce(excluded.ch4_lel, device_state.ch4_lel),"
+                    " fault = coalesce(excluded.fault, device_state.fault),"
+                    " flow_m3h = coalesce(excluded.flow_m3h, device_state.flow_m3h),"
+                    " vol_m3 = coalesce(excluded.vol_m3, device_state.vol_m3),"
+                    " valve = coalesce(excluded.valve, device_state.valve),"
+                    " batt_v = coalesce(excluded.batt_v, device_state.batt_v),"
+                    " rssi = coalesce(excluded.rssi, device_state.rssi),"
+                    " firmware = coalesce(excluded.firmware, device_state.firmware),"
+                    " updated_at = now()", b.device_state)
+            for event in b.live:
+                cur.execute("SELECT pg_notify('gas_events', %s)", (json.dumps(event),))
+
+    def _copy_readings(self, cur: psycopg.Cursor[Any], kind: str, r: Readings, table: str,
+                       cols: str, redelivered: bool) -> None:
+        payload = _copy_payload(self.registry, r, kind)
+        if not redelivered:
+            try:
+                with cur.connection.transaction():
+                    with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
+                        cp.write(payload)
+                return
+            except psycopg.errors.UniqueViolation:
+                pass  # a redelivered reading without the DUP flag: take the slow path
+        stage = f"stage_{table}"
+        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
+        with cur.copy(f"COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
+            cp.write(payload)
+        cur.execute(f"INSERT INTO {table} SELECT * FROM {stage} ON CONFLICT DO NOTHING")
+        self.duplicates_absorbed += len(r) - max(cur.rowcount, 0)
+
+    def _write_alarms(self, cur: psycopg.Cursor[Any], b: Batch) -> dict[tuple[str, str], int]:
+        ids: dict[tuple[str, str], int] = {}
+        for a in b.alarms:
+            incident_id = None
+            if a.incident:
+                cur.execute(
+                    "INSERT INTO incidents (building, community, kind, opened_at, households)"
+                    " VALUES (%s, %s, %s, %s, 1) ON CONFLICT (building, kind)"
+                    " WHERE closed_at IS NULL DO UPDATE SET households = incidents.households + 1"
+                    " RETURNING id", (a.building, a.community, a.kind, _ts(a.raised_at)))
+                incident_id = cur.fetchone()[0]  # type: ignore[index]
+            cur.execute(
+                "INSERT INTO alarms (device_id, household_id, kind, severity, value, raised_at,"
+                " flow_at_meter, evidence, incident_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (device_id, kind) WHERE cleared_at IS NULL DO NOTHING RETURNING id",
+                (a.device_id, a.household_id, a.kind, a.severity, a.value, _ts(a.raised_at),
+                 a.flow_at_meter, Jsonb(a.evidence), incident_id))
+            row = cur.fetchone()
+            if row is None:  # already open (raised before a restart): keep that one
+                cur.execute("SELECT id FROM alarms WHERE device_id = %s AND kind = %s"
+                            " AND cleared_at IS NULL", (a.device_id, a.kind))
+                row = cur.fetchone()
+            else:
+                cur.execute("INSERT INTO audit_log (actor, action, entity, entity_id, details)"
+                            " VALUES ('gateway', 'alarm.raised', 'alarm', %s, %s)",
+                            (str(row[0]), Jsonb({"device": a.device_id, "kind": a.kind,
+                                                 "value": a.value, "evidence": a.evidence})))
+            if row is not None:
+                ids[(a.device_id, a.kind)] = row[0]
+        for device_id, kind, at in b.cleared:
+            cur.execute("UPDATE alarms SET cleared_at = %s, state = 'cleared' WHERE device_id = %s"
+                        " AND kind = %s AND cleared_at IS NULL", (_ts(at), device_id, kind))
+        return ids
+
+    def _write_commands(self, cur: psycopg.Cursor[Any], b: Batch,
+                        alarm_ids: dict[tuple[str, str], int]) -> None:
+        for c in b.commands:
+            alarm_id = None
+            if c.get("trigger_device") and c.get("cause"):
+                alarm_id = alarm_ids.get((c["trigger_device"], c["cause"]))
+                if alarm_id is None:
+                    cur.execute("SELECT id FROM alarms WHERE device_id = %s AND kind = %s"
+                                " ORDER BY raised_at DESC LIMIT 1", (c["trigger_device"], c["cause"]))
+                    row = cur.fetchone()
+                    alarm_id = row[0] if row else None
+            cur.execute(
+                "INSERT INTO valve_commands (cmd_id, meter_id, household_id, action, reason,"
+                " alarm_id, state, attempts, requested_by, issued_at, sent_at, acked_at, ack_ok,"
+                " ack_valve, ack_error, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())"
+                " ON CONFLICT (cmd_id) DO UPDATE SET state = excluded.state,"
+                " attempts = greatest(valve_commands.attempts, excluded.attempts),"
+                " alarm_id = coalesce(valve_commands.alarm_id, excluded.alarm_id),"
+                " sent_at = coalesce(excluded.sent_at, valve_commands.sent_at),"
+                " acked_at = excluded.acked_at, ack_ok = excluded.ack_ok,"
+                " ack_valve = excluded.ack_valve, ack_error = excluded.ack_error, updated_at = now()",
+                (c["cmd_id"], c["meter_id"], c["household_id"], c["action"], c["reason"], alarm_id,
+                 c["state"], c["attempts"], c["requested_by"], _ts(c["issued_at"]),
+                 _ts(c["sent_at"]) if c.get("sent_at") else None,
+                 _ts(c["acked_at"]) if c.get("acked_at") else None,
+                 c.get("ack_ok"), c.get("ack_valve"), c.get("ack_error")))
+
+    def _write_work_orders(self, cur: psycopg.Cursor[Any], b: Batch,
+                           alarm_ids: dict[tuple[str, str], int]) -> None:
+        for w in b.work_orders:
+            alarm_id = alarm_ids.get(w.alarm_key) if w.alarm_key else None
+            cur.execute(
+                "INSERT INTO work_orders (household_id, cause, priority, title, opened_at,"
+                " arrive_by, resolve_by, alarm_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (household_id, cause) WHERE status IN ('open', 'dispatched', 'on_site')"
+                " DO UPDATE SET repeats = work_orders.repeats + 1, updated_at = now(),"
+                " version = work_orders.version + 1"
+                " RETURNING id, (xmax = 0) AS created",
+                (w.household_id, w.cause, w.priority, w.title, _ts(w.opened_at), w.arrive_by,
+                 w.resolve_by, alarm_id))
+            wo_id, created = cur.fetchone()  # type: ignore[misc]
+            cur.execute("INSERT INTO work_order_steps (work_order_id, at, actor, action,"
+                        " from_status, to_status, note) VALUES (%s, now(), 'gateway', %s, NULL,"
+                        " %s, %s)", (wo_id, "opened" if created else "attached",
+                                     "open" if created else None, w.note))
+            if created:
+                cur.execute("INSERT INTO audit_log (actor, action, entity, entity_id, details)"
+                            " VALUES ('gateway', 'work_order.opened', 'work_order', %s, %s)",
+                            (str(wo_id), Jsonb({"household": w.household_id, "cause": w.cause,
+                                                "priority": w.priority, "note": w.note})))
+            cur.execute("SELECT pg_notify('gas_events', %s)", (json.dumps(
+                {"type": "work_order.opened" if created else "work_order.changed",
+                 "id": wo_id, "household_id": w.household_id, "cause": w.cause,
+                 "priority": w.priority}),))
