@@ -54,7 +54,6 @@ Ix = npt.NDArray[np.intp]
 
 YEAR_S = 365.25 * 86400.0
 RING = 8  # samples kept per detector for the rate-of-rise rule
-_REBASE_S = 1.0e5  # rise-ring time offsets are float32: rebase before they lose precision
 
 
 class DeviceKind(IntEnum):
@@ -101,7 +100,17 @@ GAS_KINDS = (AlarmKind.PREALARM, AlarmKind.LEAK, AlarmKind.RISING)
 _N_KINDS = len(AlarmKind)
 _B = {k: np.uint32(1 << int(k)) for k in AlarmKind}
 _GAS_BITS = np.uint32(sum(1 << int(k) for k in GAS_KINDS))
-_NOT_OFFLINE = np.uint32(~np.uint32(_B[AlarmKind.OFFLINE]))
+# bits as NumPy scalars for the hot path (an IntEnum operand costs a slow conversion)
+_PRE, _LEAK, _RISE = _B[AlarmKind.PREALARM], _B[AlarmKind.LEAK], _B[AlarmKind.RISING]
+_DFAULT, _STUCK, _OFF = (_B[AlarmKind.DETECTOR_FAULT], _B[AlarmKind.STUCK_SENSOR],
+                         _B[AlarmKind.OFFLINE])
+_OVF, _CONT, _MICRO = (_B[AlarmKind.OVERFLOW], _B[AlarmKind.CONTINUOUS_FLOW],
+                       _B[AlarmKind.MICRO_LEAK])
+_VALVE, _BATT = _B[AlarmKind.VALVE_FAULT], _B[AlarmKind.BATTERY_LOW]
+_NOT_OFFLINE = ~_OFF
+_U8_1, _U8_254 = np.uint8(1), np.uint8(254)
+_CLOSED, _VFAULT = np.uint8(ValveCode.CLOSED), np.uint8(ValveCode.FAULT)
+_DETECTOR, _METER = np.uint8(DeviceKind.DETECTOR), np.uint8(DeviceKind.METER)
 _KIND_SHIFTS = np.arange(_N_KINDS, dtype=np.uint32)
 _IS_GAS = np.zeros(_N_KINDS, dtype=np.bool_)
 _IS_GAS[list(GAS_KINDS)] = True
@@ -242,25 +251,24 @@ class _ThresholdTable:
 class _Lookup:
     """Thresholds for the readings of one round: a scalar, or a gather by model."""
 
-    __slots__ = ("_model", "_m", "_s", "_table")
+    __slots__ = ("_m", "_table")
 
-    def __init__(self, table: _ThresholdTable, model: npt.NDArray[np.int16], s: Ix) -> None:
-        self._table, self._model, self._s = table, model, s
-        self._m: npt.NDArray[np.int16] | None = None
+    def __init__(self, table: _ThresholdTable, model: npt.NDArray[np.int16]) -> None:
+        self._table, self._m = table, model
 
     def __call__(self, name: str) -> Any:
         scalar = self._table.scalars[name]
         if scalar is not None:
             return scalar
-        if self._m is None:
-            self._m = self._model.take(self._s)
         return self._table.columns[name].take(self._m)
 
 
 # ------------------------------------------------------------------ effects
 
 def _empty(dtype: type[np.generic]) -> npt.NDArray[Any]:
-    return np.empty(0, dtype=dtype)
+    out = np.empty(0, dtype=dtype)
+    out.flags.writeable = False
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,9 +300,7 @@ class Effects:
 
     @classmethod
     def empty(cls) -> Effects:
-        return cls(_empty(np.int32), _empty(np.uint8), _empty(np.float32), _empty(np.float64),
-                   _empty(np.bool_), _empty(np.int32), _empty(np.uint8), _empty(np.float64),
-                   _empty(np.int32), _empty(np.uint8), _empty(np.int32))
+        return _EMPTY_EFFECTS
 
     @classmethod
     def concat(cls, parts: Sequence[Effects]) -> Effects:
@@ -312,6 +318,10 @@ class Effects:
 
 
 _EFFECT_FIELDS = tuple(f.name for f in dataclasses.fields(Effects))
+_EMPTY_EFFECTS = Effects(_empty(np.int32), _empty(np.uint8), _empty(np.float32),
+                         _empty(np.float64), _empty(np.bool_), _empty(np.int32),
+                         _empty(np.uint8), _empty(np.float64), _empty(np.int32),
+                         _empty(np.uint8), _empty(np.int32))
 
 
 class _Collector:
@@ -355,7 +365,7 @@ class _Collector:
 
 def _flow_at_meter(state: FleetState, slot: I32, kind: U8) -> Bool:
     out = np.zeros(slot.size, dtype=np.bool_)
-    gas = np.flatnonzero(_IS_GAS[kind])
+    gas = _IS_GAS[kind].nonzero()[0]
     if gas.size:
         meter = state.meter_slot[slot[gas]]
         has = meter >= 0
@@ -372,7 +382,7 @@ def _emit(out: _Collector, s: Ix, rows: Ix | None, ts: F64, old: U32, new: U32,
     `rows` maps round positions to batch positions (None: they are the same).
     """
     diff = old ^ new
-    ch = np.flatnonzero(diff)
+    ch = diff.nonzero()[0]
     if ch.size == 0:
         return ch
     bits = (diff[ch, None] >> _KIND_SHIFTS) & np.uint32(1)
@@ -420,11 +430,10 @@ class FleetState:
         "service_due_ts": (np.float64, np.inf, ()),
         "runs": (np.uint8, 0, (8,)),
         # detectors
-        "stuck_ref_lel": (np.float32, np.nan, ()),
+        "stuck_ref_lel": (np.float32, -np.inf, ()),  # -inf: the first reading moves
         "stuck_since_ts": (np.float64, np.inf, ()),
-        "rise_lel": (np.float32, 0.0, (RING,)),
-        "rise_dt_s": (np.float32, 0.0, (RING,)),
-        "rise_t0": (np.float64, 0.0, ()),
+        "rise_lel": (np.float32, 0.0, (RING,)),  # ring of tracked samples, see _rise
+        "rise_ts": (np.float64, 0.0, (RING,)),
         # meters
         "qmax_m3h": (np.float32, np.nan, ()),
         "last_flow_m3h": (np.float32, np.nan, ()),
@@ -445,8 +454,7 @@ class FleetState:
     stuck_ref_lel: F32
     stuck_since_ts: F64
     rise_lel: F32
-    rise_dt_s: F32
-    rise_t0: F64
+    rise_ts: F64
     qmax_m3h: F32
     last_flow_m3h: F32
     valve_state: U8
@@ -568,12 +576,12 @@ class FleetState:
         arrays = sum(getattr(self, name).nbytes for name in self._ARRAYS)
         return arrays + self._scratch.nbytes + self._flag.nbytes + self._table.nbytes
 
-    def _check(self, slots: npt.ArrayLike, kind: DeviceKind | None = None) -> Ix:
+    def _check(self, slots: npt.ArrayLike, kind: np.uint8 | None = None) -> Ix:
         s = np.asarray(slots).ravel().astype(np.intp, copy=False)
         if s.size and (s.min() < 0 or s.max() >= self.n_devices):
             raise ValueError(f"slots must be in 0..{self.n_devices - 1}")
         if kind is not None and s.size and (self.kind.take(s) != kind).any():
-            raise ValueError(f"evaluate: every slot must be a {kind.name.lower()}")
+            raise ValueError(f"evaluate: every slot must be a {DeviceKind(int(kind)).name.lower()}")
         return s
 
 
@@ -582,20 +590,23 @@ class FleetState:
 def _rounds(state: FleetState, s: Ix) -> Iterator[Ix | None]:
     """Batch positions per round: round r holds each slot's r-th reading, in batch order.
 
-    Yields None for "the whole batch" when no slot repeats (the common case).
+    Yields None for "the whole batch" when no slot repeats (the common case). Finding
+    repeats costs one scatter and one gather over a per-slot scratch array; only the
+    readings of repeated slots are sorted.
     """
     n = s.size
     if n == 0:
         return
     idx = np.arange(n, dtype=np.int32)
-    state._scratch[s] = idx  # one writer per slot wins, whichever
-    lost = np.flatnonzero(state._scratch.take(s) != idx)
+    scratch = state._scratch
+    scratch[s] = idx  # one writer per slot wins, whichever
+    lost = (scratch.take(s) != idx).nonzero()[0]
     if lost.size == 0:
         yield None
         return
     flag = state._flag
     flag[s[lost]] = True
-    involved = np.flatnonzero(flag.take(s))
+    involved = flag.take(s).nonzero()[0]
     flag[s[lost]] = False
     sub = s[involved]
     order = np.argsort(sub, kind="stable")
@@ -605,21 +616,22 @@ def _rounds(state: FleetState, s: Ix) -> Iterator[Ix | None]:
     first = np.ones(m, dtype=np.bool_)
     first[1:] = sorted_slots[1:] != sorted_slots[:-1]
     rank_sorted = pos - np.maximum.accumulate(np.where(first, pos, 0))
-    rank = np.zeros(n, dtype=np.intp)
+    rank = np.zeros(n, dtype=np.int8 if rank_sorted[-1] < 127 else np.intp)
     rank[involved[order]] = rank_sorted
-    for r in range(int(rank_sorted.max()) + 1):
-        yield np.flatnonzero(rank == r)
+    yield (rank == 0).nonzero()[0]
+    for r in range(1, int(rank_sorted.max()) + 1):
+        yield involved[rank[involved] == r]
 
 
 def _bump(run: U8, cond: Bool) -> U8:
     """Saturating run length: +1 where cond holds, 0 where it does not."""
-    out: U8 = (np.minimum(run, np.uint8(254)) + np.uint8(1)) * cond
+    out: U8 = (np.minimum(run, _U8_254) + _U8_1) * cond
     return out
 
 
 def _put_changed(arr: npt.NDArray[Any], s: Ix, old: npt.NDArray[Any],
                  new: npt.NDArray[Any]) -> None:
-    ch = np.flatnonzero(old != new)
+    ch = (old != new).nonzero()[0]
     if ch.size:
         arr[s[ch]] = new[ch]
 
@@ -629,7 +641,7 @@ def _put_changed(arr: npt.NDArray[Any], s: Ix, old: npt.NDArray[Any],
 def evaluate_detectors(state: FleetState, slots: npt.ArrayLike, ch4_lel: npt.ArrayLike,
                        fault: npt.ArrayLike, ts: npt.ArrayLike, now: float) -> Effects:
     """Apply a batch of detector readings (in arrival order; slots may repeat)."""
-    s = state._check(slots, DeviceKind.DETECTOR)
+    s = state._check(slots, _DETECTOR)
     ch4 = np.asarray(ch4_lel, dtype=np.float32).ravel()
     flt = np.asarray(fault, dtype=np.uint32).ravel()
     t = np.asarray(ts, dtype=np.float64).ravel()
@@ -649,62 +661,61 @@ def _detector_round(state: FleetState, s: Ix, ch4: F32, fault: U32, ts: F64, now
                     rows: Ix | None, out: _Collector) -> None:
     th = _Lookup(state._table, state.model, s)
     act = state.active.take(s)
+    present = int(np.bitwise_or.reduce(act)) if act.size else 0  # alarm bits in this round
     w = state._runs64.take(s)
     b = w.view(np.uint8).reshape(-1, 8)
 
-    # gas level runs and the clear run (hysteresis)
+    # gas: runs at or above each level and below the clear level (hysteresis)
     pre = _bump(b[:, _R_PRE], ch4 >= th("prealarm_lel"))
     leak = _bump(b[:, _R_LEAK], ch4 >= th("leak_lel"))
     clr = _bump(b[:, _R_CLEAR], ch4 < th("clear_lel"))
-    healthy = fault == 0
-    fok = _bump(b[:, _R_FAULT_OK], healthy)
+    new = act & _NOT_OFFLINE if present & _OFF else act.copy()  # a reading proves it alive
+    if present & _GAS_BITS:
+        new &= ~((clr >= th("clear_count")) * _GAS_BITS)
+    new |= ((leak >= th("leak_count")) | (ch4 >= th("leak_instant_lel"))) * _LEAK
+    leak_on = (new & _LEAK) != 0  # a leak subsumes the prealarm and the rise warning
+    new |= ((pre >= th("prealarm_count")) > leak_on) * _PRE
 
-    new = act & _NOT_OFFLINE  # a reading proves the device is alive
-    new &= ~((clr >= th("clear_count")) * _GAS_BITS)
-    new |= ((leak >= th("leak_count")) | (ch4 >= th("leak_instant_lel"))) * _B[AlarmKind.LEAK]
-    leak_on = (new & _B[AlarmKind.LEAK]) != 0  # prealarm and rise are subsumed by a leak
-    new |= ((pre >= th("prealarm_count")) & ~leak_on) * _B[AlarmKind.PREALARM]
-
-    # sensor fault bit, cleared by a run of healthy readings
-    new |= ~healthy * _B[AlarmKind.DETECTOR_FAULT]
-    new &= ~((fok >= th("fault_clear_count")) * _B[AlarmKind.DETECTOR_FAULT])
+    # fault bit, cleared by a run of healthy readings
+    bad = fault != 0
+    fok = _bump(b[:, _R_FAULT_OK], ~bad)
+    new |= bad * _DFAULT
+    if present & _DFAULT:
+        new &= ~((fok >= th("fault_clear_count")) * _DFAULT)
 
     # stuck: the value has not moved (within tolerance) since stuck_since_ts
     ref = state.stuck_ref_lel.take(s)
-    moved = ~(np.abs(ch4 - ref) <= th("stuck_tolerance_lel"))  # NaN ref: first reading
-    mv = np.flatnonzero(moved)
-    since = state.stuck_since_ts.take(s)
+    moved = np.abs(ch4 - ref) > th("stuck_tolerance_lel")
+    mv = moved.nonzero()[0]
     if mv.size:
-        since[mv] = ts[mv]
-        state.stuck_ref_lel[s[mv]] = ch4[mv]
-        state.stuck_since_ts[s[mv]] = ts[mv]
-        new &= ~(moved * _B[AlarmKind.STUCK_SENSOR])
-    stuck = (ts - since >= th("stuck_s")) & (ch4 >= th("stuck_ignore_below_lel"))
-    new |= stuck * _B[AlarmKind.STUCK_SENSOR]
+        sm = s[mv]
+        state.stuck_ref_lel[sm] = ch4[mv]
+        state.stuck_since_ts[sm] = ts[mv]
+        if present & _STUCK:
+            new &= ~(moved * _STUCK)
+    long = ts - state.stuck_since_ts.take(s) >= th("stuck_s")  # moved rows: since == ts
+    if long.any():
+        new |= (long & (ch4 >= th("stuck_ignore_below_lel"))) * _STUCK
 
-    # rate of rise, on the few readings above the tracking level
-    ring_n = b[:, _R_RING_N].copy()
-    head = b[:, _R_RING_HEAD].copy()
+    # rate of rise, on the readings above the tracking level
     tracked = ch4 >= th("rise_track_lel")
-    ring_n *= tracked  # a reading below the tracking level ends the tracked rise
-    tr = np.flatnonzero(tracked)
+    b[:, _R_RING_N] *= tracked  # a reading below the tracking level ends the tracked rise
+    tr = tracked.nonzero()[0]
     if tr.size:
-        _rise(state, th, s, ch4, ts, tr, ring_n, head, new, leak_on)
+        _rise(state, th, s, ch4, ts, tr, b, new)
 
     b[:, _R_PRE] = pre
     b[:, _R_LEAK] = leak
     b[:, _R_CLEAR] = clr
     b[:, _R_FAULT_OK] = fok
-    b[:, _R_RING_N] = ring_n
-    b[:, _R_RING_HEAD] = head
     state._runs64[s] = w
     state.last_seen[s] = now
 
     ch = _emit(out, s, rows, ts, act, new, lambda i, k: ch4[i])
     if ch.size:
         state.active[s[ch]] = new[ch]
-        leak_up = ch[((new[ch] & ~act[ch]) & _B[AlarmKind.LEAK]) != 0]
-        if leak_up.size:
+        leak_up = ch[((new[ch] & ~act[ch]) & _LEAK) != 0]
+        if leak_up.size:  # close the household's meter
             trig = s[leak_up]
             meter = state.meter_slot[trig]
             has = meter >= 0
@@ -713,15 +724,16 @@ def _detector_round(state: FleetState, s: Ix, ch4: F32, fault: U32, ts: F64, now
                                dtype=np.uint8), trig[has].astype(np.int32)))
 
 
-def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, ring_n: U8,
-          head: U8, new: U32, leak_on: Bool) -> None:
-    """Rate-of-rise rule on the tracked readings `tr`; updates ring_n, head, new in place.
+def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, b: U8,
+          new: U32) -> None:
+    """Rate-of-rise rule on the tracked readings `tr` of a round; updates b and new.
 
-    Each detector keeps up to RING samples, at least rise_window_s / RING apart so the
-    ring spans the window whatever the reporting rate. The current reading and the
-    ring's samples inside the window give a least-squares slope; RISING is raised when
-    ch4 is in [rise_floor_lel, leak_lel) and the slope reaches leak_lel within
-    rise_lead_s.
+    Each detector keeps its last RING tracked samples (value, ts), at least
+    rise_window_s / RING apart so the ring spans the window whatever the reporting
+    rate; `b[:, _R_RING_N]` counts the valid ones (reset by an untracked reading) and
+    `b[:, _R_RING_HEAD]` is the next write position. The samples inside the window and
+    the current reading give a least-squares slope; RISING is raised when ch4 is in
+    [rise_floor_lel, leak_lel) and the slope reaches leak_lel within rise_lead_s.
     """
 
     def sub(name: str, idx: Ix) -> Any:  # a threshold for some readings of the round
@@ -731,31 +743,24 @@ def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, ring
     ss = s[tr]
     v = ch4[tr]
     t = ts[tr]
-    rn = ring_n[tr]
-    hd = head[tr]
-    fresh = rn == 0
-    old_t0 = state.rise_t0.take(ss)
-    t0 = np.where(fresh, t, old_t0)
-    off = t - t0
-    big = np.flatnonzero(off > _REBASE_S)
-    if big.size:  # keep the float32 offsets small: move the origin to this reading
-        state.rise_dt_s[ss[big]] -= off[big, None].astype(np.float32)
-        t0[big] = t[big]
-        off[big] = 0.0
-    _put_changed(state.rise_t0, ss, old_t0, t0)
+    rn = b[tr, _R_RING_N]
+    hd = b[tr, _R_RING_HEAD]
     flat = ss * RING
-    last_dt = state.rise_dt_s.reshape(-1).take(flat + ((hd.astype(np.intp) - 1) & (RING - 1)))
+    ring_ts = state.rise_ts.reshape(-1)
+    last_t = ring_ts.take(flat + ((hd - _U8_1) & np.uint8(RING - 1)))
 
     # candidates: in the warning band, with history, no leak or rise alarm yet
-    cand = np.flatnonzero((v >= sub("rise_floor_lel", tr)) & (v < sub("leak_lel", tr))
-                          & ~leak_on[tr] & ((new[tr] & _B[AlarmKind.RISING]) == 0)
-                          & ~fresh)
+    cand = ((v >= sub("rise_floor_lel", tr)) & (v < sub("leak_lel", tr))
+            & (rn > 0)).nonzero()[0]
+    if cand.size:
+        cand = cand[(new[tr[cand]] & (_LEAK | _RISE)) == 0]
     if cand.size:
         at = tr[cand]
         cs = ss[cand]
+        tc = t[cand]
         window = sub("rise_window_s", at)
         window = window[:, None] if np.ndim(window) else window
-        x = state.rise_dt_s[cs].astype(np.float64) - off[cand, None]  # <= 0: seconds ago
+        x = state.rise_ts[cs] - tc[:, None]  # <= 0: seconds before this reading
         age = (hd[cand, None].astype(np.intp) - 1 - np.arange(RING)) & (RING - 1)
         ok = (age < rn[cand, None]) & (x <= 0) & (x >= -window)
         x = np.where(ok, x, 0.0)
@@ -764,8 +769,8 @@ def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, ring
         n = ok.sum(axis=1) + 1.0  # the current reading is the point (0, vc)
         sx = x.sum(axis=1)
         sy = y.sum(axis=1) + vc
-        sxx = (x * x).sum(axis=1)
-        sxy = (x * y).sum(axis=1)
+        sxx = np.einsum("ij,ij->i", x, x)
+        sxy = np.einsum("ij,ij->i", x, y)
         den = n * sxx - sx * sx
         with np.errstate(divide="ignore", invalid="ignore"):
             slope = np.where(den > 0, (n * sxy - sx * sy) / den, 0.0)
@@ -773,16 +778,18 @@ def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, ring
         rising = ((n >= sub("rise_min_samples", at)) & (span >= sub("rise_min_span_s", at))
                   & (slope > 0)
                   & (vc + slope * sub("rise_lead_s", at) >= sub("leak_lel", at)))
-        new[at[rising]] |= _B[AlarmKind.RISING]
+        new[at[rising]] |= _RISE
 
     # record this reading if the ring is empty or its last sample is old enough
-    rec = np.flatnonzero(fresh | (off - last_dt >= sub("rise_spacing_s", tr)))
+    rec = ((rn == 0) | (t - last_t >= sub("rise_spacing_s", tr))).nonzero()[0]
     if rec.size:
-        pos = flat[rec] + hd[rec]
+        hr = hd[rec]
+        pos = flat[rec] + hr
         state.rise_lel.reshape(-1)[pos] = v[rec]
-        state.rise_dt_s.reshape(-1)[pos] = off[rec]
-        ring_n[tr[rec]] = np.minimum(rn[rec] + 1, RING)
-        head[tr[rec]] = (hd[rec] + 1) & (RING - 1)
+        ring_ts[pos] = t[rec]
+        at = tr[rec]
+        b[at, _R_RING_N] = np.minimum(rn[rec] + _U8_1, np.uint8(RING))
+        b[at, _R_RING_HEAD] = (hr + _U8_1) & np.uint8(RING - 1)
 
 
 # ------------------------------------------------------------------ meters
@@ -795,7 +802,7 @@ def evaluate_meters(state: FleetState, slots: npt.ArrayLike, flow_m3h: npt.Array
     `valve` holds ValveCode values (0 open, 1 closed, 2 fault). `vol_m3` is accepted so
     the call mirrors the reading, but no v1 rule uses the cumulative volume.
     """
-    s = state._check(slots, DeviceKind.METER)
+    s = state._check(slots, _METER)
     flow = np.asarray(flow_m3h, dtype=np.float32).ravel()
     vl = np.asarray(valve, dtype=np.uint8).ravel()
     batt = np.asarray(batt_v, dtype=np.float32).ravel()
@@ -817,45 +824,51 @@ def _meter_round(state: FleetState, s: Ix, flow: F32, valve: U8, batt: F32, ts: 
                  now: float, rows: Ix | None, out: _Collector) -> None:
     th = _Lookup(state._table, state.model, s)
     act = state.active.take(s)
-    new = act & _NOT_OFFLINE
+    present = int(np.bitwise_or.reduce(act)) if act.size else 0
+    new = act & _NOT_OFFLINE if present & _OFF else act.copy()
     flowing = flow > th("start_flow_m3h")
 
     # over-flow against the household load, with a hysteresis band
     qmax = state.qmax_m3h.take(s)
-    new &= ~((flow <= qmax * th("overflow_clear_factor")) * _B[AlarmKind.OVERFLOW])
-    new |= (flow > qmax * th("overflow_factor")) * _B[AlarmKind.OVERFLOW]
+    if present & _OVF:
+        new &= ~((flow <= qmax * th("overflow_clear_factor")) * _OVF)
+    new |= (flow > qmax * th("overflow_factor")) * _OVF
 
     # continuous flow: a run without a pause; a pause clears the alarm
     since = state.flow_since_ts.take(s)
     run = np.where(flowing, np.minimum(since, ts), np.inf)
     _put_changed(state.flow_since_ts, s, since, run)
-    new &= ~(~flowing * _B[AlarmKind.CONTINUOUS_FLOW])
-    new |= (ts - run >= th("continuous_flow_s")) * _B[AlarmKind.CONTINUOUS_FLOW]
+    if present & _CONT:
+        new &= ~((~flowing) * _CONT)
+    new |= (ts - run >= th("continuous_flow_s")) * _CONT
 
     # micro flow: a small steady flow; only a true zero proves the leak gone
     micro = (flow > 0) & (flow < th("micro_max_m3h"))
     msince = state.micro_since_ts.take(s)
     mrun = np.where(micro, np.minimum(msince, ts), np.inf)
     _put_changed(state.micro_since_ts, s, msince, mrun)
-    new &= ~((flow <= 0) * _B[AlarmKind.MICRO_LEAK])
-    new |= (ts - mrun >= th("micro_flow_s")) * _B[AlarmKind.MICRO_LEAK]
+    if present & _MICRO:
+        new &= ~((flow <= 0) * _MICRO)
+    new |= (ts - mrun >= th("micro_flow_s")) * _MICRO
 
     # valve: flow while closed (debounced), or the meter reports a valve fault
     w = state._runs64.take(s)
     b = w.view(np.uint8).reshape(-1, 8)
-    bad_flow = (valve == ValveCode.CLOSED) & flowing
-    vfault = valve == ValveCode.FAULT
-    vrun = _bump(b[:, _R_VALVE_FLOW], bad_flow)
-    vok = _bump(b[:, _R_VALVE_OK], ~(bad_flow | vfault))
-    new &= ~((vok >= th("valve_clear_count")) * _B[AlarmKind.VALVE_FAULT])
-    new |= ((vrun >= th("valve_closed_flow_count")) | vfault) * _B[AlarmKind.VALVE_FAULT]
+    closed_flow = (valve == _CLOSED) & flowing
+    vfault = valve == _VFAULT
+    vrun = _bump(b[:, _R_VALVE_FLOW], closed_flow)
     b[:, _R_VALVE_FLOW] = vrun
+    vok = _bump(b[:, _R_VALVE_OK], ~(closed_flow | vfault))
     b[:, _R_VALVE_OK] = vok
     state._runs64[s] = w
+    if present & _VALVE:
+        new &= ~((vok >= th("valve_clear_count")) * _VALVE)
+    new |= ((vrun >= th("valve_closed_flow_count")) | vfault) * _VALVE
 
     # battery, with hysteresis
-    new &= ~((batt >= th("battery_clear_v")) * _B[AlarmKind.BATTERY_LOW])
-    new |= (batt < th("battery_low_v")) * _B[AlarmKind.BATTERY_LOW]
+    if present & _BATT:
+        new &= ~((batt >= th("battery_clear_v")) * _BATT)
+    new |= (batt < th("battery_low_v")) * _BATT
 
     state.valve_state[s] = valve
     state.last_flow_m3h[s] = flow
@@ -868,8 +881,8 @@ def _meter_round(state: FleetState, s: Ix, flow: F32, valve: U8, batt: F32, ts: 
     ch = _emit(out, s, rows, ts, act, new, value_of)
     if ch.size:
         state.active[s[ch]] = new[ch]
-        up = ch[((new[ch] & ~act[ch]) & _B[AlarmKind.OVERFLOW]) != 0]
-        if up.size:
+        up = ch[((new[ch] & ~act[ch]) & _OVF) != 0]
+        if up.size:  # close this meter
             meter = s[up].astype(np.int32)
             r = up if rows is None else rows[up]
             out.closes.append((r, meter, np.full(up.size, AlarmKind.OVERFLOW, dtype=np.uint8),

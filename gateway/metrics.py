@@ -42,6 +42,7 @@ class Metrics:
         self.open_commands = Gauge("gas_open_commands", "Valve commands awaiting an ack",
                                    registry=r)
         self.db_up = Gauge("gas_db_up", "1 when the writer reaches the database", registry=r)
+        self.devices = Gauge("gas_registry_devices", "Devices known to the gateway", registry=r)
         self.mqtt_connected = Gauge("gas_mqtt_connected", "1 when connected to the broker",
                                     registry=r)
 

@@ -103,6 +103,7 @@ class Gateway:
         if n:
             self.state.add_devices(last_seen=np.full(n, self.clock()), **cols)
             self.last_seq.extend([-1] * n)
+        self.metrics.devices.set(len(self.registry))
         return n
 
     def restore(self, open_alarms: list[tuple[str, str]], open_commands: list[ValveCommand]) -> None:
@@ -612,18 +613,20 @@ class GatewayService:
 
     async def _listener(self) -> None:
         """Registry changes and operators' valve commands, from PostgreSQL NOTIFY."""
+        dsn = self.settings.db.dsn
         while not self._stopping.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(self.settings.db.dsn,
-                                                                 autocommit=True) as conn:
-                    await conn.execute("LISTEN gas_registry")
-                    await conn.execute("LISTEN gas_commands")
-                    await self._pick_up_operator_commands(conn)
-                    async for note in conn.notifies():
+                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listen, \
+                        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as query:
+                    await listen.execute("LISTEN gas_registry")
+                    await listen.execute("LISTEN gas_commands")
+                    await self._pick_up_operator_commands(query)
+                    # the notifies generator holds its connection: queries use the other one
+                    async for note in listen.notifies():
                         if note.channel == "gas_registry":
                             await self._refresh_registry()
                         elif note.channel == "gas_commands":
-                            await self._pick_up_operator_commands(conn)
+                            await self._pick_up_operator_commands(query)
             except psycopg.OperationalError as err:
                 logger.warning("listener lost the database (%s); retrying", str(err)[:200])
                 await asyncio.sleep(1.0)

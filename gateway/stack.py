@@ -134,6 +134,10 @@ class Stack:
                            self.pg_data, aside)
             self.pg_data.rename(aside)
         self.pg_run.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0 and _run(["test", "-x", str(self.pg_dir)], user=user,
+                                      check=False).returncode != 0:
+            raise StackError(f"the {user} system user cannot reach {self.pg_dir}: let it "
+                             f"traverse the parent folders (chmod o+x) or set GAS_SAFETY_HOME")
         if os.geteuid() == 0:
             shutil.chown(self.pg_dir, user, user)
             shutil.chown(self.pg_run, user, user)
@@ -142,8 +146,11 @@ class Stack:
             self.pg_data.mkdir(mode=0o700)
             if os.geteuid() == 0:
                 shutil.chown(self.pg_data, user, user)
-            _run([str(PG_BIN / "initdb"), "-D", str(self.pg_data), "-U", "postgres",
-                  "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"], user=user)
+            r = _run([str(PG_BIN / "initdb"), "-D", str(self.pg_data), "-U", "postgres",
+                      "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"],
+                     user=user, check=False)
+            if r.returncode != 0:
+                raise StackError(f"initdb failed in {self.pg_data}: {r.stderr.strip()[-800:]}")
             (self.pg_data / "conf.d").mkdir(exist_ok=True)
             with (self.pg_data / "postgresql.conf").open("a") as f:
                 f.write("\ninclude_dir = 'conf.d'\n")
