@@ -54,6 +54,7 @@ Ix = npt.NDArray[np.intp]
 
 YEAR_S = 365.25 * 86400.0
 RING = 8  # samples kept per detector for the rate-of-rise rule
+_BUCKETS = 1 << 16  # hash table size for finding repeated slots in a batch
 
 
 class DeviceKind(IntEnum):
@@ -137,6 +138,7 @@ class Thresholds:
     rise_track_lel: float = 1.0  # a reading below this ends the tracked rise
     rise_min_samples: int = 4  # points in the window, the current reading included
     rise_min_span_s: float = 30.0  # oldest point in the window at least this old
+    rise_sustain_ratio: float = 0.5  # still rising: the last step keeps this share of the slope
     # sensor faults
     fault_clear_count: int = 3  # healthy readings (fault == 0) that clear DETECTOR_FAULT
     stuck_s: float = 3 * 86400.0
@@ -163,8 +165,12 @@ class Thresholds:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name.endswith("_count") or f.name in ("offline_heartbeats", "rise_min_samples"):
-                if not (isinstance(value, int) and 1 <= value <= 254):
+            if f.name in _COUNT_FIELDS:
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)  # settings may carry counts as floats (3.0)
+                    object.__setattr__(self, f.name, value)
+                if not (isinstance(value, int) and not isinstance(value, bool)
+                        and 1 <= value <= 254):
                     raise ValueError(f"{f.name}={value!r}: need an int in 1..254")
             elif not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ValueError(f"{f.name}={value!r}: need a finite number >= 0")
@@ -181,6 +187,10 @@ class Thresholds:
         if self.battery_clear_v < self.battery_low_v:
             raise ValueError("need battery_clear_v >= battery_low_v")
 
+
+_COUNT_FIELDS = frozenset(f.name for f in dataclasses.fields(Thresholds)
+                          if f.name.endswith("_count")
+                          or f.name in ("offline_heartbeats", "rise_min_samples"))
 
 ModelThresholds: TypeAlias = Mapping[int, Thresholds]
 """Per-model overrides: model index -> Thresholds; models not listed use the default."""
@@ -203,7 +213,7 @@ for _name in ("prealarm_lel", "leak_lel", "leak_instant_lel", "clear_lel", "rise
 for _name in ("prealarm_count", "leak_count", "clear_count", "fault_clear_count",
               "valve_closed_flow_count", "valve_clear_count", "rise_min_samples"):
     _col(_name, np.uint8)
-for _name in ("rise_window_s", "rise_lead_s", "rise_min_span_s", "stuck_s",
+for _name in ("rise_window_s", "rise_lead_s", "rise_min_span_s", "rise_sustain_ratio", "stuck_s",
               "continuous_flow_s", "micro_flow_s"):
     _col(_name, np.float64)
 _col("micro_max_m3h", np.float32, lambda t: t.micro_flow_factor * t.start_flow_m3h)
@@ -211,6 +221,74 @@ _col("offline_s", np.float64, lambda t: t.offline_heartbeats * t.heartbeat_s)
 _col("rise_spacing_s", np.float64, lambda t: t.rise_window_s / RING)
 _col("meter_life_s", np.float64, lambda t: t.meter_life_years * YEAR_S)
 _col("detector_life_s", np.float64, lambda t: t.detector_life_years * YEAR_S)
+
+
+_LEVEL_EDGES = ("clear_lel", "prealarm_lel", "leak_lel", "leak_instant_lel")
+_GAS_FAULT_BITS = 0b1111  # PREALARM, LEAK, RISING, DETECTOR_FAULT: bits 0-3 of `active`
+
+
+def _gas_step(pre: Any, leak: Any, clr: Any, fok: Any, bits: Any, bad: Any, level: Any,
+              t: Thresholds, caps: tuple[int, int, int, int]) -> tuple[Any, ...]:
+    """What one detector reading does to the gas and fault rules (elementwise).
+
+    `level`: 0 below clear_lel, 1 below prealarm_lel, 2 below leak_lel, 3 below
+    leak_instant_lel, 4 at or above it. `bad`: the fault bitmask is not 0. Runs count
+    consecutive readings, capped at `caps` (a count no threshold exceeds).
+    """
+    pre_b, leak_b, rise_b, fault_b = (k.bit for k in (AlarmKind.PREALARM, AlarmKind.LEAK,
+                                                      AlarmKind.RISING, AlarmKind.DETECTOR_FAULT))
+    gas_b = pre_b | leak_b | rise_b
+    pre = np.where(level >= 2, np.minimum(pre + 1, caps[0]), 0)  # at or above prealarm_lel
+    leak = np.where(level >= 3, np.minimum(leak + 1, caps[1]), 0)  # at or above leak_lel
+    clr = np.where(level == 0, np.minimum(clr + 1, caps[2]), 0)  # below clear_lel
+    fok = np.where(bad, 0, np.minimum(fok + 1, caps[3]))  # no fault bit
+    # hysteresis: gas alarms clear after a run of clear readings, all at once
+    bits = np.where(clr >= t.clear_count, bits & ~gas_b, bits)
+    bits = np.where((leak >= t.leak_count) | (level == 4), bits | leak_b, bits)
+    # a leak subsumes the pre-alarm: no new pre-alarm while a leak is active
+    bits = np.where((pre >= t.prealarm_count) & (bits & leak_b == 0), bits | pre_b, bits)
+    bits = np.where(bad, bits | fault_b, bits)
+    bits = np.where(fok >= t.fault_clear_count, bits & ~fault_b, bits)
+    return pre, leak, clr, fok, bits
+
+
+class _GasMachine:
+    """The gas and fault rules of a detector as one transition table per profile.
+
+    A detector's state is its four run lengths (at or above prealarm_lel, at or above
+    leak_lel, below clear_lel, without a fault), packed into one `code`, and its alarm
+    bits PREALARM, LEAK, RISING, DETECTOR_FAULT (bits 0-3 of `active`). `_gas_step`
+    states the rules; the table holds its answer for every state and input, so a batch
+    takes one lookup instead of a dozen array operations:
+    table[offset + ((code * 16 + bits) * 2 + bad) * 5 + level] = new_code * 16 + new_bits.
+    """
+
+    def __init__(self, profiles: list[Thresholds]) -> None:
+        self.caps = (max(p.prealarm_count for p in profiles), max(p.leak_count for p in profiles),
+                     max(p.clear_count for p in profiles),
+                     max(p.fault_clear_count for p in profiles))
+        self.dims = tuple(c + 1 for c in self.caps)
+        n_codes = int(np.prod(self.dims))
+        if n_codes * 16 > 1 << 16:
+            raise ValueError("debounce counts too large: need (prealarm_count + 1) * "
+                             "(leak_count + 1) * (clear_count + 1) * (fault_clear_count + 1)"
+                             " <= 4096")
+        self.stride = n_codes * 16 * 2 * 5
+        code, bits, bad, level = np.meshgrid(np.arange(n_codes), np.arange(16), np.arange(2),
+                                             np.arange(5), indexing="ij")
+        runs = np.unravel_index(code, self.dims)
+        tables = []
+        for t in profiles:
+            *new_runs, new_bits = _gas_step(*runs, bits, bad.astype(bool), level, t, self.caps)
+            new_code = np.ravel_multi_index(tuple(new_runs), self.dims)
+            tables.append((new_code * 16 + new_bits).astype(np.uint16).ravel())
+        self.table = np.concatenate(tables)
+
+    def without_clear_runs(self, code: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
+        """The same runs with the clear and fault-free runs restarted (restored alarms)."""
+        pre, leak, _, _ = np.unravel_index(code.astype(np.intp), self.dims)
+        zero = np.zeros_like(pre)
+        return np.ravel_multi_index((pre, leak, zero, zero), self.dims).astype(np.uint16)
 
 
 class _ThresholdTable:
@@ -225,8 +303,13 @@ class _ThresholdTable:
             raise ValueError("model indices must be in 0..32767")
         self.default = default
         self.overrides = dict(overrides)
+        # distinct threshold sets; the gas machine has one table per profile
+        self.profiles = [default] + [t for t in dict.fromkeys(self.overrides.values())
+                                     if t != default]
+        self.gas = _GasMachine(self.profiles)
         self.columns: dict[str, npt.NDArray[Any]] = {}
         self.scalars: dict[str, np.generic | None] = {}
+        self.edges: F32 | None = None  # level edges when every model shares them
         self.n_rows = 0
         self.ensure_rows(max(self.overrides, default=0) + 1)
 
@@ -234,10 +317,15 @@ class _ThresholdTable:
         if n_rows <= self.n_rows:
             return
         rows = [self.overrides.get(i, self.default) for i in range(n_rows)]
-        for name, (dtype, fn) in _COLUMNS.items():
+        columns = {name: (dtype, fn) for name, (dtype, fn) in _COLUMNS.items()}
+        columns["gas_offset"] = (np.intp, lambda t: self.profiles.index(t) * self.gas.stride)
+        for name, (dtype, fn) in columns.items():
             col = np.array([fn(r) for r in rows], dtype=dtype)
             self.columns[name] = col
             self.scalars[name] = col[0] if bool((col == col[0]).all()) else None
+        level_edges = [self.scalars[n] for n in _LEVEL_EDGES]
+        self.edges = (None if any(e is None for e in level_edges)
+                      else np.array(level_edges, dtype=np.float32))
         self.n_rows = n_rows
 
     def row(self, model: int) -> Thresholds:
@@ -245,22 +333,29 @@ class _ThresholdTable:
 
     @property
     def nbytes(self) -> int:
-        return sum(c.nbytes for c in self.columns.values())
+        return sum(c.nbytes for c in self.columns.values()) + self.gas.table.nbytes
 
 
 class _Lookup:
     """Thresholds for the readings of one round: a scalar, or a gather by model."""
 
-    __slots__ = ("_m", "_table")
+    __slots__ = ("_cache", "_m", "_model", "_table")
 
     def __init__(self, table: _ThresholdTable, model: npt.NDArray[np.int16]) -> None:
-        self._table, self._m = table, model
+        self._table, self._model = table, model
+        self._m: Ix | None = None
+        self._cache: dict[str, Any] = {}
 
     def __call__(self, name: str) -> Any:
         scalar = self._table.scalars[name]
         if scalar is not None:
             return scalar
-        return self._table.columns[name].take(self._m)
+        value = self._cache.get(name)
+        if value is None:
+            if self._m is None:
+                self._m = self._model.astype(np.intp)
+            value = self._cache[name] = self._table.columns[name].take(self._m)
+        return value
 
 
 # ------------------------------------------------------------------ effects
@@ -327,9 +422,10 @@ _EMPTY_EFFECTS = Effects(_empty(np.int32), _empty(np.uint8), _empty(np.float32),
 class _Collector:
     """Gathers effects of the rounds of one step; orders them as sequential processing."""
 
-    __slots__ = ("changes", "closes", "sort")
+    __slots__ = ("changes", "closes", "first_round", "sort")
 
     def __init__(self) -> None:
+        self.first_round = True
         # (row, slot, kind, raised, value, ts) and (row, meter, cause, trigger)
         self.changes: list[tuple[Ix, I32, U8, Bool, F32, F64]] = []
         self.closes: list[tuple[Ix, I32, U8, I32]] = []
@@ -398,10 +494,44 @@ def _emit(out: _Collector, s: Ix, rows: Ix | None, ts: F64, old: U32, new: U32,
 
 # ------------------------------------------------------------------ state
 
-# Per-slot run lengths (consecutive readings meeting a condition), packed as 8 uint8 in
-# one uint64 so a round gathers and scatters them once.
-_R_PRE, _R_LEAK, _R_CLEAR, _R_FAULT_OK, _R_RING_N, _R_RING_HEAD = 0, 1, 2, 3, 4, 5  # detectors
-_R_VALVE_FLOW, _R_VALVE_OK = 6, 7  # meters
+# Everything a reading reads or writes sits in one 64-byte record per slot (one cache
+# line): with 400 k devices the state is far larger than the CPU caches, and a batch
+# costs about one memory access per array it touches per reading, so one record is
+# several times cheaper than a dozen parallel arrays. Cold data (registry links,
+# install dates, the rise ring touched only by elevated readings) stays in plain arrays.
+_HOT = np.dtype([
+    ("active", np.uint32),  # AlarmKind bitmask
+    ("reserved", np.int32),  # free for a future rule
+    ("last_seen", np.float64),  # platform time of the last message, NaN = never
+    ("runs", np.uint64),  # 8 uint8 run lengths of consecutive readings, see _R_*
+    ("stuck_since_ts", np.float64),  # detector: since when the value has not moved
+    ("flow_since_ts", np.float64),  # meter: start of the current flow run (inf: none)
+    ("micro_since_ts", np.float64),  # meter: start of the current micro-flow run
+    ("stuck_ref_lel", np.float32),  # detector: the value that has not moved
+    ("last_flow_m3h", np.float32),  # meter: last reported flow, NaN = none yet
+    ("qmax_m3h", np.float32),  # meter: household load
+    ("model", np.int16),
+    ("kind", np.uint8),  # DeviceKind, 255 = free slot
+    ("valve_state", np.uint8),  # meter: ValveCode
+])
+assert _HOT.itemsize == 64
+_HOT_VOID = np.dtype((np.void, _HOT.itemsize))
+_HOT_FILL = np.array([(0, 0, np.nan, 0, np.inf, np.inf, np.inf, -np.inf, np.nan, np.nan,
+                       0, 255, ValveCode.UNKNOWN)], dtype=_HOT)
+
+# Bytes of `runs`: run lengths of consecutive readings meeting a condition.
+_R_PRE, _R_LEAK, _R_CLEAR, _R_FAULT_OK = 0, 1, 2, 3  # detector: >= pre, >= leak, < clear, fault 0
+_R_RING_N, _R_RING_HEAD = 4, 5  # detector: valid samples in the rise ring, next write position
+_R_VALVE_FLOW, _R_VALVE_OK = 0, 1  # meter: flow while closed, healthy valve
+
+
+def _aligned_records(n: int) -> npt.NDArray[Any]:
+    """n hot records on cache-line boundaries (one allocation, so huge pages can back it)."""
+    raw = np.empty(n * _HOT.itemsize + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start:start + n * _HOT.itemsize].view(_HOT)
+    out[:] = _HOT_FILL[0]
+    return out
 
 
 class FleetState:
@@ -411,66 +541,73 @@ class FleetState:
     state belongs to one worker: it is not thread-safe, and a partition of the device
     space is simply one FleetState per partition.
 
-    Public arrays (index by slot, read freely; write only `valve_state` and `last_seen`):
-    kind (uint8 DeviceKind), household (int32), meter_slot (int32, the household's meter
-    for a detector, the meter itself for a meter, -1 if none), model (int16), active
-    (uint32 bitmask of AlarmKind), last_seen (float64 platform time, NaN = never),
-    installed_ts, qmax_m3h, last_flow_m3h (NaN = no reading), valve_state (uint8 ValveCode).
+    Arrays indexed by slot (views: read freely; write only `valve_state` and `last_seen`):
+    kind (uint8 DeviceKind), model (int16), active (uint32 bitmask, bit 1 << AlarmKind),
+    last_seen (float64 platform time, NaN = never), valve_state (uint8 ValveCode),
+    qmax_m3h, last_flow_m3h (float32, NaN = none), household (int32), meter_slot (int32:
+    a detector's household meter, a meter itself, -1 if none), installed_ts (float64).
     """
 
-    # name -> (dtype, fill, trailing shape)
-    _ARRAYS: dict[str, tuple[type[np.generic], Any, tuple[int, ...]]] = {
-        "kind": (np.uint8, 255, ()),
-        "model": (np.int16, 0, ()),
+    # cold arrays: name -> (dtype, fill, trailing shape)
+    _COLD: dict[str, tuple[type[np.generic], Any, tuple[int, ...]]] = {
         "household": (np.int32, -1, ()),
         "meter_slot": (np.int32, -1, ()),
-        "active": (np.uint32, 0, ()),
-        "last_seen": (np.float64, np.nan, ()),
         "installed_ts": (np.float64, np.nan, ()),
         "service_due_ts": (np.float64, np.inf, ()),
-        "runs": (np.uint8, 0, (8,)),
-        # detectors
-        "stuck_ref_lel": (np.float32, -np.inf, ()),  # -inf: the first reading moves
-        "stuck_since_ts": (np.float64, np.inf, ()),
         "rise_lel": (np.float32, 0.0, (RING,)),  # ring of tracked samples, see _rise
         "rise_ts": (np.float64, 0.0, (RING,)),
-        # meters
-        "qmax_m3h": (np.float32, np.nan, ()),
-        "last_flow_m3h": (np.float32, np.nan, ()),
-        "valve_state": (np.uint8, int(ValveCode.UNKNOWN), ()),
-        "flow_since_ts": (np.float64, np.inf, ()),  # start of the current flow run
-        "micro_since_ts": (np.float64, np.inf, ()),  # start of the current micro-flow run
     }
 
-    kind: U8
-    model: npt.NDArray[np.int16]
     household: I32
     meter_slot: I32
-    active: U32
-    last_seen: F64
     installed_ts: F64
     service_due_ts: F64
-    runs: U8
-    stuck_ref_lel: F32
-    stuck_since_ts: F64
     rise_lel: F32
     rise_ts: F64
-    qmax_m3h: F32
-    last_flow_m3h: F32
-    valve_state: U8
-    flow_since_ts: F64
-    micro_since_ts: F64
 
     def __init__(self, capacity: int = 1024, thresholds: Thresholds | None = None,
                  models: ModelThresholds | None = None) -> None:
         self._table = _ThresholdTable(thresholds or Thresholds(), models or {})
         self.n_devices = 0
         self.capacity = 0
-        for name, (dtype, fill, shape) in self._ARRAYS.items():
+        self._hot = _aligned_records(0)
+        self._hot_void = self._hot.view(_HOT_VOID)
+        for name, (dtype, fill, shape) in self._COLD.items():
             setattr(self, name, np.full((0, *shape), fill, dtype=dtype))
-        self._scratch = np.zeros(0, dtype=np.int32)  # slot -> batch index, see _rounds
-        self._flag = np.zeros(0, dtype=np.bool_)
+        # batch position and repeat flag per hash bucket of the slot, see _rounds
+        self._bucket = np.zeros(_BUCKETS, dtype=np.int32)
+        self._bucket_flag = np.zeros(_BUCKETS, dtype=np.bool_)
         self._grow(max(int(capacity), 1))
+
+    # -- views of the hot records
+
+    @property
+    def kind(self) -> U8:
+        return self._hot["kind"]  # type: ignore[no-any-return]
+
+    @property
+    def model(self) -> npt.NDArray[np.int16]:
+        return self._hot["model"]  # type: ignore[no-any-return]
+
+    @property
+    def active(self) -> U32:
+        return self._hot["active"]  # type: ignore[no-any-return]
+
+    @property
+    def last_seen(self) -> F64:
+        return self._hot["last_seen"]  # type: ignore[no-any-return]
+
+    @property
+    def valve_state(self) -> U8:
+        return self._hot["valve_state"]  # type: ignore[no-any-return]
+
+    @property
+    def qmax_m3h(self) -> F32:
+        return self._hot["qmax_m3h"]  # type: ignore[no-any-return]
+
+    @property
+    def last_flow_m3h(self) -> F32:
+        return self._hot["last_flow_m3h"]  # type: ignore[no-any-return]
 
     # -- registry
 
@@ -483,18 +620,16 @@ class FleetState:
             self._grow(max(n, self.capacity + self.capacity // 2))
 
     def _grow(self, capacity: int) -> None:
-        for name, (dtype, fill, shape) in self._ARRAYS.items():
+        hot = _aligned_records(capacity)
+        hot[: self.capacity] = self._hot
+        self._hot = hot
+        self._hot_void = hot.view(_HOT_VOID)
+        for name, (dtype, fill, shape) in self._COLD.items():
             old = getattr(self, name)
             new = np.full((capacity, *shape), fill, dtype=dtype)
             new[: old.shape[0]] = old
             setattr(self, name, new)
-        self._scratch = np.zeros(capacity, dtype=np.int32)
-        self._flag = np.zeros(capacity, dtype=np.bool_)
         self.capacity = capacity
-
-    @property
-    def _runs64(self) -> npt.NDArray[np.uint64]:
-        return self.runs.view(np.uint64).reshape(self.capacity)
 
     def add_devices(self, kinds: npt.ArrayLike, household: npt.ArrayLike,
                     meter_slot: npt.ArrayLike, model: npt.ArrayLike,
@@ -520,7 +655,7 @@ class FleetState:
         if not all(a.size == n for a in (hh, ms, md, qm, inst)):
             raise ValueError("add_devices: all arrays must have the same length")
         if n == 0:
-            return _empty(np.int32)
+            return np.empty(0, dtype=np.int32)
         if not np.isin(k, (DeviceKind.DETECTOR, DeviceKind.METER)).all():
             raise ValueError("kinds must be 0 (detector) or 1 (meter)")
         if md.min() < 0 or md.max() > np.iinfo(np.int16).max:
@@ -543,45 +678,49 @@ class FleetState:
         self.ensure_capacity(base + n)
         self._table.ensure_rows(int(md.max()) + 1)
         sl = slice(base, base + n)
-        self.kind[sl] = k
+        hot = self._hot[sl]
+        hot["kind"] = k
+        hot["model"] = md
+        hot["qmax_m3h"] = np.where(is_meter, qm, np.nan)
+        hot["last_seen"] = seen
         self.household[sl] = hh
         self.meter_slot[sl] = ms
-        self.model[sl] = md
-        self.qmax_m3h[sl] = qm
         self.installed_ts[sl] = inst
         life = np.where(is_meter, self._table.columns["meter_life_s"][md],
                         self._table.columns["detector_life_s"][md])
         self.service_due_ts[sl] = inst + life
-        self.last_seen[sl] = seen
         self.n_devices = base + n
         return slots
 
     def set_active(self, slots: npt.ArrayLike, kinds: npt.ArrayLike) -> None:
         """Restore alarms that were open before a restart (pairs of slot and AlarmKind).
 
-        A restored alarm is not raised again; it clears by its rule as usual.
+        A restored alarm is not raised again; it clears by its rule as usual, after a
+        full run of clearing readings.
         """
         s = self._check(slots)
         kd = np.asarray(kinds, dtype=np.uint32).ravel()
         if kd.size != s.size or (kd >= _N_KINDS).any():
             raise ValueError("set_active: one AlarmKind per slot")
         np.bitwise_or.at(self.active, s, np.uint32(1) << kd)
-        # a restored alarm clears only after a full run of clear readings
-        self.runs[s, _R_CLEAR] = 0
-        self.runs[s, _R_FAULT_OK] = 0
-        self.runs[s, _R_VALVE_OK] = 0
+        is_meter = self.kind[s] == DeviceKind.METER
+        w = self._hot["runs"][s]
+        runs = w.view(np.uint8).reshape(-1, 8)
+        runs[~is_meter, _R_CLEAR] = 0
+        runs[~is_meter, _R_FAULT_OK] = 0
+        runs[is_meter, _R_VALVE_OK] = 0
+        self._hot["runs"][s] = w
 
     def nbytes(self) -> int:
-        """Bytes held by the state arrays, scratch and threshold tables."""
-        arrays = sum(getattr(self, name).nbytes for name in self._ARRAYS)
-        return arrays + self._scratch.nbytes + self._flag.nbytes + self._table.nbytes
+        """Bytes held by the state: records, cold arrays, scratch and threshold tables."""
+        cold = sum(getattr(self, name).nbytes for name in self._COLD)
+        scratch = self._bucket.nbytes + self._bucket_flag.nbytes
+        return self._hot.nbytes + cold + scratch + self._table.nbytes
 
-    def _check(self, slots: npt.ArrayLike, kind: np.uint8 | None = None) -> Ix:
+    def _check(self, slots: npt.ArrayLike) -> Ix:
         s = np.asarray(slots).ravel().astype(np.intp, copy=False)
         if s.size and (s.min() < 0 or s.max() >= self.n_devices):
             raise ValueError(f"slots must be in 0..{self.n_devices - 1}")
-        if kind is not None and s.size and (self.kind.take(s) != kind).any():
-            raise ValueError(f"evaluate: every slot must be a {DeviceKind(int(kind)).name.lower()}")
         return s
 
 
@@ -590,24 +729,28 @@ class FleetState:
 def _rounds(state: FleetState, s: Ix) -> Iterator[Ix | None]:
     """Batch positions per round: round r holds each slot's r-th reading, in batch order.
 
-    Yields None for "the whole batch" when no slot repeats (the common case). Finding
-    repeats costs one scatter and one gather over a per-slot scratch array; only the
-    readings of repeated slots are sorted.
+    Yields None for "the whole batch" when no slot repeats (the common case). Repeats
+    are found without sorting the batch: every reading writes its batch position into
+    a small table by hash of its slot (it stays in the CPU cache), and a reading that
+    does not read its own position back shares a bucket with another. Only those
+    readings are sorted, stably by slot, to rank each slot's readings in arrival order;
+    distinct slots that merely share a bucket all get rank 0.
     """
     n = s.size
     if n == 0:
         return
     idx = np.arange(n, dtype=np.int32)
-    scratch = state._scratch
-    scratch[s] = idx  # one writer per slot wins, whichever
-    lost = (scratch.take(s) != idx).nonzero()[0]
+    h = s & (_BUCKETS - 1)
+    bucket = state._bucket
+    bucket[h] = idx  # one writer per bucket wins, whichever
+    lost = (bucket.take(h) != idx).nonzero()[0]
     if lost.size == 0:
         yield None
         return
-    flag = state._flag
-    flag[s[lost]] = True
-    involved = flag.take(s).nonzero()[0]
-    flag[s[lost]] = False
+    flag = state._bucket_flag
+    flag[h[lost]] = True
+    involved = flag.take(h).nonzero()[0]
+    flag[h[lost]] = False
     sub = s[involved]
     order = np.argsort(sub, kind="stable")
     sorted_slots = sub[order]
@@ -616,11 +759,26 @@ def _rounds(state: FleetState, s: Ix) -> Iterator[Ix | None]:
     first = np.ones(m, dtype=np.bool_)
     first[1:] = sorted_slots[1:] != sorted_slots[:-1]
     rank_sorted = pos - np.maximum.accumulate(np.where(first, pos, 0))
-    rank = np.zeros(n, dtype=np.int8 if rank_sorted[-1] < 127 else np.intp)
+    last_round = int(rank_sorted.max())
+    if last_round == 0:  # buckets shared by distinct slots only
+        yield None
+        return
+    rank = np.zeros(n, dtype=np.intp)
     rank[involved[order]] = rank_sorted
     yield (rank == 0).nonzero()[0]
-    for r in range(1, int(rank_sorted.max()) + 1):
+    for r in range(1, last_round + 1):
         yield involved[rank[involved] == r]
+
+
+def _set(new: U32, cond: Bool, bit: np.uint32) -> None:
+    """Raise `bit` where cond holds (rare: test first, it is cheaper than the update)."""
+    if cond.any():
+        new |= cond * bit
+
+
+def _unset(new: U32, cond: Bool, bit: np.uint32) -> None:
+    if cond.any():
+        new &= ~(cond * bit)
 
 
 def _bump(run: U8, cond: Bool) -> U8:
@@ -629,19 +787,12 @@ def _bump(run: U8, cond: Bool) -> U8:
     return out
 
 
-def _put_changed(arr: npt.NDArray[Any], s: Ix, old: npt.NDArray[Any],
-                 new: npt.NDArray[Any]) -> None:
-    ch = (old != new).nonzero()[0]
-    if ch.size:
-        arr[s[ch]] = new[ch]
-
-
 # ------------------------------------------------------------------ detectors
 
 def evaluate_detectors(state: FleetState, slots: npt.ArrayLike, ch4_lel: npt.ArrayLike,
                        fault: npt.ArrayLike, ts: npt.ArrayLike, now: float) -> Effects:
     """Apply a batch of detector readings (in arrival order; slots may repeat)."""
-    s = state._check(slots, _DETECTOR)
+    s = state._check(slots)
     ch4 = np.asarray(ch4_lel, dtype=np.float32).ravel()
     flt = np.asarray(fault, dtype=np.uint32).ravel()
     t = np.asarray(ts, dtype=np.float64).ravel()
@@ -654,66 +805,73 @@ def evaluate_detectors(state: FleetState, slots: npt.ArrayLike, ch4_lel: npt.Arr
         else:
             out.sort = True
             _detector_round(state, s[rows], ch4[rows], flt[rows], t[rows], float(now), rows, out)
+        out.first_round = False
     return out.finish(state)
+
+
+def _fetch(state: FleetState, s: Ix, kind: np.uint8, first_round: bool) -> npt.NDArray[Any]:
+    """The records of a round's slots (one cache line each); the first round, which
+    holds every slot of the batch, checks their kind before anything is written."""
+    rec = state._hot_void.take(s).view(_HOT)
+    if first_round and (rec["kind"] != kind).any():
+        raise ValueError(f"every slot must be a {DeviceKind(int(kind)).name.lower()}")
+    return rec
 
 
 def _detector_round(state: FleetState, s: Ix, ch4: F32, fault: U32, ts: F64, now: float,
                     rows: Ix | None, out: _Collector) -> None:
-    th = _Lookup(state._table, state.model, s)
-    act = state.active.take(s)
-    present = int(np.bitwise_or.reduce(act)) if act.size else 0  # alarm bits in this round
-    w = state._runs64.take(s)
-    b = w.view(np.uint8).reshape(-1, 8)
+    rec = _fetch(state, s, _DETECTOR, out.first_round)
+    th = _Lookup(state._table, rec["model"])
+    act = rec["active"].copy()
+    present = int(np.bitwise_or.reduce(act))  # alarm bits set anywhere in this round
+    w = rec["runs"].copy()
+    runs = w.view(np.uint8).reshape(-1, 8)
 
     # gas: runs at or above each level and below the clear level (hysteresis)
-    pre = _bump(b[:, _R_PRE], ch4 >= th("prealarm_lel"))
-    leak = _bump(b[:, _R_LEAK], ch4 >= th("leak_lel"))
-    clr = _bump(b[:, _R_CLEAR], ch4 < th("clear_lel"))
+    pre = _bump(runs[:, _R_PRE], ch4 >= th("prealarm_lel"))
+    leak = _bump(runs[:, _R_LEAK], ch4 >= th("leak_lel"))
+    clr = _bump(runs[:, _R_CLEAR], ch4 < th("clear_lel"))
     new = act & _NOT_OFFLINE if present & _OFF else act.copy()  # a reading proves it alive
     if present & _GAS_BITS:
-        new &= ~((clr >= th("clear_count")) * _GAS_BITS)
-    new |= ((leak >= th("leak_count")) | (ch4 >= th("leak_instant_lel"))) * _LEAK
+        _unset(new, clr >= th("clear_count"), _GAS_BITS)
+    _set(new, (leak >= th("leak_count")) | (ch4 >= th("leak_instant_lel")), _LEAK)
     leak_on = (new & _LEAK) != 0  # a leak subsumes the prealarm and the rise warning
-    new |= ((pre >= th("prealarm_count")) > leak_on) * _PRE
+    _set(new, (pre >= th("prealarm_count")) > leak_on, _PRE)
 
     # fault bit, cleared by a run of healthy readings
-    bad = fault != 0
-    fok = _bump(b[:, _R_FAULT_OK], ~bad)
-    new |= bad * _DFAULT
+    healthy = fault == 0
+    fok = _bump(runs[:, _R_FAULT_OK], healthy)
+    _set(new, ~healthy, _DFAULT)
     if present & _DFAULT:
-        new &= ~((fok >= th("fault_clear_count")) * _DFAULT)
+        _unset(new, fok >= th("fault_clear_count"), _DFAULT)
 
     # stuck: the value has not moved (within tolerance) since stuck_since_ts
-    ref = state.stuck_ref_lel.take(s)
-    moved = np.abs(ch4 - ref) > th("stuck_tolerance_lel")
-    mv = moved.nonzero()[0]
-    if mv.size:
-        sm = s[mv]
-        state.stuck_ref_lel[sm] = ch4[mv]
-        state.stuck_since_ts[sm] = ts[mv]
-        if present & _STUCK:
-            new &= ~(moved * _STUCK)
-    long = ts - state.stuck_since_ts.take(s) >= th("stuck_s")  # moved rows: since == ts
-    if long.any():
-        new |= (long & (ch4 >= th("stuck_ignore_below_lel"))) * _STUCK
+    moved = np.abs(ch4 - rec["stuck_ref_lel"]) > th("stuck_tolerance_lel")  # ref starts -inf
+    since = rec["stuck_since_ts"]
+    np.copyto(since, ts, where=moved)
+    np.copyto(rec["stuck_ref_lel"], ch4, where=moved)
+    if present & _STUCK:
+        _unset(new, moved, _STUCK)
+    _set(new, (ts - since >= th("stuck_s")) & (ch4 >= th("stuck_ignore_below_lel")), _STUCK)
 
     # rate of rise, on the readings above the tracking level
     tracked = ch4 >= th("rise_track_lel")
-    b[:, _R_RING_N] *= tracked  # a reading below the tracking level ends the tracked rise
+    runs[:, _R_RING_N] *= tracked  # a reading below the tracking level ends the tracked rise
     tr = tracked.nonzero()[0]
     if tr.size:
-        _rise(state, th, s, ch4, ts, tr, b, new)
+        _rise(state, th, s, ch4, ts, tr, runs, new)
 
-    b[:, _R_PRE] = pre
-    b[:, _R_LEAK] = leak
-    b[:, _R_CLEAR] = clr
-    b[:, _R_FAULT_OK] = fok
-    state._runs64[s] = w
-    state.last_seen[s] = now
+    runs[:, _R_PRE] = pre
+    runs[:, _R_LEAK] = leak
+    runs[:, _R_CLEAR] = clr
+    runs[:, _R_FAULT_OK] = fok
+    rec["runs"] = w
+    rec["active"] = new
+    rec["last_seen"] = now
+    state._hot_void.put(s, rec.view(_HOT_VOID))
 
     ch = _emit(out, s, rows, ts, act, new, lambda i, k: ch4[i])
     if ch.size:
-        state.active[s[ch]] = new[ch]
         leak_up = ch[((new[ch] & ~act[ch]) & _LEAK) != 0]
         if leak_up.size:  # close the household's meter
             trig = s[leak_up]
@@ -724,15 +882,15 @@ def _detector_round(state: FleetState, s: Ix, ch4: F32, fault: U32, ts: F64, now
                                dtype=np.uint8), trig[has].astype(np.int32)))
 
 
-def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, b: U8,
+def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, runs: U8,
           new: U32) -> None:
-    """Rate-of-rise rule on the tracked readings `tr` of a round; updates b and new.
+    """Rate-of-rise rule on the tracked readings `tr` of a round; updates runs and new.
 
     Each detector keeps its last RING tracked samples (value, ts), at least
     rise_window_s / RING apart so the ring spans the window whatever the reporting
-    rate; `b[:, _R_RING_N]` counts the valid ones (reset by an untracked reading) and
-    `b[:, _R_RING_HEAD]` is the next write position. The samples inside the window and
-    the current reading give a least-squares slope; RISING is raised when ch4 is in
+    rate; `runs[:, _R_RING_N]` counts the valid ones (reset by an untracked reading) and
+    `runs[:, _R_RING_HEAD]` is the next write position. The samples inside the window
+    and the current reading give a least-squares slope; RISING is raised when ch4 is in
     [rise_floor_lel, leak_lel) and the slope reaches leak_lel within rise_lead_s.
     """
 
@@ -743,40 +901,45 @@ def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, b: U
     ss = s[tr]
     v = ch4[tr]
     t = ts[tr]
-    rn = b[tr, _R_RING_N]
-    hd = b[tr, _R_RING_HEAD]
+    rn = runs[tr, _R_RING_N]
+    hd = runs[tr, _R_RING_HEAD]
     flat = ss * RING
     ring_ts = state.rise_ts.reshape(-1)
-    last_t = ring_ts.take(flat + ((hd - _U8_1) & np.uint8(RING - 1)))
+    last_pos = flat + ((hd - _U8_1) & np.uint8(RING - 1))
+    last_t = ring_ts.take(last_pos)
 
     # candidates: in the warning band, with history, no leak or rise alarm yet
     cand = ((v >= sub("rise_floor_lel", tr)) & (v < sub("leak_lel", tr))
-            & (rn > 0)).nonzero()[0]
+            & (rn >= sub("rise_min_samples", tr) - _U8_1)).nonzero()[0]
     if cand.size:
         cand = cand[(new[tr[cand]] & (_LEAK | _RISE)) == 0]
     if cand.size:
         at = tr[cand]
         cs = ss[cand]
-        tc = t[cand]
         window = sub("rise_window_s", at)
         window = window[:, None] if np.ndim(window) else window
-        x = state.rise_ts[cs] - tc[:, None]  # <= 0: seconds before this reading
+        x = state.rise_ts.take(cs, axis=0) - t[cand, None]  # <= 0: seconds before now
         age = (hd[cand, None].astype(np.intp) - 1 - np.arange(RING)) & (RING - 1)
         ok = (age < rn[cand, None]) & (x <= 0) & (x >= -window)
         x = np.where(ok, x, 0.0)
-        y = np.where(ok, state.rise_lel[cs].astype(np.float64), 0.0)
+        y = np.where(ok, state.rise_lel.take(cs, axis=0).astype(np.float64), 0.0)
         vc = v[cand].astype(np.float64)
         n = ok.sum(axis=1) + 1.0  # the current reading is the point (0, vc)
         sx = x.sum(axis=1)
         sy = y.sum(axis=1) + vc
-        sxx = np.einsum("ij,ij->i", x, x)
-        sxy = np.einsum("ij,ij->i", x, y)
+        sxx = (x * x).sum(axis=1)
+        sxy = (x * y).sum(axis=1)
         den = n * sxx - sx * sx
         with np.errstate(divide="ignore", invalid="ignore"):
             slope = np.where(den > 0, (n * sxy - sx * sy) / den, 0.0)
         span = -x.min(axis=1)
+        # still rising: the step from the last sample keeps up with the trend (a ramp
+        # that has levelled off, like a burner lighting, is not a sustained rise)
+        step = vc - state.rise_lel.reshape(-1).take(last_pos[cand])
+        dt = t[cand] - last_t[cand]
         rising = ((n >= sub("rise_min_samples", at)) & (span >= sub("rise_min_span_s", at))
-                  & (slope > 0)
+                  & (slope > 0) & (dt > 0)
+                  & (step >= sub("rise_sustain_ratio", at) * slope * dt)
                   & (vc + slope * sub("rise_lead_s", at) >= sub("leak_lel", at)))
         new[at[rising]] |= _RISE
 
@@ -788,8 +951,8 @@ def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, b: U
         state.rise_lel.reshape(-1)[pos] = v[rec]
         ring_ts[pos] = t[rec]
         at = tr[rec]
-        b[at, _R_RING_N] = np.minimum(rn[rec] + _U8_1, np.uint8(RING))
-        b[at, _R_RING_HEAD] = (hr + _U8_1) & np.uint8(RING - 1)
+        runs[at, _R_RING_N] = np.minimum(rn[rec] + _U8_1, np.uint8(RING))
+        runs[at, _R_RING_HEAD] = (hr + _U8_1) & np.uint8(RING - 1)
 
 
 # ------------------------------------------------------------------ meters
@@ -802,7 +965,7 @@ def evaluate_meters(state: FleetState, slots: npt.ArrayLike, flow_m3h: npt.Array
     `valve` holds ValveCode values (0 open, 1 closed, 2 fault). `vol_m3` is accepted so
     the call mirrors the reading, but no v1 rule uses the cumulative volume.
     """
-    s = state._check(slots, _METER)
+    s = state._check(slots)
     flow = np.asarray(flow_m3h, dtype=np.float32).ravel()
     vl = np.asarray(valve, dtype=np.uint8).ravel()
     batt = np.asarray(batt_v, dtype=np.float32).ravel()
@@ -817,62 +980,66 @@ def evaluate_meters(state: FleetState, slots: npt.ArrayLike, flow_m3h: npt.Array
             out.sort = True
             _meter_round(state, s[rows], flow[rows], vl[rows], batt[rows], t[rows],
                          float(now), rows, out)
+        out.first_round = False
     return out.finish(state)
 
 
 def _meter_round(state: FleetState, s: Ix, flow: F32, valve: U8, batt: F32, ts: F64,
                  now: float, rows: Ix | None, out: _Collector) -> None:
-    th = _Lookup(state._table, state.model, s)
-    act = state.active.take(s)
-    present = int(np.bitwise_or.reduce(act)) if act.size else 0
+    rec = _fetch(state, s, _METER, out.first_round)
+    th = _Lookup(state._table, rec["model"])
+    act = rec["active"].copy()
+    present = int(np.bitwise_or.reduce(act))
     new = act & _NOT_OFFLINE if present & _OFF else act.copy()
     flowing = flow > th("start_flow_m3h")
 
     # over-flow against the household load, with a hysteresis band
-    qmax = state.qmax_m3h.take(s)
+    qmax = rec["qmax_m3h"]
     if present & _OVF:
-        new &= ~((flow <= qmax * th("overflow_clear_factor")) * _OVF)
-    new |= (flow > qmax * th("overflow_factor")) * _OVF
+        _unset(new, flow <= qmax * th("overflow_clear_factor"), _OVF)
+    _set(new, flow > qmax * th("overflow_factor"), _OVF)
 
     # continuous flow: a run without a pause; a pause clears the alarm
-    since = state.flow_since_ts.take(s)
-    run = np.where(flowing, np.minimum(since, ts), np.inf)
-    _put_changed(state.flow_since_ts, s, since, run)
+    run = np.where(flowing, np.minimum(rec["flow_since_ts"], ts), np.inf)
+    rec["flow_since_ts"] = run
     if present & _CONT:
-        new &= ~((~flowing) * _CONT)
-    new |= (ts - run >= th("continuous_flow_s")) * _CONT
+        _unset(new, ~flowing, _CONT)
+    _set(new, ts - run >= th("continuous_flow_s"), _CONT)
 
     # micro flow: a small steady flow; only a true zero proves the leak gone
     micro = (flow > 0) & (flow < th("micro_max_m3h"))
-    msince = state.micro_since_ts.take(s)
-    mrun = np.where(micro, np.minimum(msince, ts), np.inf)
-    _put_changed(state.micro_since_ts, s, msince, mrun)
+    msince = rec["micro_since_ts"]
+    if micro.any() or (msince < np.inf).any():  # rare: skip when no meter has one
+        mrun = np.where(micro, np.minimum(msince, ts), np.inf)
+        rec["micro_since_ts"] = mrun
+        _set(new, ts - mrun >= th("micro_flow_s"), _MICRO)
     if present & _MICRO:
-        new &= ~((flow <= 0) * _MICRO)
-    new |= (ts - mrun >= th("micro_flow_s")) * _MICRO
+        _unset(new, flow <= 0, _MICRO)
 
     # valve: flow while closed (debounced), or the meter reports a valve fault
-    w = state._runs64.take(s)
-    b = w.view(np.uint8).reshape(-1, 8)
+    w = rec["runs"].copy()
+    runs = w.view(np.uint8).reshape(-1, 8)
     closed_flow = (valve == _CLOSED) & flowing
     vfault = valve == _VFAULT
-    vrun = _bump(b[:, _R_VALVE_FLOW], closed_flow)
-    b[:, _R_VALVE_FLOW] = vrun
-    vok = _bump(b[:, _R_VALVE_OK], ~(closed_flow | vfault))
-    b[:, _R_VALVE_OK] = vok
-    state._runs64[s] = w
+    vrun = _bump(runs[:, _R_VALVE_FLOW], closed_flow)
+    vok = _bump(runs[:, _R_VALVE_OK], ~(closed_flow | vfault))
+    runs[:, _R_VALVE_FLOW] = vrun
+    runs[:, _R_VALVE_OK] = vok
+    rec["runs"] = w
     if present & _VALVE:
-        new &= ~((vok >= th("valve_clear_count")) * _VALVE)
-    new |= ((vrun >= th("valve_closed_flow_count")) | vfault) * _VALVE
+        _unset(new, vok >= th("valve_clear_count"), _VALVE)
+    _set(new, (vrun >= th("valve_closed_flow_count")) | vfault, _VALVE)
 
     # battery, with hysteresis
     if present & _BATT:
-        new &= ~((batt >= th("battery_clear_v")) * _BATT)
-    new |= (batt < th("battery_low_v")) * _BATT
+        _unset(new, batt >= th("battery_clear_v"), _BATT)
+    _set(new, batt < th("battery_low_v"), _BATT)
 
-    state.valve_state[s] = valve
-    state.last_flow_m3h[s] = flow
-    state.last_seen[s] = now
+    rec["active"] = new
+    rec["valve_state"] = valve
+    rec["last_flow_m3h"] = flow
+    rec["last_seen"] = now
+    state._hot_void.put(s, rec.view(_HOT_VOID))
 
     def value_of(i: Ix, k: U8) -> F32:
         v: F32 = np.where(k == AlarmKind.BATTERY_LOW, batt[i], flow[i])
@@ -880,7 +1047,6 @@ def _meter_round(state: FleetState, s: Ix, flow: F32, valve: U8, batt: F32, ts: 
 
     ch = _emit(out, s, rows, ts, act, new, value_of)
     if ch.size:
-        state.active[s[ch]] = new[ch]
         up = ch[((new[ch] & ~act[ch]) & _OVF) != 0]
         if up.size:  # close this meter
             meter = s[up].astype(np.int32)
@@ -904,28 +1070,28 @@ def sweep(state: FleetState, now: float, start: int = 0, stop: int | None = None
     if stop <= start:
         return Effects.empty()
     sl = slice(start, stop)
-    act = state.active[sl]
-    model = state.model[sl]
+    hot = state._hot[sl]
+    act = hot["active"].copy()  # the old bits, kept apart from the view we write into
+    model = hot["model"]
     tab = state._table
 
     def col(name: str) -> Any:
         scalar = tab.scalars[name]
         return scalar if scalar is not None else tab.columns[name].take(model)
 
-    silent = now - state.last_seen[sl]
+    silent = now - hot["last_seen"]
     stale = silent > col("offline_s")
-    new = act | stale * _B[AlarmKind.OFFLINE]
+    new = act | stale * _OFF
     due = state.service_due_ts[sl] <= now
-    is_meter = state.kind[sl] == DeviceKind.METER
-    new |= (due & is_meter) * _B[AlarmKind.METER_SERVICE_LIFE]
-    new |= (due & ~is_meter) * _B[AlarmKind.DETECTOR_SERVICE_LIFE]
-    heard = ~stale & ((new & _B[AlarmKind.OFFLINE]) == 0)
-    new |= ((now - state.flow_since_ts[sl] >= col("continuous_flow_s")) & heard
-            ) * _B[AlarmKind.CONTINUOUS_FLOW]
-    new |= ((now - state.micro_since_ts[sl] >= col("micro_flow_s")) & heard
-            ) * _B[AlarmKind.MICRO_LEAK]
+    if due.any():
+        is_meter = hot["kind"] == _METER
+        new |= (due & is_meter) * _B[AlarmKind.METER_SERVICE_LIFE]
+        new |= (due > is_meter) * _B[AlarmKind.DETECTOR_SERVICE_LIFE]
+    heard = (new & _OFF) == 0
+    new |= ((now - hot["flow_since_ts"] >= col("continuous_flow_s")) & heard) * _CONT
+    new |= ((now - hot["micro_since_ts"] >= col("micro_flow_s")) & heard) * _MICRO
 
-    ch = np.flatnonzero(act != new)
+    ch = (act != new).nonzero()[0]
     if ch.size == 0:
         return Effects.empty()
     slot = ch + start
@@ -962,10 +1128,10 @@ def _set_bit(state: FleetState, s: Ix, now: float, kind: AlarmKind, on: bool) ->
     if s.size == 0:
         return Effects.empty()
     s = np.unique(s)
-    act = state.active.take(s)
+    act = state.active[s]
     new = act | _B[kind] if on else act & ~_B[kind]
     out = _Collector()
-    silent = (now - state.last_seen.take(s)).astype(np.float32)
+    silent = (now - state.last_seen[s]).astype(np.float32)
     ch = _emit(out, s, None, np.full(s.size, now), act, new, lambda i, k: silent[i])
     if ch.size:
         state.active[s[ch]] = new[ch]

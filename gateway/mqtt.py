@@ -305,7 +305,7 @@ class MqttClient(asyncio.Protocol):
         return await fut
 
     def publish(self, topic: str, payload: bytes, qos: int = 1,
-                retain: bool = False) -> asyncio.Future[None]:
+                retain: bool = False, dup: bool = False) -> asyncio.Future[None]:
         """Write a PUBLISH now; the future completes on PUBACK (at once for QoS 0)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -317,7 +317,7 @@ class MqttClient(asyncio.Protocol):
             fut.set_result(None)
             return fut
         pid = self._pid()
-        packet = encode_publish(topic, payload, 1, pid, retain)
+        packet = encode_publish(topic, payload, 1, pid, retain, dup)
         self._outgoing[pid] = _Outgoing(packet, fut)
         self.transport.write(packet)
         return fut

@@ -70,16 +70,20 @@ class Notifier:
         self.poll_s = poll_s
 
     async def run(self) -> None:
+        failing = False
         while not self.stopping.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(self.settings.db.dsn) as conn:
+                    failing = False
                     while not self.stopping.is_set():
                         n = await self.deliver_due(conn)
                         if n == 0:
                             with contextlib.suppress(asyncio.TimeoutError):
                                 await asyncio.wait_for(self.stopping.wait(), self.poll_s)
             except psycopg.OperationalError as err:
-                logger.warning("notifier lost the database (%s); retrying", str(err)[:200])
+                (logger.debug if failing else logger.warning)(
+                    "notifier lost the database (%s); retrying", str(err).strip()[:200])
+                failing = True
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), 2.0)
 

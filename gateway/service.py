@@ -19,6 +19,7 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -614,12 +615,14 @@ class GatewayService:
     async def _listener(self) -> None:
         """Registry changes and operators' valve commands, from PostgreSQL NOTIFY."""
         dsn = self.settings.db.dsn
+        failing = False
         while not self._stopping.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listen, \
                         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as query:
                     await listen.execute("LISTEN gas_registry")
                     await listen.execute("LISTEN gas_commands")
+                    failing = False
                     await self._pick_up_operator_commands(query)
                     # the notifies generator holds its connection: queries use the other one
                     async for note in listen.notifies():
@@ -628,8 +631,13 @@ class GatewayService:
                         elif note.channel == "gas_commands":
                             await self._pick_up_operator_commands(query)
             except psycopg.OperationalError as err:
-                logger.warning("listener lost the database (%s); retrying", str(err)[:200])
+                # once per outage: the writer reports the outage itself
+                (logger.debug if failing else logger.warning)(
+                    "listener lost the database (%s); retrying", str(err).strip()[:200])
+                failing = True
                 await asyncio.sleep(1.0)
+            else:
+                failing = False
 
     async def _pick_up_operator_commands(self, conn: psycopg.AsyncConnection[Any]) -> None:
         rows = await (await conn.execute(
@@ -660,7 +668,16 @@ class GatewayService:
             with contextlib.suppress(NotImplementedError):
                 self.loop.add_signal_handler(sig, self._stopping.set)
         await self._load()
-        self.writer = Writer(self.settings.db.dsn, self.gw.registry, self._committed)
+        from gateway.settings import stack_home
+        from gateway.spool import Spool
+
+        db = self.settings.db
+        spool = Spool(Path(db.spool_dir) if db.spool_dir else stack_home() / "spool",
+                      db.spool_max_mb * 2**20)
+        if len(spool):
+            logger.info("spool holds %d batches from before; they are written first", len(spool))
+        self.writer = Writer(db.dsn, self.gw.registry, self._committed, spool=spool,
+                             spool_after_s=db.spool_after_s)
         self.writer.start()
         self.gw.submit = self._submit
         self.gw.publish = self._publish

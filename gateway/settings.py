@@ -43,9 +43,12 @@ class DbSettings(BaseModel):
     dsn: str = "host=127.0.0.1 port=5432 dbname=gas_safety user=gas_safety"
     batch_rows: int = Field(default=5_000, ge=1)
     batch_max_s: float = Field(default=0.010, gt=0)
-    # Readings held in memory while the database is away; beyond it acknowledgements stop
-    # and the broker holds the rest (back-pressure).
-    buffer_rows: int = Field(default=200_000, ge=1_000)
+    # While the database is away, batches go to a durable local spool (then are acked);
+    # past spool_max_mb they wait in memory unacknowledged and the broker holds the rest.
+    spool_dir: str | None = None  # default: <stack home>/spool
+    spool_max_mb: int = Field(default=2048, ge=1)
+    # After this long without a commit, a batch is spooled instead of waited for.
+    spool_after_s: float = Field(default=2.0, gt=0)
     retention_days: int = Field(default=365, ge=1)
 
 

@@ -11,12 +11,14 @@ backoff while batches wait in memory; the caller bounds that memory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,7 @@ from psycopg.types.json import Jsonb
 
 from gateway import copy_format
 from gateway.registry import Registry
+from gateway.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ class Readings:
     received: np.ndarray
     flags: np.ndarray
     values: dict[str, np.ndarray]
+    ids: list[str] | None = None  # device ids, set while spooled (slots are per process)
 
     def __len__(self) -> int:
         return len(self.slot)
@@ -157,7 +161,8 @@ class Writer:
 
     def __init__(self, dsn: str, registry: Registry,
                  on_committed: Callable[[Batch], None],
-                 on_error: Callable[[Exception], None] | None = None) -> None:
+                 on_error: Callable[[Exception], None] | None = None,
+                 spool: Spool | None = None, spool_after_s: float = 2.0) -> None:
         self.dsn = dsn
         self.registry = registry
         self.on_committed = on_committed
@@ -172,7 +177,10 @@ class Writer:
         self.duplicates_absorbed = 0
         self.db_up = False
         self.last_commit_lag_s = 0.0
-        self._stop = threading.Event()
+        self.spool = spool
+        self.spool_after_s = spool_after_s
+        self.spooled_batches = 0
+        self._stop_requested = False
 
     def start(self) -> None:
         self._thread.start()
@@ -183,63 +191,161 @@ class Writer:
         self._queue.put(batch)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Flush what is queued, then stop."""
+        """Flush what is queued (to the database or the spool), then stop."""
+        self._stop_requested = True
         self._queue.put(None)
         self._thread.join(timeout_s)
 
     # ------------------------------------------------------------------ thread
     def _connect(self) -> psycopg.Connection[Any]:
-        while not self._stop.is_set():
-            try:
-                conn = psycopg.connect(self.dsn, connect_timeout=3)
-                self.db_up = True
-                return conn
-            except psycopg.OperationalError as err:
-                self.db_up = False
-                logger.warning("database unavailable (%s); retrying", str(err).strip()[:200])
-                time.sleep(1.0)
-        raise RuntimeError("writer stopped")
+        conn = psycopg.connect(self.dsn, connect_timeout=3)
+        self.db_up = True
+        return conn
 
-    def _run(self) -> None:
-        while True:
-            batch = self._queue.get()
-            if batch is None:
-                break
-            delay = 0.2
-            while True:
-                try:
-                    if self._conn is None or self._conn.closed:
-                        self._conn = self._connect()
-                    self._write(self._conn, batch)
-                    break
-                except psycopg.OperationalError as err:
-                    self.db_up = False
-                    logger.warning("write failed, database away (%s); retrying in %.1fs",
-                                   str(err).strip()[:200], delay)
-                    try:
-                        if self._conn is not None:
-                            self._conn.close()
-                    except Exception:
-                        pass
-                    self._conn = None
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                except Exception as err:  # a bug or bad row must not wedge the pipeline
-                    logger.exception("batch write failed; retrying")
-                    if self.on_error:
-                        self.on_error(err)
-                    if self._conn is not None and not self._conn.closed:
-                        self._conn.rollback()
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            self.pending_rows -= batch.rows
-            self.pending_batches -= 1
+    def _commit(self, batch: Batch) -> None:
+        """Write one batch; raises psycopg.OperationalError when the database is away."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        try:
+            self._write(self._conn, batch)
+        except psycopg.OperationalError:
+            self.db_up = False
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+            raise
+
+    def _done(self, batch: Batch, spooled: bool) -> None:
+        self.pending_rows -= batch.rows
+        self.pending_batches -= 1
+        if spooled:
+            self.spooled_batches += 1
+        else:
             self.committed_batches += 1
             self.committed_rows += batch.rows
             self.last_commit_lag_s = time.monotonic() - batch.created
-            self.on_committed(batch)
+        self.on_committed(batch)
+
+    def _drain_spool(self) -> bool:
+        """Write the oldest spooled file; False when the database is still away.
+
+        A file is removed only after all its batches are committed; a crash in between
+        writes them again, which the unique keys and dedupe keys absorb."""
+        assert self.spool is not None
+        item = self.spool.oldest()
+        if item is None:
+            return True
+        path, batches = item
+        try:
+            for batch in batches:
+                self._commit(self._localize(batch))
+                self.committed_rows += batch.rows
+        except psycopg.OperationalError:
+            return False
+        self.spool.remove(path)
+        if not len(self.spool):
+            logger.info("spool drained: every batch held during the outage is stored")
+        return True
+
+    def _run(self) -> None:
+        held: deque[Batch] = deque()  # waiting for the database (spool full or absent)
+        down_since: float | None = None
+        stopping = False
+        while True:
+            if not held and not stopping:
+                try:
+                    item = self._queue.get(timeout=0.2 if (self.spool and len(self.spool))
+                                           or down_since else None)
+                except queue.Empty:
+                    item = None
+                if item is None and not self._queue.empty():
+                    continue
+                if item is None and self._stop_requested:
+                    stopping = True
+                elif item is not None:
+                    held.append(item)
+            # the spool first: rows land in the order they were decided
+            if self.spool is not None and len(self.spool):
+                if not self._drain_spool():
+                    down_since = down_since or time.monotonic()
+                    self._spool_or_wait(held, down_since)
+                    if stopping and not held:
+                        break
+                if len(self.spool):
+                    continue  # strictly oldest first: new batches wait for the spool
+            if not held:
+                if stopping:
+                    break
+                continue
+            batch = held[0]
+            try:
+                self._commit(batch)
+            except psycopg.OperationalError as err:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    logger.warning("database away (%s); detection goes on, batches wait",
+                                   str(err).strip()[:200])
+                self._spool_or_wait(held, down_since)
+                if stopping and self.spool is None:
+                    break
+                continue
+            except Exception as err:  # a bug or bad row must not wedge the pipeline
+                logger.exception("batch write failed; retrying")
+                if self.on_error:
+                    self.on_error(err)
+                if self._conn is not None and not self._conn.closed:
+                    self._conn.rollback()
+                time.sleep(0.5)
+                continue
+            if down_since is not None:
+                logger.info("database back after %.1fs", time.monotonic() - down_since)
+                down_since = None
+            held.popleft()
+            self._done(batch, spooled=False)
         if self._conn is not None:
             self._conn.close()
+
+    def _spool_or_wait(self, held: deque[Batch], down_since: float) -> None:
+        """Database away: spool what is held and what queued up (then ack it), or wait."""
+        spool = self.spool
+        if spool is not None and spool.has_room() and \
+                time.monotonic() - down_since >= self.spool_after_s:
+            batches = list(held)
+            held.clear()
+            for _ in range(self._queue.qsize()):  # what is queued now; one fsync for all
+                try:
+                    batch = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if batch is None:
+                    self._stop_requested = True
+                    break
+                batches.append(batch)
+            if batches:
+                spool.append([self._portable(b) for b in batches])
+                for b in batches:
+                    self._done(b, spooled=True)
+        time.sleep(0.2)
+
+    def _portable(self, batch: Batch) -> Batch:
+        """Slots are this process's; a spooled batch may be written by the next one."""
+        for r in (batch.detector, batch.meter):
+            if r is not None:
+                r.ids = [self.registry.ids[i] for i in r.slot.tolist()]
+        return batch
+
+    def _localize(self, batch: Batch) -> Batch:
+        for name in ("detector", "meter"):
+            r: Readings | None = getattr(batch, name)
+            if r is None or r.ids is None:
+                continue
+            index = self.registry.index
+            keep = np.array([i in index for i in r.ids], bool)
+            slots = np.array([index[i] for i in r.ids if i in index], np.int32)
+            setattr(batch, name, Readings(slots, r.seq[keep], r.time[keep], r.received[keep],
+                                          r.flags[keep], {k: v[keep] for k, v in r.values.items()}))
+        batch.redelivered = True  # it may have been half-written before a crash
+        return batch
 
     def _write(self, conn: psycopg.Connection[Any], b: Batch) -> None:
         with conn.transaction(), conn.cursor() as cur:

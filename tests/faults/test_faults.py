@@ -1,0 +1,216 @@
+"""Faults at load against the real services: nothing accepted is lost, nothing done twice.
+
+Run with `./dev.sh test -m faults` (they are part of the default run too). Each test prints
+readings sent, stored, duplicates absorbed, lost, and the commands issued/delivered/escalated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from loadgen import Load
+from support import GatewayProcess
+
+pytestmark = [pytest.mark.services, pytest.mark.faults]
+
+
+def _stored(dsn: str, ids: list[str]) -> tuple[int, int]:
+    with psycopg.connect(dsn) as conn:
+        rows = 0
+        distinct = 0
+        for table in ("detector_readings", "meter_readings"):
+            r = conn.execute(f"SELECT count(*), count(DISTINCT (device_id, seq)) FROM {table}"
+                             " WHERE device_id = ANY(%s)", (ids,)).fetchone()
+            rows += r[0]
+            distinct += r[1]
+    return rows, distinct
+
+
+def _wait_stored(dsn: str, ids: list[str], expected: int, timeout_s: float) -> tuple[int, int]:
+    deadline = time.monotonic() + timeout_s
+    got = (0, 0)
+    while time.monotonic() < deadline:
+        got = _stored(dsn, ids)
+        if got[1] >= expected:
+            return got
+        time.sleep(0.25)
+    return got
+
+
+def _run_load(load: Load, total: int) -> threading.Thread:
+    t = threading.Thread(target=lambda: asyncio.run(load.run(total)), daemon=True)
+    t.start()
+    return t
+
+
+def _report(name: str, **figures: Any) -> None:
+    print(f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+@pytest.fixture
+def own_gateway(gateway: GatewayProcess, stack) -> Any:
+    """Stop the run's shared gateway; the test drives its own, then the shared one returns."""
+    gateway.stop()
+    made: list[GatewayProcess] = []
+
+    def start(**env: str) -> GatewayProcess:
+        gw = GatewayProcess(stack, env).start()
+        made.append(gw)
+        return gw
+
+    yield start
+    for gw in made:
+        gw.stop()
+    gateway.start()
+
+
+def test_gateway_killed_mid_load_loses_nothing_and_repeats_nothing(own_gateway, fleet, devices,
+                                                                    runtime, dsn) -> None:
+    city = fleet(200)
+    ids = [d.id for h in city for d in h.devices]
+    meters = {h.meter.id for h in city}
+    gw = own_gateway()
+    gw.wait_devices(dsn)
+    # a leak before the kill: its alarm and command must not repeat after the restart
+    leak_home = city[0]
+    meter = devices(leak_home.meter.id)
+    det = devices(leak_home.detectors[0].id)
+    det.detector(55.0)
+    _, cmd = meter.commands.get(timeout=5)
+    meter.ack(cmd["cmd_id"])
+    time.sleep(0.3)
+    load = Load(runtime, [i for i in ids if i not in (meter.id, det.id)], meters, rate_per_s=4000)
+    total = 24_000
+    t = _run_load(load, total)
+    time.sleep(2.5)
+    gw.kill()
+    killed_at = len(load.sent)
+    time.sleep(1.0)
+    gw2 = own_gateway()
+    det.detector(60.0)  # still leaking after the restart
+    t.join(60)
+    rows, distinct = _wait_stored(dsn, load.device_ids, total, 60)
+    time.sleep(1.0)
+    with psycopg.connect(dsn) as conn:
+        alarms = conn.execute("SELECT count(*) FROM alarms WHERE device_id = %s AND kind = 'leak'",
+                              (det.id,)).fetchone()[0]
+        cmds = conn.execute("SELECT count(*) FROM valve_commands WHERE household_id = %s",
+                            (leak_home.id,)).fetchone()[0]
+    dups = gw2.metrics().get("gas_duplicates_absorbed", 0)
+    _report("gateway SIGKILL", sent=total, stored=distinct, rows=rows, duplicates_absorbed=dups,
+            lost=total - distinct, devices_at_kill=killed_at, commands=cmds, leak_alarms=alarms)
+    assert distinct == total and rows == total  # every reading exactly once
+    assert alarms == 1 and cmds == 1
+    assert meter.commands.empty()  # the closed valve was not commanded again
+
+
+def test_database_outage_keeps_cutting_valves_and_loses_no_reading(own_gateway, fleet, devices,
+                                                                   runtime, dsn, stack) -> None:
+    city = fleet(100)
+    ids = [d.id for h in city for d in h.devices]
+    meters = {h.meter.id for h in city}
+    gw = own_gateway(GAS_SAFETY_DB__SPOOL_AFTER_S="1.0")
+    gw.wait_devices(dsn)
+    leak_home = city[1]
+    meter = devices(leak_home.meter.id)
+    det = devices(leak_home.detectors[0].id)
+    load = Load(runtime, [i for i in ids if i not in (meter.id, det.id)], meters, rate_per_s=1500)
+    total = 45_000  # 30 s of load
+    t = _run_load(load, total)
+    time.sleep(3)
+    stack._pg_stop()
+    outage_start = time.monotonic()
+    try:
+        time.sleep(5)
+        t_pub = det.detector(70.0)  # a leak while the database is down
+        t_cmd, cmd = meter.commands.get(timeout=5)
+        meter.ack(cmd["cmd_id"])
+        m = gw.metrics()
+        assert m.get("gas_db_up") == 0
+        time.sleep(max(0.0, 30 - (time.monotonic() - outage_start)))
+        rss_mb = _rss_mb(gw)
+    finally:
+        stack._pg_start(stack.runtime())  # type: ignore[arg-type]
+    t.join(60)
+    rows, distinct = _wait_stored(dsn, load.device_ids, total, 90)
+    with psycopg.connect(dsn) as conn:
+        cmd_row = _wait(lambda: conn.execute("SELECT state FROM valve_commands WHERE cmd_id = %s",
+                                             (cmd["cmd_id"],)).fetchone(), 20)
+        alarm = conn.execute("SELECT count(*) FROM alarms WHERE device_id = %s", (det.id,)
+                             ).fetchone()[0]
+    _report("database outage 30 s", sent=total, stored=distinct, rows=rows,
+            lost=total - distinct, valve_cut_ms=round((t_cmd - t_pub) * 1000, 1),
+            gateway_rss_mb=rss_mb, command_state=cmd_row[0])
+    assert distinct == total and rows == total
+    assert cmd_row[0] == "acked" and alarm == 1
+    assert (t_cmd - t_pub) < 1.0
+
+
+def test_broker_restart_sessions_resume_and_queued_command_is_delivered(
+        own_gateway, fleet, devices, runtime, dsn, stack) -> None:
+    import paho.mqtt.client as mqtt
+
+    from gateway import credentials
+
+    city = fleet(50)
+    ids = [d.id for h in city for d in h.devices]
+    meters = {h.meter.id for h in city}
+    gw = own_gateway()
+    gw.wait_devices(dsn)
+    home = city[2]
+    # the meter has a persistent session and is offline when the command is issued
+    m = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=home.meter.id,
+                    clean_session=False)
+    m.username_pw_set(home.meter.id, credentials.derive_password(runtime.fleet_key,
+                                                                  home.meter.id))
+    got: list[dict] = []
+    m.on_message = lambda c, u, msg: got.append(__import__("json").loads(msg.payload))
+    m.connect("127.0.0.1", runtime.mqtt_port)
+    m.loop_start()
+    m.subscribe(f"gas/v1/{home.meter.id}/cmd", qos=1)
+    time.sleep(0.3)
+    m.loop_stop()
+    m.disconnect()
+    load = Load(runtime, [i for i in ids if i != home.meter.id], meters, rate_per_s=2000)
+    total = 16_000
+    t = _run_load(load, total)
+    time.sleep(1.5)
+    devices(home.detectors[0].id).detector(80.0)
+    time.sleep(0.5)
+    stack.restart_broker()
+    t.join(90)
+    rows, distinct = _wait_stored(dsn, load.device_ids, total, 60)
+    m.loop_start()
+    m.reconnect()
+    deadline = time.monotonic() + 20
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    m.loop_stop()
+    m.disconnect()
+    _report("broker restart", sent=total, stored=distinct, rows=rows, lost=total - distinct,
+            publisher_resends=load.errors, queued_commands_delivered=len(got))
+    assert distinct == total and rows == total
+    assert got and got[0]["action"] == "valve_close"
+
+
+def _rss_mb(gw: GatewayProcess) -> float:
+    import psutil
+
+    assert gw.proc is not None
+    return round(psutil.Process(gw.proc.pid).memory_info().rss / 2**20, 1)
+
+
+def _wait(fn: Any, timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.2)
+    return fn()

@@ -1,0 +1,191 @@
+"""The gateway's hot path fed directly (no broker, no database): decode, route, detect, act."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from gateway.mqtt import Message
+from gateway.service import Gateway
+from gateway.settings import Settings
+
+NOW = 1_800_000_000.0
+
+
+def _rows() -> list[tuple]:
+    def row(did: str, kind: str, model: str, hid: str, building: str = "C00-B000") -> tuple:
+        return (did, kind, model, hid, dt.date(2024, 1, 1), "1 Road", "C00", building, "Ann",
+                "+15550000001", None, 4.0)
+    return [row("m1", "meter", "GM-G2.5", "h1"), row("d1", "detector", "LD-100", "h1"),
+            row("m2", "meter", "GM-G2.5", "h2"), row("d2", "detector", "LD-100", "h2"),
+            row("m3", "meter", "GM-G2.5", "h3", "C00-B001"),
+            row("d3", "detector", "LD-100", "h3", "C00-B001")]
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.now = NOW
+        self.gw = Gateway(Settings(), clock=lambda: self.now)
+        self.gw.load_devices(_rows())
+        self.published: list[tuple[str, dict[str, Any]]] = []
+        self.gw.publish = lambda t, p: self.published.append((t, json.loads(p)))
+        self.submitted: list[Any] = []
+        self.gw.submit = self.submitted.append
+        self.pid = 0
+        self.seq: dict[str, int] = {}
+
+    def feed(self, topic: str, payload: dict[str, Any] | bytes, dup: bool = False,
+             qos: int = 1) -> None:
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.pid += 1
+        self.gw.handle([Message(topic, raw, qos, self.pid if qos else 0, dup, False)], self.now)
+
+    def detector(self, did: str, ch4: float, fault: int = 0, seq: int | None = None,
+                 dup: bool = False) -> None:
+        s = seq if seq is not None else self.seq.get(did, 0) + 1
+        self.seq[did] = max(self.seq.get(did, 0), s)
+        self.feed(f"gas/v1/{did}/telemetry", {"seq": s, "ts": self.now, "ch4": ch4,
+                                              "fault": fault}, dup=dup)
+        self.now += 1
+
+    def meter(self, did: str, flow: float, valve: str = "open") -> None:
+        s = self.seq.get(did, 0) + 1
+        self.seq[did] = s
+        self.feed(f"gas/v1/{did}/telemetry", {"seq": s, "ts": self.now, "vol": 10.0,
+                                              "flow": flow, "valve": valve, "batt": 3.6,
+                                              "rssi": -70})
+        self.now += 1
+
+    def closes(self) -> list[str]:
+        return [t.split("/")[2] for t, p in self.published if p["action"] == "valve_close"]
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+def test_a_leak_publishes_valve_close_before_anything_is_stored(h: Harness) -> None:
+    h.detector("d1", 45.0)
+    assert h.closes() == ["m1"]
+    assert h.submitted == []  # nothing written yet: the command went first
+    b = h.gw.batch
+    assert [a.kind for a in b.alarms] == ["leak"]
+    assert [(w.cause, w.priority) for w in b.work_orders] == [("leak", "urgent")]
+    assert [n.kind for n in b.notifications] == ["leak"]
+    assert [c["state"] for c in b.commands] == ["sent"]
+    assert b.packet_ids == [1]
+
+
+def test_two_consecutive_readings_at_20_are_a_leak_one_is_not(h: Harness) -> None:
+    h.detector("d1", 25.0)
+    assert h.closes() == []
+    h.detector("d1", 3.0)
+    h.detector("d1", 21.0)
+    assert h.closes() == []
+    h.detector("d1", 22.0)
+    assert h.closes() == ["m1"]
+
+
+def test_cooking_spike_below_the_level_never_alarms(h: Harness) -> None:
+    for v in (1.0, 4.0, 8.0, 9.5, 9.9, 6.0, 2.0):
+        h.detector("d1", v)
+    assert h.closes() == [] and h.gw.batch.alarms == []
+
+
+def test_repeated_leak_readings_give_one_command(h: Harness) -> None:
+    for _ in range(10):
+        h.detector("d1", 60.0)
+    assert h.closes() == ["m1"]
+    assert len(h.gw.batch.alarms) == 1
+
+
+def test_overflow_closes_the_meter_itself(h: Harness) -> None:
+    h.meter("m2", flow=4.0 * 1.6)
+    assert h.closes() == ["m2"]
+
+
+def test_silence_never_closes_a_valve(h: Harness) -> None:
+    h.detector("d1", 1.0)
+    h.now += 3600
+    h.gw.tick(h.now)
+    assert h.closes() == []
+    assert "offline" in [a.kind for a in h.gw.batch.alarms]
+    assert all(w.cause != "leak" for w in h.gw.batch.work_orders)
+
+
+def test_status_offline_raises_at_once_and_online_clears(h: Harness) -> None:
+    h.feed("gas/v1/d1/status", {"online": False})
+    assert [a.kind for a in h.gw.batch.alarms] == ["offline"]
+    h.feed("gas/v1/d1/status", {"online": True, "fw": "1.2", "model": "LD-100"})
+    assert [c[1] for c in h.gw.batch.cleared] == ["offline"]
+
+
+def test_ack_closes_the_command_and_unknown_ack_is_rejected(h: Harness) -> None:
+    h.detector("d1", 45.0)
+    cmd_id = h.published[0][1]["cmd_id"]
+    h.feed("gas/v1/m1/ack", {"cmd_id": cmd_id, "ok": True, "valve": "closed", "ts": h.now})
+    assert h.gw.batch.commands[-1]["state"] == "acked"
+    h.feed("gas/v1/m1/ack", {"cmd_id": "nope", "ok": True, "valve": "closed", "ts": h.now})
+    assert h.gw.batch.rejects[-1][3] == "unknown_command"
+    h.feed("gas/v1/m2/ack", {"cmd_id": cmd_id, "ok": True, "valve": "closed", "ts": h.now})
+    assert h.gw.batch.rejects[-1][3] == "unknown_command"  # not m2's command
+
+
+def test_bad_input_is_counted_and_the_stream_goes_on(h: Harness) -> None:
+    h.feed("gas/v1/d1/telemetry", b"{not json")
+    h.feed("gas/v1/ghost/telemetry", {"seq": 1, "ts": NOW, "ch4": 1.0, "fault": 0})
+    h.feed("gas/v1/d1/telemetry", b"x" * 1_000_000)
+    h.feed("gas/v1/d1/telemetry", {"seq": 1, "ts": NOW, "ch4": 140.0, "fault": 0})
+    h.detector("d1", 50.0)
+    reasons = [r[3] for r in h.gw.batch.rejects]
+    assert reasons == ["not_json", "unknown_device", "oversized", "out_of_range"]
+    assert h.closes() == ["m1"]
+    assert len(h.gw.batch.packet_ids) == 5  # rejects are acknowledged too (after commit)
+    assert h.gw.metrics.value("gas_rejects_total", reason="oversized") == 1
+
+
+def test_seq_replay_is_rejected_but_a_redelivery_is_stored_without_judging(h: Harness) -> None:
+    h.detector("d1", 1.0, seq=10)
+    h.detector("d1", 1.0, seq=9)
+    assert h.gw.batch.rejects[-1][3] == "seq_replayed"
+    h.detector("d1", 45.0, seq=8, dup=True)  # the broker resending after a restart
+    assert h.closes() == []  # already judged the first time round
+    assert h.gw.batch.redelivered
+    assert list(h.gw.batch.detector.seq) == [10, 8]  # type: ignore[union-attr]
+
+
+def test_far_future_clock_is_stored_at_receive_time_and_flagged(h: Harness) -> None:
+    h.feed("gas/v1/d1/telemetry", {"seq": 1, "ts": 4102444800.0, "ch4": 1.0, "fault": 0})
+    d = h.gw.batch.detector
+    assert d is not None and d.time[0] == NOW and d.flags[0] == 1
+
+
+def test_a_building_with_two_households_leaking_is_one_incident(h: Harness) -> None:
+    h.detector("d1", 45.0)
+    h.detector("d2", 45.0)
+    h.detector("d3", 45.0)  # another building
+    incident = {a.household_id: a.incident for a in h.gw.batch.alarms}
+    assert incident == {"h1": False, "h2": True, "h3": False}
+
+
+def test_resend_then_escalate_without_ack(h: Harness) -> None:
+    h.meter("m3", flow=10.0)
+    for _ in range(30):
+        h.now += 5
+        h.gw.tick(h.now)
+    ids = {p["cmd_id"] for _, p in h.published}
+    assert len(h.published) == 4 and len(ids) == 1
+    causes = [w.cause for w in h.gw.batch.work_orders]
+    assert causes == ["overflow", "valve_escalation"]
+
+
+def test_flush_hands_the_batch_to_the_writer(h: Harness) -> None:
+    h.detector("d1", 2.0)
+    h.gw.flush()
+    assert len(h.submitted) == 1 and h.submitted[0].packet_ids == [1]
+    h.gw.flush()
+    assert len(h.submitted) == 1  # nothing new, nothing submitted
