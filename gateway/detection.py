@@ -12,9 +12,15 @@ outage is judged as it happened; liveness and service life use `now` (platform c
 
 Repeated devices in one batch: readings of the same slot are applied in batch order
 and the result equals applying them one at a time. Instead of sorting the whole
-batch, a scatter/gather over a per-slot scratch array finds which slots repeat (usually
-none), only those readings are stably sorted, and the batch is processed in rounds
-(round r holds every slot's r-th reading; usually one round, rarely two or three).
+batch, a scatter/gather of batch positions through the slots' records finds which
+slots repeat (usually none), only those readings are stably sorted, and the batch is
+processed in rounds (round r holds every slot's r-th reading; usually one, rarely two).
+
+Speed: with 400 k devices the state is larger than the CPU caches, so each array a
+reading touches costs a memory access; everything a reading needs therefore sits in
+one 64-byte record per slot. The debounce rules are one table lookup (_GasMachine),
+and in a large batch the gas and rise rules run only on the readings that can change
+something (most are a quiet background). bench/bench_detection.py has the figures.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ Ix = npt.NDArray[np.intp]
 
 YEAR_S = 365.25 * 86400.0
 RING = 8  # samples kept per detector for the rate-of-rise rule
-_BUCKETS = 1 << 16  # hash table size for finding repeated slots in a batch
+_SPLIT_MIN = 512  # rounds smaller than this skip the quiet/busy split (it would cost more)
 
 
 class DeviceKind(IntEnum):
@@ -100,11 +106,11 @@ class AlarmKind(IntEnum):
 GAS_KINDS = (AlarmKind.PREALARM, AlarmKind.LEAK, AlarmKind.RISING)
 _N_KINDS = len(AlarmKind)
 _B = {k: np.uint32(1 << int(k)) for k in AlarmKind}
-_GAS_BITS = np.uint32(sum(1 << int(k) for k in GAS_KINDS))
+assert [int(k) for k in (AlarmKind.PREALARM, AlarmKind.LEAK, AlarmKind.RISING,
+                         AlarmKind.DETECTOR_FAULT)] == [0, 1, 2, 3]  # _GasMachine relies on it
 # bits as NumPy scalars for the hot path (an IntEnum operand costs a slow conversion)
-_PRE, _LEAK, _RISE = _B[AlarmKind.PREALARM], _B[AlarmKind.LEAK], _B[AlarmKind.RISING]
-_DFAULT, _STUCK, _OFF = (_B[AlarmKind.DETECTOR_FAULT], _B[AlarmKind.STUCK_SENSOR],
-                         _B[AlarmKind.OFFLINE])
+_LEAK, _RISE = _B[AlarmKind.LEAK], _B[AlarmKind.RISING]
+_STUCK, _OFF = _B[AlarmKind.STUCK_SENSOR], _B[AlarmKind.OFFLINE]
 _OVF, _CONT, _MICRO = (_B[AlarmKind.OVERFLOW], _B[AlarmKind.CONTINUOUS_FLOW],
                        _B[AlarmKind.MICRO_LEAK])
 _VALVE, _BATT = _B[AlarmKind.VALVE_FAULT], _B[AlarmKind.BATTERY_LOW]
@@ -121,7 +127,25 @@ _IS_GAS[list(GAS_KINDS)] = True
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """Every number of ARCHITECTURE section 3, with its default; units in the names."""
+    """Every number of ARCHITECTURE section 3, with its default; units in the names.
+
+    Detector: PREALARM after prealarm_count consecutive readings >= prealarm_lel; LEAK
+    after leak_count consecutive >= leak_lel, or one >= leak_instant_lel (closes the
+    household's meter); RISING when the slope over rise_window_s reaches leak_lel within
+    rise_lead_s from [rise_floor_lel, leak_lel); the three clear together after
+    clear_count consecutive readings < clear_lel (one leak is one alarm). DETECTOR_FAULT
+    on a fault bit, cleared by fault_clear_count healthy readings; STUCK_SENSOR when a
+    value >= stuck_ignore_below_lel has not moved by stuck_tolerance_lel for stuck_s.
+    Meter: OVERFLOW when flow > overflow_factor * qmax (closes the meter), cleared at
+    <= overflow_clear_factor * qmax; CONTINUOUS_FLOW after continuous_flow_s of flow
+    above start_flow_m3h, cleared by a pause; MICRO_LEAK after micro_flow_s of
+    0 < flow < micro_flow_factor * start_flow_m3h, cleared by a zero flow; VALVE_FAULT on
+    valve_closed_flow_count consecutive readings with flow while closed, or the valve
+    reporting a fault, cleared by valve_clear_count healthy readings; BATTERY_LOW below
+    battery_low_v, cleared at battery_clear_v. Any device: OFFLINE after
+    offline_heartbeats * heartbeat_s of silence; service life after meter_life_years or
+    detector_life_years from installation.
+    """
 
     # detector gas levels, %LEL
     prealarm_lel: float = 10.0
@@ -135,7 +159,7 @@ class Thresholds:
     rise_window_s: float = 60.0
     rise_lead_s: float = 120.0
     rise_floor_lel: float = 5.0  # only warn from this level up (and below leak_lel)
-    rise_track_lel: float = 1.0  # a reading below this ends the tracked rise
+    rise_track_lel: float = 2.0  # tracked from here (above sensor noise); below, the rise ends
     rise_min_samples: int = 4  # points in the window, the current reading included
     rise_min_span_s: float = 30.0  # oldest point in the window at least this old
     rise_sustain_ratio: float = 0.5  # still rising: the last step keeps this share of the slope
@@ -283,6 +307,10 @@ class _GasMachine:
             new_code = np.ravel_multi_index(tuple(new_runs), self.dims)
             tables.append((new_code * 16 + new_bits).astype(np.uint16).ravel())
         self.table = np.concatenate(tables)
+        # the runs word of a detector at rest: runs settled (no gas, no fault), no rise
+        resting = np.zeros(1, dtype=np.uint64)
+        resting.view(np.uint16)[0] = np.ravel_multi_index((0, 0, *self.caps[2:]), self.dims)
+        self.resting_runs = resting[0]
 
     def without_clear_runs(self, code: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
         """The same runs with the clear and fault-free runs restarted (restored alarms)."""
@@ -323,6 +351,9 @@ class _ThresholdTable:
             col = np.array([fn(r) for r in rows], dtype=dtype)
             self.columns[name] = col
             self.scalars[name] = col[0] if bool((col == col[0]).all()) else None
+        # below this, a reading at rest changes no gas, fault or rise state (any model)
+        self.quiet_below_lel = np.float32(min(min(t.clear_lel, t.rise_track_lel)
+                                              for t in self.profiles))
         level_edges = [self.scalars[n] for n in _LEVEL_EDGES]
         self.edges = (None if any(e is None for e in level_edges)
                       else np.array(level_edges, dtype=np.float32))
@@ -438,7 +469,8 @@ class _Collector:
             row, slot, kind, up, value, ts = (np.concatenate(c) for c in zip(*self.changes))
             if self.sort:
                 order = np.argsort(row, kind="stable")
-                slot, kind, up, value, ts = slot[order], kind[order], up[order], value[order], ts[order]
+                slot, kind, up = slot[order], kind[order], up[order]
+                value, ts = value[order], ts[order]
             down = ~up
             r_slot, r_kind = slot[up], kind[up]
             flow_at_meter = _flow_at_meter(state, r_slot, r_kind)
@@ -495,13 +527,13 @@ def _emit(out: _Collector, s: Ix, rows: Ix | None, ts: F64, old: U32, new: U32,
 # ------------------------------------------------------------------ state
 
 # Everything a reading reads or writes sits in one 64-byte record per slot (one cache
-# line): with 400 k devices the state is far larger than the CPU caches, and a batch
-# costs about one memory access per array it touches per reading, so one record is
-# several times cheaper than a dozen parallel arrays. Cold data (registry links,
-# install dates, the rise ring touched only by elevated readings) stays in plain arrays.
+# line): with 400 k devices the state is larger than the CPU caches, and a batch costs
+# a memory access per array it touches per reading, so one record beats a dozen
+# parallel arrays. Cold data (registry links, install dates, the rise ring touched only
+# by elevated readings) stays in plain arrays.
 _HOT = np.dtype([
     ("active", np.uint32),  # AlarmKind bitmask
-    ("reserved", np.int32),  # free for a future rule
+    ("scratch", np.int32),  # batch position, used by _rounds to find repeated slots
     ("last_seen", np.float64),  # platform time of the last message, NaN = never
     ("runs", np.uint64),  # 8 uint8 run lengths of consecutive readings, see _R_*
     ("stuck_since_ts", np.float64),  # detector: since when the value has not moved
@@ -520,8 +552,12 @@ _HOT_FILL = np.array([(0, 0, np.nan, 0, np.inf, np.inf, np.inf, -np.inf, np.nan,
                        0, 255, ValveCode.UNKNOWN)], dtype=_HOT)
 
 # Bytes of `runs`: run lengths of consecutive readings meeting a condition.
-_R_PRE, _R_LEAK, _R_CLEAR, _R_FAULT_OK = 0, 1, 2, 3  # detector: >= pre, >= leak, < clear, fault 0
+# detector: bytes 0-1 hold the gas machine's code (uint16), see _GasMachine
 _R_RING_N, _R_RING_HEAD = 4, 5  # detector: valid samples in the rise ring, next write position
+_mask = np.zeros(8, dtype=np.uint8)
+_mask[[0, 1, _R_RING_N]] = 0xFF
+_DET_RUNS_MASK = _mask.view(np.uint64)[0]  # the code and ring_n bytes of a runs word
+del _mask
 _R_VALVE_FLOW, _R_VALVE_OK = 0, 1  # meter: flow while closed, healthy valve
 
 
@@ -574,9 +610,6 @@ class FleetState:
         self._hot_void = self._hot.view(_HOT_VOID)
         for name, (dtype, fill, shape) in self._COLD.items():
             setattr(self, name, np.full((0, *shape), fill, dtype=dtype))
-        # batch position and repeat flag per hash bucket of the slot, see _rounds
-        self._bucket = np.zeros(_BUCKETS, dtype=np.int32)
-        self._bucket_flag = np.zeros(_BUCKETS, dtype=np.bool_)
         self._grow(max(int(capacity), 1))
 
     # -- views of the hot records
@@ -706,16 +739,15 @@ class FleetState:
         is_meter = self.kind[s] == DeviceKind.METER
         w = self._hot["runs"][s]
         runs = w.view(np.uint8).reshape(-1, 8)
-        runs[~is_meter, _R_CLEAR] = 0
-        runs[~is_meter, _R_FAULT_OK] = 0
         runs[is_meter, _R_VALVE_OK] = 0
+        code = w.view(np.uint16).reshape(-1, 4)[:, 0]
+        code[~is_meter] = self._table.gas.without_clear_runs(code[~is_meter])
         self._hot["runs"][s] = w
 
     def nbytes(self) -> int:
-        """Bytes held by the state: records, cold arrays, scratch and threshold tables."""
+        """Bytes held by the state: records, cold arrays and threshold tables."""
         cold = sum(getattr(self, name).nbytes for name in self._COLD)
-        scratch = self._bucket.nbytes + self._bucket_flag.nbytes
-        return self._hot.nbytes + cold + scratch + self._table.nbytes
+        return self._hot.nbytes + cold + self._table.nbytes
 
     def _check(self, slots: npt.ArrayLike) -> Ix:
         s = np.asarray(slots).ravel().astype(np.intp, copy=False)
@@ -731,26 +763,22 @@ def _rounds(state: FleetState, s: Ix) -> Iterator[Ix | None]:
 
     Yields None for "the whole batch" when no slot repeats (the common case). Repeats
     are found without sorting the batch: every reading writes its batch position into
-    a small table by hash of its slot (it stays in the CPU cache), and a reading that
-    does not read its own position back shares a bucket with another. Only those
-    readings are sorted, stably by slot, to rank each slot's readings in arrival order;
-    distinct slots that merely share a bucket all get rank 0.
+    its slot's record (which the round fetches next anyway), and a reading that does
+    not read its own position back shares the slot with another. Only the readings of
+    such slots are sorted, stably by slot, to rank each slot's readings in arrival order.
     """
     n = s.size
     if n == 0:
         return
     idx = np.arange(n, dtype=np.int32)
-    h = s & (_BUCKETS - 1)
-    bucket = state._bucket
-    bucket[h] = idx  # one writer per bucket wins, whichever
-    lost = (bucket.take(h) != idx).nonzero()[0]
+    scratch = state._hot["scratch"]
+    scratch[s] = idx  # one writer per slot wins, whichever
+    lost = (scratch[s] != idx).nonzero()[0]
     if lost.size == 0:
         yield None
         return
-    flag = state._bucket_flag
-    flag[h[lost]] = True
-    involved = flag.take(h).nonzero()[0]
-    flag[h[lost]] = False
+    # every reading of a repeated slot: those that lost, and the one that won the slot
+    involved = np.unique(np.concatenate([lost, scratch[s[lost]].astype(np.intp)]))
     sub = s[involved]
     order = np.argsort(sub, kind="stable")
     sorted_slots = sub[order]
@@ -759,15 +787,16 @@ def _rounds(state: FleetState, s: Ix) -> Iterator[Ix | None]:
     first = np.ones(m, dtype=np.bool_)
     first[1:] = sorted_slots[1:] != sorted_slots[:-1]
     rank_sorted = pos - np.maximum.accumulate(np.where(first, pos, 0))
-    last_round = int(rank_sorted.max())
-    if last_round == 0:  # buckets shared by distinct slots only
-        yield None
-        return
     rank = np.zeros(n, dtype=np.intp)
     rank[involved[order]] = rank_sorted
     yield (rank == 0).nonzero()[0]
-    for r in range(1, last_round + 1):
+    for r in range(1, int(rank_sorted.max()) + 1):
         yield involved[rank[involved] == r]
+
+
+def _subset(value: Any, idx: Ix) -> Any:
+    """A threshold for some readings of a round: scalars stay scalars."""
+    return value[idx] if np.ndim(value) else value
 
 
 def _set(new: U32, cond: Bool, bit: np.uint32) -> None:
@@ -791,13 +820,21 @@ def _bump(run: U8, cond: Bool) -> U8:
 
 def evaluate_detectors(state: FleetState, slots: npt.ArrayLike, ch4_lel: npt.ArrayLike,
                        fault: npt.ArrayLike, ts: npt.ArrayLike, now: float) -> Effects:
-    """Apply a batch of detector readings (in arrival order; slots may repeat)."""
+    """Apply a batch of detector readings (in arrival order; slots may repeat).
+
+    `ch4_lel` %LEL (0-100, not NaN), `fault` the device's fault bitmask (0 = healthy),
+    `ts` the readings' device time and `now` the platform time, epoch seconds. Raised
+    and cleared alarms carry the reading's `ts`; a LEAK also asks to close the
+    household's meter.
+    """
     s = state._check(slots)
     ch4 = np.asarray(ch4_lel, dtype=np.float32).ravel()
     flt = np.asarray(fault, dtype=np.uint32).ravel()
     t = np.asarray(ts, dtype=np.float64).ravel()
     if not ch4.size == flt.size == t.size == s.size:
         raise ValueError("evaluate_detectors: all arrays must have the same length")
+    if np.isnan(ch4).any():
+        raise ValueError("evaluate_detectors: ch4_lel must not be NaN")
     out = _Collector()
     for rows in _rounds(state, s):
         if rows is None:
@@ -821,29 +858,12 @@ def _fetch(state: FleetState, s: Ix, kind: np.uint8, first_round: bool) -> npt.N
 def _detector_round(state: FleetState, s: Ix, ch4: F32, fault: U32, ts: F64, now: float,
                     rows: Ix | None, out: _Collector) -> None:
     rec = _fetch(state, s, _DETECTOR, out.first_round)
-    th = _Lookup(state._table, rec["model"])
+    model = rec["model"]
+    th = _Lookup(state._table, model)
     act = rec["active"].copy()
     present = int(np.bitwise_or.reduce(act))  # alarm bits set anywhere in this round
-    w = rec["runs"].copy()
-    runs = w.view(np.uint8).reshape(-1, 8)
-
-    # gas: runs at or above each level and below the clear level (hysteresis)
-    pre = _bump(runs[:, _R_PRE], ch4 >= th("prealarm_lel"))
-    leak = _bump(runs[:, _R_LEAK], ch4 >= th("leak_lel"))
-    clr = _bump(runs[:, _R_CLEAR], ch4 < th("clear_lel"))
     new = act & _NOT_OFFLINE if present & _OFF else act.copy()  # a reading proves it alive
-    if present & _GAS_BITS:
-        _unset(new, clr >= th("clear_count"), _GAS_BITS)
-    _set(new, (leak >= th("leak_count")) | (ch4 >= th("leak_instant_lel")), _LEAK)
-    leak_on = (new & _LEAK) != 0  # a leak subsumes the prealarm and the rise warning
-    _set(new, (pre >= th("prealarm_count")) > leak_on, _PRE)
-
-    # fault bit, cleared by a run of healthy readings
-    healthy = fault == 0
-    fok = _bump(runs[:, _R_FAULT_OK], healthy)
-    _set(new, ~healthy, _DFAULT)
-    if present & _DFAULT:
-        _unset(new, fok >= th("fault_clear_count"), _DFAULT)
+    w = rec["runs"].copy()
 
     # stuck: the value has not moved (within tolerance) since stuck_since_ts
     moved = np.abs(ch4 - rec["stuck_ref_lel"]) > th("stuck_tolerance_lel")  # ref starts -inf
@@ -854,17 +874,23 @@ def _detector_round(state: FleetState, s: Ix, ch4: F32, fault: U32, ts: F64, now
         _unset(new, moved, _STUCK)
     _set(new, (ts - since >= th("stuck_s")) & (ch4 >= th("stuck_ignore_below_lel")), _STUCK)
 
-    # rate of rise, on the readings above the tracking level
-    tracked = ch4 >= th("rise_track_lel")
-    runs[:, _R_RING_N] *= tracked  # a reading below the tracking level ends the tracked rise
-    tr = tracked.nonzero()[0]
-    if tr.size:
-        _rise(state, th, s, ch4, ts, tr, runs, new)
+    # Gas, fault and rise rules. Most readings are a quiet background from a detector at
+    # rest (no gas or fault alarm, runs settled, no rise tracked): for them these rules
+    # change nothing, so in a large round they run only on the other, "busy" readings.
+    table = state._table
+    if s.size < _SPLIT_MIN:
+        _gas_and_rise(state, th, s, ch4, fault, ts, w, act, new)
+    else:
+        busy = ((ch4 >= table.quiet_below_lel) | (fault != 0)
+                | ((w & _DET_RUNS_MASK) != table.gas.resting_runs)
+                | ((act & _GAS_FAULT_BITS) != 0)).nonzero()[0]
+        if busy.size:
+            wb, nb = w[busy], new[busy]
+            _gas_and_rise(state, _Lookup(table, model[busy]), s[busy], ch4[busy], fault[busy],
+                          ts[busy], wb, act[busy], nb)
+            w[busy] = wb
+            new[busy] = nb
 
-    runs[:, _R_PRE] = pre
-    runs[:, _R_LEAK] = leak
-    runs[:, _R_CLEAR] = clr
-    runs[:, _R_FAULT_OK] = fok
     rec["runs"] = w
     rec["active"] = new
     rec["last_seen"] = now
@@ -882,6 +908,39 @@ def _detector_round(state: FleetState, s: Ix, ch4: F32, fault: U32, ts: F64, now
                                dtype=np.uint8), trig[has].astype(np.int32)))
 
 
+def _gas_and_rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, fault: U32, ts: F64,
+                  w: npt.NDArray[np.uint64], act: U32, new: U32) -> None:
+    """Gas and fault rules (one table lookup, see _GasMachine), then the rise rule.
+
+    Updates the runs words `w` and the alarm bits `new` in place.
+    """
+    table = state._table
+    if table.edges is not None:
+        level = np.searchsorted(table.edges, ch4, side="right")
+    else:
+        level = (ch4 >= th("clear_lel")).astype(np.intp)
+        for name in _LEVEL_EDGES[1:]:
+            level += ch4 >= th(name)
+    code = w.view(np.uint16).reshape(-1, 4)[:, 0]
+    idx = ((code.astype(np.intp) << 4) | (act & _GAS_FAULT_BITS)) * 10 + level
+    idx += (fault != 0) * 5
+    offset = th("gas_offset")
+    if np.ndim(offset) or offset:
+        idx += offset
+    step = table.gas.table.take(idx)
+    code[:] = step >> 4
+    new &= ~np.uint32(_GAS_FAULT_BITS)
+    new |= step & _GAS_FAULT_BITS
+
+    # rate of rise, on the readings above the tracking level
+    runs = w.view(np.uint8).reshape(-1, 8)
+    tracked = ch4 >= th("rise_track_lel")
+    runs[:, _R_RING_N] *= tracked  # a reading below the tracking level ends the tracked rise
+    tr = tracked.nonzero()[0]
+    if tr.size:
+        _rise(state, th, s, ch4, ts, tr, runs, new)
+
+
 def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, runs: U8,
           new: U32) -> None:
     """Rate-of-rise rule on the tracked readings `tr` of a round; updates runs and new.
@@ -894,9 +953,8 @@ def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, runs
     [rise_floor_lel, leak_lel) and the slope reaches leak_lel within rise_lead_s.
     """
 
-    def sub(name: str, idx: Ix) -> Any:  # a threshold for some readings of the round
-        value = th(name)
-        return value[idx] if np.ndim(value) else value
+    def sub(name: str, idx: Ix) -> Any:
+        return _subset(th(name), idx)
 
     ss = s[tr]
     v = ch4[tr]
@@ -962,8 +1020,10 @@ def evaluate_meters(state: FleetState, slots: npt.ArrayLike, flow_m3h: npt.Array
                     ts: npt.ArrayLike, now: float) -> Effects:
     """Apply a batch of meter readings (in arrival order; slots may repeat).
 
-    `valve` holds ValveCode values (0 open, 1 closed, 2 fault). `vol_m3` is accepted so
-    the call mirrors the reading, but no v1 rule uses the cumulative volume.
+    `flow_m3h` m3/h, `valve` ValveCode values (0 open, 1 closed, 2 fault), `batt_v`
+    volts, `ts` device time and `now` platform time, epoch seconds. `vol_m3` is taken so
+    the call mirrors the reading, but no v1 rule uses the cumulative volume. An
+    OVERFLOW also asks to close this meter.
     """
     s = state._check(slots)
     flow = np.asarray(flow_m3h, dtype=np.float32).ravel()
@@ -987,10 +1047,40 @@ def evaluate_meters(state: FleetState, slots: npt.ArrayLike, flow_m3h: npt.Array
 def _meter_round(state: FleetState, s: Ix, flow: F32, valve: U8, batt: F32, ts: F64,
                  now: float, rows: Ix | None, out: _Collector) -> None:
     rec = _fetch(state, s, _METER, out.first_round)
-    th = _Lookup(state._table, rec["model"])
     act = rec["active"].copy()
     present = int(np.bitwise_or.reduce(act))
-    new = act & _NOT_OFFLINE if present & _OFF else act.copy()
+    new = act & _NOT_OFFLINE if present & _OFF else act.copy()  # a reading proves it alive
+    # (unlike detectors, a large share of meter readings show flow: splitting off the
+    # meters at rest costs about what it saves, measured)
+    _flow_rules(state._table, rec, flow, valve, batt, ts, act, new, present)
+
+    rec["active"] = new
+    rec["valve_state"] = valve
+    rec["last_flow_m3h"] = flow
+    rec["last_seen"] = now
+    state._hot_void.put(s, rec.view(_HOT_VOID))
+
+    def value_of(i: Ix, k: U8) -> F32:
+        v: F32 = np.where(k == AlarmKind.BATTERY_LOW, batt[i], flow[i])
+        return v
+
+    ch = _emit(out, s, rows, ts, act, new, value_of)
+    if ch.size:
+        up = ch[((new[ch] & ~act[ch]) & _OVF) != 0]
+        if up.size:  # close this meter
+            meter = s[up].astype(np.int32)
+            r = up if rows is None else rows[up]
+            out.closes.append((r, meter, np.full(up.size, AlarmKind.OVERFLOW, dtype=np.uint8),
+                               meter))
+
+
+def _flow_rules(table: _ThresholdTable, rec: npt.NDArray[Any], flow: F32, valve: U8,
+                batt: F32, ts: F64, act: U32, new: U32, present: int) -> None:
+    """Over-flow, continuous flow, micro flow, valve and battery rules.
+
+    Updates the records `rec` (runs and flow runs) and the alarm bits `new` in place.
+    """
+    th = _Lookup(table, rec["model"])
     flowing = flow > th("start_flow_m3h")
 
     # over-flow against the household load, with a hysteresis band
@@ -1009,10 +1099,13 @@ def _meter_round(state: FleetState, s: Ix, flow: F32, valve: U8, batt: F32, ts: 
     # micro flow: a small steady flow; only a true zero proves the leak gone
     micro = (flow > 0) & (flow < th("micro_max_m3h"))
     msince = rec["micro_since_ts"]
-    if micro.any() or (msince < np.inf).any():  # rare: skip when no meter has one
-        mrun = np.where(micro, np.minimum(msince, ts), np.inf)
-        rec["micro_since_ts"] = mrun
-        _set(new, ts - mrun >= th("micro_flow_s"), _MICRO)
+    mi = (micro | (msince < np.inf)).nonzero()[0]  # few: a micro flow now or a run to end
+    if mi.size:
+        mrun = np.where(micro[mi], np.minimum(msince[mi], ts[mi]), np.inf)
+        msince[mi] = mrun
+        long = ts[mi] - mrun >= _subset(th("micro_flow_s"), mi)
+        if long.any():
+            new[mi[long]] |= _MICRO
     if present & _MICRO:
         _unset(new, flow <= 0, _MICRO)
 
@@ -1035,25 +1128,6 @@ def _meter_round(state: FleetState, s: Ix, flow: F32, valve: U8, batt: F32, ts: 
         _unset(new, batt >= th("battery_clear_v"), _BATT)
     _set(new, batt < th("battery_low_v"), _BATT)
 
-    rec["active"] = new
-    rec["valve_state"] = valve
-    rec["last_flow_m3h"] = flow
-    rec["last_seen"] = now
-    state._hot_void.put(s, rec.view(_HOT_VOID))
-
-    def value_of(i: Ix, k: U8) -> F32:
-        v: F32 = np.where(k == AlarmKind.BATTERY_LOW, batt[i], flow[i])
-        return v
-
-    ch = _emit(out, s, rows, ts, act, new, value_of)
-    if ch.size:
-        up = ch[((new[ch] & ~act[ch]) & _OVF) != 0]
-        if up.size:  # close this meter
-            meter = s[up].astype(np.int32)
-            r = up if rows is None else rows[up]
-            out.closes.append((r, meter, np.full(up.size, AlarmKind.OVERFLOW, dtype=np.uint8),
-                               meter))
-
 
 # ------------------------------------------------------------------ periodic and status
 
@@ -1067,8 +1141,15 @@ def sweep(state: FleetState, now: float, start: int = 0, stop: int | None = None
     """
     now = float(now)
     stop = state.n_devices if stop is None else min(stop, state.n_devices)
-    if stop <= start:
-        return Effects.empty()
+    # in chunks that stay in the CPU cache while every field of them is read
+    return Effects.concat([_sweep_chunk(state, now, a, min(a + _SWEEP_CHUNK, stop))
+                           for a in range(max(start, 0), stop, _SWEEP_CHUNK)])
+
+
+_SWEEP_CHUNK = 16384  # records (1 MiB)
+
+
+def _sweep_chunk(state: FleetState, now: float, start: int, stop: int) -> Effects:
     sl = slice(start, stop)
     hot = state._hot[sl]
     act = hot["active"].copy()  # the old bits, kept apart from the view we write into

@@ -95,6 +95,8 @@ class Gateway:
         self.generation = 0
         self._recent_gas: deque[tuple[float, str, str]] = deque()  # (ts, building, household)
         self._state_dirty: dict[int, tuple] = {}
+        # topic -> (parsed topic, slot) of known devices: parsing is the costliest step
+        self._routes: dict[str, tuple[protocol.Topic, int]] = {}
 
     # ------------------------------------------------------------------ registry
     def load_devices(self, rows: list[tuple]) -> int:
@@ -132,6 +134,7 @@ class Gateway:
         kinds = self.registry.kind
         last_seq = self.last_seq
         prefix = self.prefix
+        routes = self._routes
         seen_other: list[int] = []
         for msg in messages:
             if msg.qos:
@@ -139,12 +142,16 @@ class Gateway:
             if msg.dup:
                 batch.redelivered = True
             try:
-                topic = protocol.parse_topic(msg.topic, prefix)
-                slot = index.get(topic.device_id)
-                if slot is None:
-                    raise Rejected(RejectReason.UNKNOWN_DEVICE,
-                                   f"device {topic.device_id!r} is not provisioned",
-                                   topic.device_id)
+                route = routes.get(msg.topic)
+                if route is None:
+                    topic = protocol.parse_topic(msg.topic, prefix)
+                    slot = index.get(topic.device_id)
+                    if slot is None:
+                        raise Rejected(RejectReason.UNKNOWN_DEVICE,
+                                       f"device {topic.device_id!r} is not provisioned",
+                                       topic.device_id)
+                    route = routes[msg.topic] = (topic, slot)
+                topic, slot = route
                 channel = topic.channel
                 if channel is Channel.TELEMETRY:
                     is_meter = kinds[slot] == KIND_METER
@@ -595,15 +602,10 @@ class GatewayService:
 
     async def _ticker(self) -> None:
         interval = self.settings.detection.sweep_interval_s
-        last_state = 0.0
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
             self.gw.tick()
-            now = time.monotonic()
-            if now - last_state >= 5.0:
-                last_state = now
-                self.gw.batch.device_state.extend(self.gw.device_state_rows())
             self.gw.flush()
             if self.writer is not None:
                 m = self.gw.metrics
@@ -611,6 +613,18 @@ class GatewayService:
                 m.open_commands.set(len(self.gw.book.open))
                 if self.client is not None:
                     m.unacked.set(self.client.unacked)
+
+    async def _device_state_loop(self) -> None:
+        """Every few seconds, each device's latest values to device_state (the fleet view)."""
+        from gateway.storage import StateWriter
+
+        writer = StateWriter(self.settings.db.dsn)
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 5.0)
+            rows = self.gw.device_state_rows()
+            if rows and not await asyncio.to_thread(writer.write, rows):
+                logger.debug("device_state not written (database away); next round")
 
     async def _listener(self) -> None:
         """Registry changes and operators' valve commands, from PostgreSQL NOTIFY."""
@@ -683,7 +697,8 @@ class GatewayService:
         self.gw.publish = self._publish
         self.gw.metrics.serve(self.settings.metrics_port)
         self._tasks = [asyncio.create_task(c) for c in
-                       (self._mqtt_loop(), self._ticker(), self._listener(), self._notifier())]
+                       (self._mqtt_loop(), self._ticker(), self._listener(), self._notifier(),
+                        self._device_state_loop())]
         await self._stopping.wait()
         logger.info("stopping: flushing and acknowledging what was committed")
         self.gw.flush()

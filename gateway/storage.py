@@ -119,7 +119,6 @@ class Batch:
     notifications: list[NotificationRow] = field(default_factory=list)
     audit: list[tuple[str, str, str, str, dict[str, Any]]] = field(default_factory=list)
     live: list[dict[str, Any]] = field(default_factory=list)  # NOTIFY gas_events payloads
-    device_state: list[tuple] = field(default_factory=list)
     created: float = field(default_factory=time.monotonic)
 
     @property
@@ -156,6 +155,53 @@ def _copy_payload(registry: Registry, r: Readings, kind: str) -> bytes:
                                 registry.id_len[slots], tail)
 
 
+def write_device_state(cur: psycopg.Cursor[Any], rows: list[tuple]) -> None:
+    """Latest health per device: COPY to a staging table, then one set-based upsert."""
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS stage_device_state"
+                " (LIKE device_state INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    with cur.copy("COPY stage_device_state (device_id, online, last_seen, last_seq, ch4_lel,"
+                  " fault, flow_m3h, vol_m3, valve, batt_v, rssi, firmware) FROM STDIN") as cp:
+        for row in rows:
+            cp.write_row(row)
+    cur.execute(
+        "INSERT INTO device_state (device_id, online, last_seen, last_seq, ch4_lel, fault,"
+        " flow_m3h, vol_m3, valve, batt_v, rssi, firmware, updated_at)"
+        " SELECT device_id, online, last_seen, last_seq, ch4_lel, fault, flow_m3h, vol_m3,"
+        " valve, batt_v, rssi, firmware, now() FROM stage_device_state"
+        " ON CONFLICT (device_id) DO UPDATE SET online = excluded.online,"
+        " last_seen = coalesce(excluded.last_seen, device_state.last_seen),"
+        " last_seq = coalesce(excluded.last_seq, device_state.last_seq),"
+        " ch4_lel = coalesce(excluded.ch4_lel, device_state.ch4_lel),"
+        " fault = coalesce(excluded.fault, device_state.fault),"
+        " flow_m3h = coalesce(excluded.flow_m3h, device_state.flow_m3h),"
+        " vol_m3 = coalesce(excluded.vol_m3, device_state.vol_m3),"
+        " valve = coalesce(excluded.valve, device_state.valve),"
+        " batt_v = coalesce(excluded.batt_v, device_state.batt_v),"
+        " rssi = coalesce(excluded.rssi, device_state.rssi),"
+        " firmware = coalesce(excluded.firmware, device_state.firmware),"
+        " updated_at = now()")
+
+
+class StateWriter:
+    """device_state upserts on their own connection: a cache of latest values must never
+    slow the readings' commits (and their acknowledgements)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def write(self, rows: list[tuple]) -> bool:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.dsn, connect_timeout=3)
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                write_device_state(cur, rows)
+            return True
+        except psycopg.OperationalError:
+            self._conn = None
+            return False
+
+
 class Writer:
     """Runs in its own thread; `submit` batches, `on_committed(batch)` fires after COMMIT."""
 
@@ -180,6 +226,7 @@ class Writer:
         self.spool = spool
         self.spool_after_s = spool_after_s
         self.spooled_batches = 0
+        self.last_write_s = 0.0
         self._stop_requested = False
 
     def start(self) -> None:
@@ -348,6 +395,15 @@ class Writer:
         return batch
 
     def _write(self, conn: psycopg.Connection[Any], b: Batch) -> None:
+        t0 = time.perf_counter()
+        self._write_tx(conn, b)
+        self.last_write_s = time.perf_counter() - t0
+        if self.last_write_s > 0.5:
+            logger.warning("slow commit %.2fs rows=%d det=%d met=%d alarms=%d",
+                           self.last_write_s, b.rows, len(b.detector or ()), len(b.meter or ()),
+                           len(b.alarms))
+
+    def _write_tx(self, conn: psycopg.Connection[Any], b: Batch) -> None:
         with conn.transaction(), conn.cursor() as cur:
             for kind, r, table, cols in (("detector", b.detector, "detector_readings", DET_COLS),
                                          ("meter", b.meter, "meter_readings", MET_COLS)):
@@ -374,25 +430,9 @@ class Writer:
                 cur.executemany("INSERT INTO audit_log (at, actor, action, entity, entity_id,"
                                 " details) VALUES (now(), %s, %s, %s, %s, %s)",
                                 [(a, act, e, eid, Jsonb(d)) for a, act, e, eid, d in b.audit])
-            if b.device_state:
-                cur.executemany(
-                    "INSERT INTO device_state (device_id, online, last_seen, last_seq, ch4_lel,"
-                    " fault, flow_m3h, vol_m3, valve, batt_v, rssi, firmware, updated_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())"
-                    " ON CONFLICT (device_id) DO UPDATE SET online = excluded.online,"
-                    " last_seen = coalesce(excluded.last_seen, device_state.last_seen),"
-                    " last_seq = coalesce(excluded.last_seq, device_state.last_seq),"
-                    " ch4_lel = coalesce(excluded.ch4_lel, device_state.ch4_lel),"
-                    " fault = coalesce(excluded.fault, device_state.fault),"
-                    " flow_m3h = coalesce(excluded.flow_m3h, device_state.flow_m3h),"
-                    " vol_m3 = coalesce(excluded.vol_m3, device_state.vol_m3),"
-                    " valve = coalesce(excluded.valve, device_state.valve),"
-                    " batt_v = coalesce(excluded.batt_v, device_state.batt_v),"
-                    " rssi = coalesce(excluded.rssi, device_state.rssi),"
-                    " firmware = coalesce(excluded.firmware, device_state.firmware),"
-                    " updated_at = now()", b.device_state)
             for event in b.live:
                 cur.execute("SELECT pg_notify('gas_events', %s)", (json.dumps(event),))
+
 
     def _copy_readings(self, cur: psycopg.Cursor[Any], kind: str, r: Readings, table: str,
                        cols: str, redelivered: bool) -> None:
