@@ -189,3 +189,42 @@ def test_flush_hands_the_batch_to_the_writer(h: Harness) -> None:
     assert len(h.submitted) == 1 and h.submitted[0].packet_ids == [1]
     h.gw.flush()
     assert len(h.submitted) == 1  # nothing new, nothing submitted
+
+
+# ---------------------------------------------------------------- fuzzing the hot path
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_topics = st.one_of(
+    st.sampled_from([f"gas/v1/{d}/{c}" for d in ("d1", "m1", "d2", "ghost", "bad id")
+                     for c in ("telemetry", "ack", "status", "event", "cmd", "x")]),
+    st.text(max_size=40))
+_docs = st.fixed_dictionaries({}, optional={
+    "seq": st.one_of(st.integers(-5, 2**33), st.floats(), st.text(max_size=3)),
+    "ts": st.one_of(st.floats(0, 5e9), st.integers(-1, 5e9), st.none()),
+    "ch4": st.one_of(st.floats(-10, 200), st.text(max_size=3)),
+    "fault": st.integers(-1, 2**33), "vol": st.floats(-1, 1e6), "flow": st.floats(-1, 50),
+    "valve": st.sampled_from(["open", "closed", "fault", "half", 3]),
+    "batt": st.floats(-1, 20), "rssi": st.integers(-300, 10), "cmd_id": st.text(max_size=70),
+    "ok": st.booleans(), "online": st.one_of(st.booleans(), st.integers()),
+    "type": st.sampled_from(["self_test", "tamper", "boom"])})
+_payloads = st.one_of(_docs.map(lambda d: json.dumps(d, allow_nan=True).encode()),
+                      st.binary(max_size=200))
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.lists(st.tuples(_topics, _payloads, st.booleans()), min_size=1, max_size=20))
+def test_fuzzed_messages_never_escape_and_every_one_is_accounted_for(msgs) -> None:
+    h = Harness()
+    before = h.gw.metrics.value("gas_readings_received_total")
+    batch = [Message(t, p, 1, i + 1, dup, False) for i, (t, p, dup) in enumerate(msgs)]
+    h.gw.handle(batch, h.now)  # must not raise
+    b = h.gw.batch
+    assert b.packet_ids == [m.packet_id for m in batch]  # every message will be acked
+    readings = h.gw.metrics.value("gas_readings_received_total") - before
+    handled = (readings + len(b.rejects) + len(b.events)
+               + sum(1 for c in b.commands if c["state"] != "sent"))
+    acks = sum(1 for t, _, _ in msgs if t.endswith("/ack"))
+    assert handled <= len(msgs) and len(msgs) - handled <= acks  # only duplicate acks are silent
+    for r in b.rejects:
+        assert r[3] and r[4]  # a reason and a detail for each
