@@ -12,7 +12,7 @@ state="${GAS_SAFETY_HOME:-$root/.stack}"
 pg_version=15
 tsdb_version="${TSDB_VERSION:-2.19.3}"
 packages=(mosquitto mosquitto-clients postgresql-$pg_version postgresql-client-$pg_version
-          postgresql-server-dev-$pg_version cmake gcc make dpkg-dev libssl-dev libkrb5-dev)
+          postgresql-server-dev-$pg_version cmake gcc make dpkg-dev libssl-dev libkrb5-dev openssl)
 
 log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31mbootstrap: %s\033[0m\n' "$*" >&2; exit 1; }

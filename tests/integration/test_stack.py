@@ -170,3 +170,40 @@ def test_cli_stack_status_reports_json(stack: Stack) -> None:
                         "status"], capture_output=True, text=True, env=env)
     doc = json.loads(r.stdout)
     assert r.returncode == 0 and doc["mosquitto"]["healthy"] and doc["postgres"]["healthy"]
+
+
+def test_tls_listener_verifies_and_confines_devices(stack: Stack, runtime, fleet) -> None:
+    import ssl
+
+    import paho.mqtt.client as mqtt
+
+    hh = fleet(1)[0]
+    meter = hh.meter.id
+    assert runtime.mqtt_tls_port
+    ca = stack.home / "tls" / "ca.crt"
+
+    def attempt(verify: bool, password: str) -> int:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=meter)
+        c.username_pw_set(meter, password)
+        if verify:
+            c.tls_set(ca_certs=str(ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        else:
+            c.tls_set(cert_reqs=ssl.CERT_REQUIRED)  # system CAs only: our CA is unknown
+        codes: list[int] = []
+        c.on_connect = lambda cl, u, f, rc, p=None: codes.append(rc.value)
+        try:
+            c.connect("127.0.0.1", runtime.mqtt_tls_port)
+        except ssl.SSLError:
+            return -1
+        c.loop_start()
+        deadline = time.monotonic() + 5
+        while not codes and time.monotonic() < deadline:
+            time.sleep(0.02)
+        c.loop_stop()
+        c.disconnect()
+        return codes[0] if codes else -2
+
+    good = credentials.derive_password(runtime.fleet_key, meter)
+    assert attempt(True, good) == 0
+    assert attempt(True, "wrong") != 0  # TLS does not replace the password check
+    assert attempt(False, good) == -1  # a client that cannot verify the broker gets nowhere
