@@ -1,0 +1,360 @@
+"""Ground truth of a run and its score against what the platform did.
+
+The truth is kept in memory while the fleet runs: every injected leak and fault with its
+start, the wall-clock publish time of its first dangerous reading and of the reading that
+made a cut due by the default rules (`behaviour.RuleMirror`), every command a meter
+received and what it did. `score` compares it with the platform's own tables
+(valve_commands, alarms) and returns the figures a run is judged by; `to_json` writes it.
+
+Latency is measured from the publish of the reading that made the cut due (the platform
+cannot act earlier) to the meter receiving `valve_close`, and on to the valve closing and
+the ack going out; all stamps are this machine's wall clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simulator.fleet import Fleet
+from simulator.scenario import Plan
+
+METER_LIFE_DAYS = 10 * 365
+DETECTOR_LIFE_DAYS = 5 * 365
+
+
+@dataclass
+class LeakRecord:
+    id: str
+    kind: str
+    household_id: str
+    meter_id: str
+    detector_ids: list[str]
+    building: str
+    incident: str | None
+    start_sim: float
+    start_wall: float
+    peak: float
+    first_dangerous_publish: float | None = None
+    cut_due_publish: float | None = None
+    cut_due_device: str | None = None
+    close_cmd_id: str | None = None
+    close_received_at: float | None = None
+    valve_closed_at: float | None = None
+    ack_published_at: float | None = None
+    close_deliveries: int = 0
+
+
+@dataclass
+class FaultRecord:
+    id: str
+    kind: str
+    device_id: str
+    start_sim: float
+    start_wall: float
+    first_publish: float | None = None  # first reading showing the fault (or the last one sent)
+
+
+@dataclass
+class CommandRecord:
+    cmd_id: str
+    meter_id: str
+    household_id: str
+    action: str
+    responder: str
+    received_at: list[float] = field(default_factory=list)
+    dropped: int = 0
+    acks_published: list[float] = field(default_factory=list)
+    valve_moved_at: float | None = None
+    stale: bool = False  # issued before this run began (a retry of an earlier run's command)
+
+
+class Truth:
+    def __init__(self, fleet: Fleet, plan: Plan, sim_to_wall: Any) -> None:
+        self.fleet = fleet
+        self.leaks: list[LeakRecord] = []
+        self.faults: list[FaultRecord] = []
+        self.commands: dict[str, CommandRecord] = {}
+        self.chaos: Counter[str] = Counter()
+        self.expected_rejects: Counter[str] = Counter()
+        self.unexpected_cut_due: list[dict[str, Any]] = []
+        self.meta: dict[str, Any] = {}
+        self._leak_of_detector: dict[int, LeakRecord] = {}
+        self._leak_of_household: dict[int, LeakRecord] = {}
+        self._fault_of_detector: dict[int, FaultRecord] = {}
+        self._fault_of_meter: dict[int, FaultRecord] = {}
+        for lp in plan.leaks:
+            h = lp.household
+            rec = LeakRecord(lp.id, lp.kind.name.lower(), fleet.household_ids[h],
+                             fleet.meter_ids[h], [fleet.detector_ids[d] for d in lp.detectors],
+                             fleet.buildings[fleet.building[h]], lp.incident, lp.start_sim,
+                             sim_to_wall(lp.start_sim), lp.peak_lel)
+            self.leaks.append(rec)
+            self._leak_of_household[h] = rec
+            for d in lp.detectors:
+                self._leak_of_detector[d] = rec
+        for fp in plan.faults:
+            dev = fleet.meter_ids[fp.device] if fp.is_meter else fleet.detector_ids[fp.device]
+            frec = FaultRecord(fp.id, fp.kind.name.lower(), dev, fp.start_sim,
+                               sim_to_wall(fp.start_sim))
+            self.faults.append(frec)
+            (self._fault_of_meter if fp.is_meter else self._fault_of_detector)[fp.device] = frec
+        self.leak_detectors = np.fromiter(self._leak_of_detector, np.int64)
+        self.fault_detectors = np.fromiter(self._fault_of_detector, np.int64)
+
+    # ------------------------------------------------------------ observations
+    def detectors_published(self, idx: np.ndarray, t_sim: float, dangerous: np.ndarray,
+                            cut_due: np.ndarray, at: float) -> None:
+        """Stamp the first dangerous / cut-due publish of leaking detectors."""
+        hits = np.flatnonzero(dangerous | cut_due)
+        for j in hits:
+            d = int(idx[j])
+            rec = self._leak_of_detector.get(d)
+            if rec is None:
+                if cut_due[j]:
+                    self.unexpected_cut_due.append({"device_id": self.fleet.detector_ids[d],
+                                                    "at": at})
+                continue
+            if rec.first_dangerous_publish is None:
+                rec.first_dangerous_publish = at
+            if cut_due[j] and rec.cut_due_publish is None:
+                rec.cut_due_publish = at
+                rec.cut_due_device = self.fleet.detector_ids[d]
+        if self._fault_of_detector:
+            for j in np.flatnonzero(np.isin(idx, self.fault_detectors)):
+                frec = self._fault_of_detector[int(idx[j])]
+                if frec.first_publish is None and t_sim >= frec.start_sim:
+                    frec.first_publish = at
+
+    def detector_went_silent(self, d: int, last_publish: float | None) -> None:
+        frec = self._fault_of_detector.get(d)
+        if frec is not None and frec.first_publish is None:
+            frec.first_publish = last_publish
+
+    def meters_published(self, idx: np.ndarray, t_sim: float, overflow: np.ndarray,
+                         at: float) -> None:
+        for j in np.flatnonzero(overflow):
+            h = int(idx[j])
+            rec = self._leak_of_household.get(h)
+            if rec is None:
+                self.unexpected_cut_due.append({"device_id": self.fleet.meter_ids[h], "at": at})
+                continue
+            if rec.first_dangerous_publish is None:
+                rec.first_dangerous_publish = at
+            if rec.cut_due_publish is None:
+                rec.cut_due_publish = at
+                rec.cut_due_device = self.fleet.meter_ids[h]
+        if self._fault_of_meter:
+            for hm in idx.tolist():
+                frec = self._fault_of_meter.get(hm)
+                if frec is not None and frec.first_publish is None and t_sim >= frec.start_sim:
+                    frec.first_publish = at
+
+    def command_received(self, h: int, cmd_id: str, action: str, responder: str,
+                         at: float, stale: bool = False) -> None:
+        rec = self.commands.get(cmd_id)
+        if rec is None:
+            rec = self.commands[cmd_id] = CommandRecord(
+                cmd_id, self.fleet.meter_ids[h], self.fleet.household_ids[h], action, responder,
+                stale=stale)
+        rec.received_at.append(at)
+        leak = self._leak_of_household.get(h)
+        if leak is not None and action == "valve_close" and not stale:
+            leak.close_deliveries += 1
+            if leak.close_received_at is None:
+                leak.close_received_at = at
+                leak.close_cmd_id = cmd_id
+
+    def command_dropped(self, cmd_id: str) -> None:
+        if cmd_id in self.commands:
+            self.commands[cmd_id].dropped += 1
+
+    def ack_published(self, h: int, cmd_id: str, at: float) -> None:
+        rec = self.commands.get(cmd_id)
+        if rec is not None:
+            rec.acks_published.append(at)
+        leak = self._leak_of_household.get(h)
+        if leak is not None and leak.close_cmd_id == cmd_id and leak.ack_published_at is None:
+            leak.ack_published_at = at
+
+    def valve_moved(self, h: int, valve: str, cmd_id: str | None, at: float) -> None:
+        if cmd_id and cmd_id in self.commands:
+            self.commands[cmd_id].valve_moved_at = at
+        leak = self._leak_of_household.get(h)
+        if leak is not None and valve == "closed" and leak.valve_closed_at is None:
+            leak.valve_closed_at = at
+
+    def chaos_sent(self, kind: str, expected_reject: str | None, n: int = 1) -> None:
+        self.chaos[kind] += n
+        if expected_reject:
+            self.expected_rejects[str(expected_reject)] += n
+
+    # ------------------------------------------------------------ results
+    def pending_cuts(self) -> int:
+        """Leaks whose cut is due but not yet received: a run waits for them (bounded)."""
+        return sum(1 for lk in self.leaks
+                   if lk.cut_due_publish is not None and lk.close_received_at is None)
+
+    def service_life(self) -> dict[str, list[str]]:
+        f = self.fleet
+        return {
+            "meters": [f.meter_ids[i] for i in np.flatnonzero(f.meter_age_days > METER_LIFE_DAYS)],
+            "detectors": [f.detector_ids[i]
+                          for i in np.flatnonzero(f.detector_age_days > DETECTOR_LIFE_DAYS)],
+        }
+
+    def score(self, db: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run's verdict; `db` is what `read_platform` found in the platform's tables."""
+        started = self.meta.get("started_at")
+        if db is not None and started is not None:
+            # The platform's retries can outlive a run: a command issued before this run
+            # started is obeyed by the meter but is not this run's cut, right or wrong.
+            for cmd_id, issued in db.get("issued_at", {}).items():
+                if cmd_id in self.commands and issued is not None and issued < started - 1.0:
+                    self.commands[cmd_id].stale = True
+        leak_houses = {lk.household_id for lk in self.leaks}
+        riser_buildings = {lk.building for lk in self.leaks if lk.incident}
+        due = [lk for lk in self.leaks if lk.cut_due_publish is not None]
+        cut = [lk for lk in due if lk.close_received_at is not None]
+        missed = [lk.id for lk in due if lk.close_received_at is None]
+        not_required = [lk.id for lk in self.leaks
+                        if lk.cut_due_publish is None and lk.close_received_at is not None]
+        false_cuts, incident_cuts = [], []
+        for c in self.commands.values():
+            if c.action != "valve_close" or c.household_id in leak_houses or c.stale:
+                continue
+            h = self.fleet.household_index[c.household_id]
+            if self.fleet.buildings[self.fleet.building[h]] in riser_buildings:
+                incident_cuts.append(c.household_id)
+            else:
+                false_cuts.append({"cmd_id": c.cmd_id, "household_id": c.household_id,
+                                   "meter_id": c.meter_id, "at": c.received_at[0]})
+        lat_cmd = [lk.close_received_at - lk.cut_due_publish for lk in cut]  # type: ignore[operator]
+        lat_closed = [lk.valve_closed_at - lk.cut_due_publish for lk in cut  # type: ignore[operator]
+                      if lk.valve_closed_at is not None]
+        lat_ack = [lk.ack_published_at - lk.cut_due_publish for lk in cut  # type: ignore[operator]
+                   if lk.ack_published_at is not None]
+        out: dict[str, Any] = {
+            "leaks": len(self.leaks),
+            "cut_due": len(due),
+            "cut": len(cut),
+            "missed": missed,
+            "cut_not_required": not_required,
+            "warning_only": [lk.id for lk in self.leaks if lk.cut_due_publish is None],
+            "false_cuts": false_cuts,
+            "incident_cuts": sorted(set(incident_cuts)),
+            "early_cuts": sum(1 for x in lat_cmd if x < 0),
+            "latency_to_command_ms": percentiles(lat_cmd),
+            "latency_to_valve_closed_ms": percentiles(lat_closed),
+            "latency_to_ack_ms": percentiles(lat_ack),
+            "unexpected_cut_due": self.unexpected_cut_due[:20],
+            "commands": Counter(c.action for c in self.commands.values()),
+            "stale_commands": sum(1 for c in self.commands.values() if c.stale),
+            "commands_dropped_by_lossy_meters": sum(c.dropped for c in self.commands.values()),
+            "chaos_sent": dict(self.chaos),
+            "expected_rejects": dict(self.expected_rejects),
+        }
+        if db is not None:
+            out["platform"] = self._score_db(db)
+        return out
+
+    def _score_db(self, db: dict[str, Any]) -> dict[str, Any]:
+        by_cmd = {r["cmd_id"]: r for r in db.get("valve_commands", [])}
+        acked_lat = []
+        states: Counter[str] = Counter(r["state"] for r in by_cmd.values())
+        for lk in self.leaks:
+            r = by_cmd.get(lk.close_cmd_id or "")
+            if r and r.get("acked_at") is not None and lk.cut_due_publish is not None:
+                acked_lat.append(r["acked_at"] - lk.cut_due_publish)
+        alarms = db.get("alarms", [])
+        alarm_devices: dict[str, list[str]] = {}
+        for a in alarms:
+            alarm_devices.setdefault(a["device_id"], []).append(a["kind"])
+        faults_seen = {f.id: alarm_devices.get(f.device_id, []) for f in self.faults}
+        rejects = db.get("rejects", {})
+        return {
+            "valve_commands": dict(states),
+            "latency_to_acked_in_db_ms": percentiles(acked_lat),
+            "alarms_by_kind": dict(Counter(a["kind"] for a in alarms)),
+            "faults_with_alarm": sum(1 for v in faults_seen.values() if v),
+            "faults": faults_seen,
+            "rejects_by_reason": rejects,
+            "rejects_vs_expected": {r: {"expected": n, "found": rejects.get(r, 0)}
+                                    for r, n in self.expected_rejects.items()},
+        }
+
+    def to_json(self, path: Path, scores: dict[str, Any] | None = None) -> None:
+        doc = {
+            "meta": self.meta,
+            "leaks": [asdict(lk) for lk in self.leaks],
+            "faults": [asdict(f) for f in self.faults],
+            "commands": [asdict(c) for c in self.commands.values()],
+            "chaos": dict(self.chaos),
+            "expected_rejects": dict(self.expected_rejects),
+            "service_life": self.service_life(),
+            "scores": scores,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=1, default=_json_default))
+
+
+def percentiles(values_s: list[float]) -> dict[str, float | int | None]:
+    """p50/p95/p99/max in milliseconds of latencies given in seconds."""
+    if not values_s:
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    a = np.maximum(np.asarray(values_s, np.float64), 0.0) * 1000.0
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"n": len(a), "p50": round(float(p50), 2), "p95": round(float(p95), 2),
+            "p99": round(float(p99), 2), "max": round(float(a.max()), 2)}
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (dt.datetime, dt.date)):
+        return o.isoformat()
+    if isinstance(o, (set, Counter)):
+        return dict(o) if isinstance(o, Counter) else sorted(o)
+    raise TypeError(type(o))
+
+
+def read_platform(dsn: str, fleet: Fleet, since_wall: float,
+                  cmd_ids: list[str] | None = None) -> dict[str, Any]:
+    """What the platform recorded for this fleet since `since_wall` (epoch seconds), and
+    when it issued the commands `cmd_ids` the meters received."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    since = dt.datetime.fromtimestamp(since_wall - 1, dt.UTC)
+    out: dict[str, Any] = {}
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        rows = conn.execute(
+            "SELECT cmd_id, meter_id, household_id, action, state,"
+            " extract(epoch FROM issued_at)::float8 AS issued_at,"
+            " extract(epoch FROM sent_at)::float8 AS sent_at,"
+            " extract(epoch FROM acked_at)::float8 AS acked_at"
+            " FROM valve_commands WHERE meter_id = ANY(%s) AND issued_at >= %s",
+            (fleet.meter_ids, since)).fetchall()
+        out["valve_commands"] = rows
+        out["issued_at"] = {r["cmd_id"]: r["issued"] for r in conn.execute(
+            "SELECT cmd_id, extract(epoch FROM issued_at)::float8 AS issued FROM valve_commands"
+            " WHERE cmd_id = ANY(%s)", (cmd_ids or [],)).fetchall()}
+        out["alarms"] = conn.execute(
+            "SELECT device_id, household_id, kind, extract(epoch FROM raised_at)::float8"
+            " AS raised_at FROM alarms WHERE household_id = ANY(%s) AND raised_at >= %s",
+            (fleet.household_ids, since)).fetchall()
+        devices = fleet.all_device_ids()
+        rej = conn.execute(
+            "SELECT reason, count(*) AS n FROM rejects WHERE time >= %s"
+            " AND (device_id = ANY(%s) OR device_id LIKE 'ghost-%%') GROUP BY reason",
+            (since, devices)).fetchall()
+        out["rejects"] = {r["reason"]: r["n"] for r in rej}
+    return out
