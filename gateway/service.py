@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import logging
 import signal
+import sys
 import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ class _Columns:
                         {k: np.array(v, dtypes[k]) for k, v in self.values.items()})
 
 
+_COMMAND_FIELDS = tuple(ValveCommand.__dataclass_fields__)
 DET_DTYPES = {"ch4": np.float32, "fault": np.uint32}
 MET_DTYPES = {"vol": np.float64, "flow": np.float32, "valve": np.uint8, "batt": np.float32,
               "rssi": np.int16}
@@ -352,7 +354,7 @@ class Gateway:
         self.book.mark_sent(cmd.cmd_id, self.clock())
 
     def _record_command(self, cmd: ValveCommand, action: str, details: dict[str, Any]) -> None:
-        snap = asdict(cmd)
+        snap = {f: getattr(cmd, f) for f in _COMMAND_FIELDS}
         snap["state"] = cmd.state.value
         self.batch.commands.append(snap)
         self.batch.audit.append((cmd.requested_by if action == "command.issued" else "gateway",
@@ -526,9 +528,13 @@ class GatewayService:
 
     # -------------------------------------------------------------- batching
     def _on_batch(self, messages: list[Message]) -> None:
-        t0 = time.perf_counter()
-        self.gw.handle(messages)
-        self.gw.metrics.handle_seconds.observe(time.perf_counter() - t0)
+        # A large socket read is judged in slices, so a leak near its end is not held up by
+        # decoding everything before it (each slice costs one vectorised evaluation).
+        step = self.settings.mqtt.judge_slice
+        for i in range(0, len(messages), step):
+            t0 = time.perf_counter()
+            self.gw.handle(messages[i:i + step])
+            self.gw.metrics.handle_seconds.observe(time.perf_counter() - t0)
         if self.gw.batch.rows and self._flush_handle is None and self.loop is not None:
             self._flush_handle = self.loop.call_later(self.settings.db.batch_max_s, self._flush)
         elif self.gw.batch.packet_ids and self._flush_handle is None and self.loop is not None:

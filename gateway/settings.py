@@ -36,7 +36,8 @@ class MqttSettings(BaseModel):
     keepalive_s: int = 30
     # Unacknowledged QoS 1 messages we let the broker keep in flight towards us; Mosquitto
     # must allow at least this many (max_inflight_messages in mosquitto.conf).
-    max_unacked: int = Field(default=20_000, ge=100, le=60_000)
+    max_unacked: int = Field(default=50_000, ge=100, le=60_000)
+    judge_slice: int = Field(default=512, ge=1)  # messages evaluated at once, at most
 
 
 class DbSettings(BaseModel):

@@ -7,59 +7,23 @@ outrun paho several times over (simulator/link.py drives it).
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
-SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x82, 0x90, 0xC0, 0xD0, 0xE0
+from gateway.mqtt import (CONNACK, CONNECT, DISCONNECT, PINGREQ, PINGRESP, PUBACK,  # noqa: F401
+                          PUBLISH, SUBACK, SUBSCRIBE)
+from gateway.mqtt import _CONNACK_REASONS
+from gateway.mqtt import _remaining_length as remaining_length
+from gateway.mqtt import encode_connect as connect  # noqa: F401  (one codec for the project)
+from gateway.mqtt import encode_subscribe as subscribe  # noqa: F401
 
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
-
-CONNACK_CODES = {
-    0: "accepted", 1: "unacceptable protocol version", 2: "identifier rejected",
-    3: "server unavailable", 4: "bad user name or password", 5: "not authorised",
-}
+CONNACK_CODES = {0: "accepted", **_CONNACK_REASONS}
 
 
 class ProtocolError(Exception):
     """The broker sent something this client cannot parse."""
-
-
-def remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return struct.pack("!H", len(b)) + b
-
-
-def connect(client_id: str, username: str | None = None, password: str | None = None,
-            keepalive_s: int = 60, clean_session: bool = True,
-            will: tuple[str, bytes, int, bool] | None = None) -> bytes:
-    """CONNECT (protocol level 4); `will` is (topic, payload, qos, retain)."""
-    flags = 0x02 if clean_session else 0
-    payload = _str(client_id)
-    if will is not None:
-        w_topic, w_payload, w_qos, w_retain = will
-        flags |= 0x04 | (w_qos << 3) | (0x20 if w_retain else 0)
-        payload += _str(w_topic) + _str(w_payload)
-    if username is not None:
-        flags |= 0x80
-        payload += _str(username)
-    if password is not None:
-        flags |= 0x40
-        payload += _str(password)
-    var = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive_s)
-    body = var + payload
-    return bytes([CONNECT]) + remaining_length(len(body)) + body
 
 
 def publish(topic: bytes, payload: bytes, packet_id: int = 0, qos: int = 1,
@@ -74,11 +38,6 @@ def publish(topic: bytes, payload: bytes, packet_id: int = 0, qos: int = 1,
 
 def puback(packet_id: int) -> bytes:
     return b"\x40\x02" + packet_id.to_bytes(2, "big")
-
-
-def subscribe(packet_id: int, topics: list[tuple[str, int]]) -> bytes:
-    body = packet_id.to_bytes(2, "big") + b"".join(_str(t) + bytes([q]) for t, q in topics)
-    return bytes([SUBSCRIBE]) + remaining_length(len(body)) + body
 
 
 @dataclass(frozen=True, slots=True)

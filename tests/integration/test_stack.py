@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -162,6 +163,7 @@ def test_stack_recovers_from_stale_pid_and_refuses_busy_port() -> None:
         assert st.status()["postgres"]["healthy"]  # type: ignore[index]
     finally:
         st.down()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_cli_stack_status_reports_json(stack: Stack) -> None:
