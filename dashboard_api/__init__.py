@@ -1,0 +1,1 @@
+"""The operator API: FastAPI over the platform's TimescaleDB (see dashboard_api.main)."""

@@ -62,7 +62,7 @@ def api_settings(dsn: str) -> Settings:
 
 @pytest.fixture(scope="session")
 def api(api_settings: Settings) -> Iterator[Api]:
-    app = create_app(api_settings, sse_keepalive_s=0.5)
+    app = create_app(api_settings, sse_keepalive_s=0.5, rollups_every_s=None)
     thread = _ServerThread(app)
     thread.start()
     deadline = time.monotonic() + 30
@@ -140,7 +140,8 @@ async def _raise_alarm(dsn: str, household: Household, *, kind: str = "leak",
     transaction. Returns (alarm id, work order id)."""
     now = raised_at or dt.datetime.now(dt.UTC)
     detector = household.detectors[0]
-    evidence = [{"ts": now.timestamp() - 1, "ch4": value - 2}, {"ts": now.timestamp(), "ch4": value}]
+    evidence = [{"ts": now.timestamp() - 1, "ch4": value - 2},
+                {"ts": now.timestamp(), "ch4": value}]
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         alarm_id = (await (await conn.execute(
             "INSERT INTO alarms (device_id, household_id, kind, severity, value, raised_at,"
@@ -174,6 +175,7 @@ class SseReader:
 
     def __init__(self, response: httpx.Response) -> None:
         self._lines = response.aiter_lines()
+        self.comments = 0  # keepalives seen
 
     async def next(self, timeout: float = 5.0) -> tuple[str, dict[str, Any]]:
         async with asyncio.timeout(timeout):
@@ -184,6 +186,7 @@ class SseReader:
                         return event, json.loads(data)
                     continue
                 if line.startswith(":"):
+                    self.comments += 1
                     continue
                 name, _, value = line.partition(":")
                 value = value.removeprefix(" ")

@@ -1,0 +1,104 @@
+"""The authentication gate: every request but the public few must carry a valid credential
+before it reaches routing, validation or a route, so a caller without one learns nothing
+(not even whether a path exists or a body is well-formed): 401, always.
+
+Credentials, in order: `X-API-Key: <key>`; `Authorization: Bearer <key>` when the bearer
+value is an API key (`gsk_...`, for scrapers such as Prometheus that send only bearer
+credentials); `Authorization: Bearer <access token>` from POST /auth/token. The user row is
+read on every request, so disabling or demoting a user takes effect at once, tokens
+included. The principal is left in `request.state.principal` for the role checks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dashboard_api import identity
+from dashboard_api.errors import ApiError, Unauthenticated, problem
+from dashboard_api.identity import Principal, Role
+
+logger = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/healthz", "/auth/token", "/upgrades/resident/lookup",
+                          "/upgrades/resident/bookings"})
+
+_USER_BY_NAME = "SELECT id, username, role, disabled FROM users WHERE username = %s"
+_KEY_BY_PREFIX = """
+    SELECT k.key_hash, k.expires_at, k.revoked_at, u.id, u.username, u.role, u.disabled
+    FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.prefix = %s"""
+
+
+async def _from_api_key(pool: psycopg_pool.AsyncConnectionPool[Any], key: str,
+                        now: dt.datetime) -> Principal:
+    prefix = identity.api_key_prefix(key)
+    if prefix is None:
+        raise Unauthenticated("malformed API key")
+    async with pool.connection() as conn:
+        row = await (await conn.execute(_KEY_BY_PREFIX, (prefix,))).fetchone()
+    if row is None or not identity.api_key_matches(row["key_hash"], key):
+        raise Unauthenticated("unknown API key")
+    if row["revoked_at"] is not None:
+        raise Unauthenticated("API key revoked")
+    if row["expires_at"] <= now:
+        raise Unauthenticated("API key expired")
+    if row["disabled"]:
+        raise Unauthenticated("user disabled")
+    return Principal(row["id"], row["username"], Role[row["role"]], "api_key")
+
+
+async def _from_token(pool: psycopg_pool.AsyncConnectionPool[Any], secret: str, token: str,
+                      now: dt.datetime) -> Principal:
+    try:
+        claims = identity.read_token(secret, token, now)
+    except identity.TokenError as err:
+        raise Unauthenticated(str(err)) from None
+    async with pool.connection() as conn:
+        row = await (await conn.execute(_USER_BY_NAME, (claims["sub"],))).fetchone()
+    if row is None or row["disabled"]:
+        raise Unauthenticated("user unknown or disabled")
+    return Principal(row["id"], row["username"], Role[row["role"]], "token")
+
+
+async def principal_from(headers: Headers, state: Any) -> Principal:
+    now = state.clock()
+    api_key = headers.get("x-api-key")
+    scheme, _, bearer = headers.get("authorization", "").partition(" ")
+    bearer = bearer.strip() if scheme.lower() == "bearer" else ""
+    if api_key:
+        return await _from_api_key(state.pool, api_key, now)
+    if bearer.startswith(identity.API_KEY_MARK + "_"):
+        return await _from_api_key(state.pool, bearer, now)
+    if bearer:
+        return await _from_token(state.pool, state.jwt_secret, bearer, now)
+    raise Unauthenticated()
+
+
+class AuthGate:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state.api
+        try:
+            principal = await principal_from(Headers(scope=scope), state)
+        except ApiError as err:
+            await problem(err.status, err.detail, headers=err.headers, **err.extra)(
+                scope, receive, send)
+            return
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as err:
+            logger.warning("authentication needs the database: error=%s", err)
+            await problem(503, "database unavailable, retry shortly",
+                          headers={"Retry-After": "5"})(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)

@@ -1,0 +1,110 @@
+"""SQL shared by several routers: the audit trail, notifications to the gateway and the live
+stream, and the device-health columns. Each router keeps the SQL only it uses.
+
+Every state change made through the API calls `record` inside its own transaction, so
+the change, its audit row and its NOTIFY commit (or vanish) together; PostgreSQL delivers
+a NOTIFY only on commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from dashboard_api.hub import CHANNEL, COMMANDS_CHANNEL
+from gateway.settings import Settings
+
+METER_LIFE_YEARS = 10  # diaphragm meters, JJG 577-2012
+DETECTOR_LIFE_YEARS = 5  # residential gas alarms
+BATTERY_LOW_V = 3.3
+
+
+def battery_low_v(settings: Settings) -> float:
+    """The gateway's low-battery threshold, so both sides call the same meters low."""
+    detection = settings.detection
+    thresholds = getattr(detection, "thresholds", detection)
+    return float(getattr(thresholds, "battery_low_v", BATTERY_LOW_V))
+
+
+async def record(conn: AsyncConnection[Any], actor: str, action: str, entity: str,
+                 entity_id: str | int, details: dict[str, Any],
+                 event: dict[str, Any] | None = None) -> None:
+    """The audit row of a change and, when given, its live event on gas_events."""
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, entity, entity_id, details)"
+        " VALUES (%s, %s, %s, %s, %s)", (actor, action, entity, str(entity_id), Jsonb(details)))
+    if event is not None:
+        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(event, default=str)))
+
+
+async def notify_command(conn: AsyncConnection[Any], cmd_id: str) -> None:
+    """Wake the gateway: it LISTENs on gas_commands and publishes the command by its id."""
+    await conn.execute("SELECT pg_notify(%s, %s)", (COMMANDS_CHANNEL, cmd_id))
+
+
+def where(conditions: list[str]) -> str:
+    """`WHERE a AND b` from conditions written in the routers (constants, never input)."""
+    return ("WHERE " + " AND ".join(conditions)) if conditions else ""
+
+
+# ---------------------------------------------------------------- device health
+
+DEVICE_COLUMNS = """
+    d.id, d.kind, d.model, d.household_id, d.installed_on, d.firmware, d.status,
+    h.community, h.building,
+    s.online, s.last_seen, s.ch4_lel, s.fault, s.flow_m3h, s.vol_m3, s.valve, s.batt_v, s.rssi
+"""
+DEVICE_FROM = """
+    FROM devices d JOIN households h ON h.id = d.household_id
+    LEFT JOIN device_state s ON s.device_id = d.id
+"""
+
+
+def _add_years(day: dt.date, years: int) -> dt.date:
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year + years, day=28)
+
+
+def device_view(row: dict[str, Any], today: dt.date, battery_low_v: float) -> dict[str, Any]:
+    """A devices/device_state row as DevicePublic: health and service life."""
+    life = METER_LIFE_YEARS if row["kind"] == "meter" else DETECTOR_LIFE_YEARS
+    ends = _add_years(row["installed_on"], life)
+    remaining = (ends - today).days
+    seen = row["last_seen"] is not None
+    if not seen:
+        last = None
+    elif row["kind"] == "meter":
+        last = {"flow_m3h": row["flow_m3h"], "vol_m3": row["vol_m3"], "valve": row["valve"],
+                "batt_v": row["batt_v"], "rssi": row["rssi"]}
+    else:
+        last = {"ch4_lel": row["ch4_lel"], "fault": row["fault"]}
+    batt = row["batt_v"]
+    return {
+        "id": row["id"], "kind": row["kind"], "model": row["model"],
+        "household_id": row["household_id"], "community": row["community"],
+        "building": row["building"], "installed_on": row["installed_on"],
+        "firmware": row["firmware"], "status": row["status"],
+        "health": {
+            "online": bool(row["online"]), "last_seen": row["last_seen"], "last_reading": last,
+            "battery_v": batt, "battery_low": batt is not None and batt < battery_low_v,
+            "faults": row["fault"] or 0, "service_life_years": life,
+            "service_life_ends": ends, "service_life_remaining_days": remaining,
+            "past_service_life": remaining < 0,
+        },
+    }
+
+
+def mask(value: str | None) -> str | None:
+    """Owner contact details as viewers see them: enough to tell two apart, not to call."""
+    if value is None:
+        return None
+    if "@" in value:
+        name, _, domain = value.partition("@")
+        return f"{name[:1]}***@{domain}"
+    return ("*" * max(len(value) - 4, 0)) + value[-4:]

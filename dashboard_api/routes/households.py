@@ -1,0 +1,121 @@
+"""Households: the registry's flats with their devices' health; admins register new ones
+(their devices' MQTT credentials are then set by `gas-safety fleet provision` on the
+broker's host, which picks up every device without one)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import APIRouter, Path, Query, status
+
+from dashboard_api import pagination
+from dashboard_api.deps import Admin, Conn, State, Viewer
+from dashboard_api.errors import Conflict, Invalid, NotFound
+from dashboard_api.identity import Principal, Role
+from dashboard_api.queries import (
+    DEVICE_COLUMNS,
+    DEVICE_FROM,
+    battery_low_v,
+    device_view,
+    mask,
+    record,
+    where,
+)
+from dashboard_api.schemas import HouseholdCreate, HouseholdDetail, HouseholdPublic, Page
+
+router = APIRouter(prefix="/households", tags=["fleet"])
+
+HouseholdId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                                  examples=["h000042"])]
+LabelQuery = Annotated[str | None, Query(min_length=1, max_length=100,
+                                          pattern=r"^[^\x00-\x1f\x7f]+$")]
+Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
+Cursor = Annotated[str | None, Query(max_length=512)]
+
+_COLS = """h.id, h.address, h.community, h.building, h.unit, h.owner_name, h.owner_phone,
+           h.owner_email, h.qmax_m3h, h.created_at,
+           (SELECT count(*) FROM devices d WHERE d.household_id = h.id) AS devices"""
+
+
+def _shown(row: dict[str, Any], who: Principal) -> dict[str, Any]:
+    if who.may(Role.operator):
+        return row
+    return {**row, "owner_phone": mask(row["owner_phone"]), "owner_email": mask(row["owner_email"])}
+
+
+@router.get("", response_model=Page[HouseholdPublic], summary="List households")
+async def list_households(conn: Conn, who: Viewer, community: LabelQuery = None,
+                          building: LabelQuery = None, limit: Limit = pagination.DEFAULT_LIMIT,
+                          cursor: Cursor = None) -> dict[str, Any]:
+    after = pagination.decode(cursor, str, str)
+    conds: list[str] = []
+    params: dict[str, Any] = {"n": limit + 1}
+    if community is not None:
+        conds.append("h.community = %(community)s")
+        params["community"] = community
+    if building is not None:
+        conds.append("h.building = %(building)s")
+        params["building"] = building
+    if after:
+        conds.append("h.id > %(after)s")
+        params["after"] = after[1]
+    rows = await (await conn.execute(
+        f"SELECT {_COLS} FROM households h {where(conds)} ORDER BY h.id LIMIT %(n)s",
+        params)).fetchall()
+    items, nxt = pagination.page(rows, limit, lambda r: (r["id"], r["id"]))
+    return {"items": [_shown(r, who) for r in items], "next_cursor": nxt}
+
+
+@router.get("/{household_id}", response_model=HouseholdDetail,
+            summary="A household with its devices' health, active alarms and open orders")
+async def get_household(household_id: HouseholdId, conn: Conn, who: Viewer,
+                        state: State) -> dict[str, Any]:
+    row = await (await conn.execute(f"SELECT {_COLS} FROM households h WHERE h.id = %s",
+                                    (household_id,))).fetchone()
+    if row is None:
+        raise NotFound(f"no household {household_id}")
+    devices = await (await conn.execute(
+        f"SELECT {DEVICE_COLUMNS} {DEVICE_FROM} WHERE d.household_id = %s ORDER BY d.id",
+        (household_id,))).fetchall()
+    counts = await (await conn.execute(
+        """SELECT (SELECT count(*) FROM alarms WHERE household_id = %(h)s
+                   AND cleared_at IS NULL) AS active_alarms,
+                  (SELECT count(*) FROM work_orders WHERE household_id = %(h)s
+                   AND status IN ('open', 'dispatched', 'on_site')) AS open_work_orders""",
+        {"h": household_id})).fetchone()
+    assert counts is not None
+    today = state.clock().date()
+    low = battery_low_v(state.settings)
+    return {**_shown(row, who), **counts,
+            "device_list": [device_view(d, today, low) for d in devices]}
+
+
+@router.post("", response_model=HouseholdDetail, status_code=status.HTTP_201_CREATED,
+             summary="Register a household and its devices (admin)")
+async def create_household(body: HouseholdCreate, conn: Conn, admin: Admin,
+                           state: State) -> dict[str, Any]:
+    kinds = [d.kind for d in body.devices]
+    if kinds.count("meter") != 1:
+        raise Invalid("devices", "a household has exactly one meter", "body")
+    if len({d.id for d in body.devices}) != len(body.devices):
+        raise Invalid("devices", "device ids repeat", "body")
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                """INSERT INTO households (id, address, community, building, unit, owner_name,
+                                          owner_phone, owner_email, qmax_m3h)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                (body.id, body.address, body.community, body.building, body.unit,
+                 body.owner_name, body.owner_phone, body.owner_email, body.qmax_m3h))
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO devices (id, kind, model, household_id, installed_on)"
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    [(d.id, d.kind, d.model, body.id, d.installed_on) for d in body.devices])
+            await record(conn, admin.username, "household.create", "household", body.id,
+                         {"devices": [d.id for d in body.devices]})
+            await conn.execute("NOTIFY gas_registry")
+    except psycopg.errors.UniqueViolation:
+        raise Conflict(f"household {body.id} or one of its device ids exists already") from None
+    return await get_household(body.id, conn, admin, state)
