@@ -452,7 +452,7 @@ class Writer:
                                 " received_at) VALUES (%s, %s, %s, %s, %s, %s)", b.events)
             alarm_ids = self._write_alarms(cur, b)
             self._write_commands(cur, b, alarm_ids)
-            self._write_work_orders(cur, b, alarm_ids)
+            wo_live = self._write_work_orders(cur, b, alarm_ids)
             if b.notifications:
                 cur.executemany(
                     "INSERT INTO notifications (household_id, kind, channel, recipient, body,"
@@ -465,9 +465,13 @@ class Writer:
                 cur.executemany("INSERT INTO audit_log (at, actor, action, entity, entity_id,"
                                 " details) VALUES (now(), %s, %s, %s, %s, %s)",
                                 [(a, act, e, eid, Jsonb(d)) for a, act, e, eid, d in b.audit])
-            if b.live:
+            live = b.live + wo_live  # after the alarms they follow from
+            if live:
+                for e in live:  # the ids exist now: the API and its live stream use them
+                    if e["type"] in ("alarm.raised", "alarm.cleared") and "alarm_id" not in e:
+                        e["alarm_id"] = alarm_ids.get((e["device_id"], e["kind"]))
                 cur.executemany("SELECT pg_notify('gas_events', %s)",
-                                [(json.dumps(e),) for e in b.live])
+                                [(json.dumps(e),) for e in live])
 
 
     def _copy_readings(self, cur: psycopg.Cursor[Any], kind: str, r: Readings, table: str,
@@ -571,9 +575,9 @@ class Writer:
             rows)
 
     def _write_work_orders(self, cur: psycopg.Cursor[Any], b: Batch,
-                           alarm_ids: dict[tuple[str, str], int]) -> None:
+                           alarm_ids: dict[tuple[str, str], int]) -> list[dict[str, Any]]:
         if not b.work_orders:
-            return
+            return []
         cur.executemany(
             "INSERT INTO work_orders (household_id, cause, priority, title, opened_at,"
             " arrive_by, resolve_by, alarm_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -596,10 +600,9 @@ class Writer:
             if created:
                 audit.append((str(wo_id), Jsonb({"household": w.household_id, "cause": w.cause,
                                                  "priority": w.priority, "note": w.note})))
-            live.append((json.dumps({"type": "work_order.opened" if created
-                                     else "work_order.changed", "id": wo_id,
-                                     "household_id": w.household_id, "cause": w.cause,
-                                     "priority": w.priority}),))
+            live.append({"type": "work_order.opened" if created else "work_order.changed",
+                         "work_order_id": wo_id, "household_id": w.household_id,
+                         "cause": w.cause, "priority": w.priority})
         cur.executemany("INSERT INTO work_order_steps (work_order_id, at, actor, action,"
                         " from_status, to_status, note) VALUES (%s, now(), 'gateway', %s, NULL,"
                         " %s, %s)", steps)
@@ -607,4 +610,4 @@ class Writer:
             cur.executemany("INSERT INTO audit_log (actor, action, entity, entity_id, details)"
                             " VALUES ('gateway', 'work_order.opened', 'work_order', %s, %s)",
                             audit)
-        cur.executemany("SELECT pg_notify('gas_events', %s)", live)
+        return live
