@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import itertools
 import logging
 import signal
 import sys
@@ -34,7 +35,8 @@ from gateway.protocol import Channel, RejectReason, Rejected
 from gateway.registry import KIND_METER, LOAD_SQL, Registry, rows_to_registry_input
 from gateway.response import CommandBook, CommandState, ValveCommand
 from gateway.settings import Settings
-from gateway.storage import AlarmRow, Batch, NotificationRow, Readings, WorkOrderRow, Writer
+from gateway.storage import (AlarmRow, Batch, NotificationRow, Readings, WorkOrderRow, Writer,
+                             concat_readings)
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +228,7 @@ class Gateway:
                 self.state, d.slot[idx], d.values["ch4"][idx], d.values["fault"][idx],
                 d.time[idx], now))
             self._track(d, idx, "det")
-            batch.detector = _merge(batch.detector, d)
+            batch.detector = concat_readings([batch.detector, d])
         m = met.readings(MET_DTYPES)
         if m is not None:
             idx = np.flatnonzero(met.evaluate)
@@ -234,7 +236,7 @@ class Gateway:
                 self.state, m.slot[idx], m.values["flow"][idx], m.values["vol"][idx],
                 m.values["valve"][idx], m.values["batt"][idx], m.time[idx], now))
             self._track(m, idx, "met")
-            batch.meter = _merge(batch.meter, m)
+            batch.meter = concat_readings([batch.meter, m])
         for e in effects:
             if len(e):
                 self.apply(e, now)
@@ -257,10 +259,17 @@ class Gateway:
             for i, slot in enumerate(slots):
                 dirty[slot] = ("met", times[i], seqs[i], *(c[i] for c in cols))
 
-    def device_state_rows(self) -> list[tuple]:
+    def device_state_rows(self, limit: int | None = None) -> list[tuple]:
+        """Take (up to `limit`) devices' latest values as device_state rows."""
         rows = []
         valve_names = {0: "open", 1: "closed", 2: "fault"}
-        for slot, st in self._state_dirty.items():
+        dirty = self._state_dirty
+        if limit is not None and len(dirty) > limit:
+            keys = list(itertools.islice(dirty, limit))
+            taken = {k: dirty.pop(k) for k in keys}
+        else:
+            taken, self._state_dirty = dirty, {}
+        for slot, st in taken.items():
             did = self.registry.ids[slot]
             if st[0] == "det":
                 _, t, seq, ch4, fault = st
@@ -274,7 +283,6 @@ class Gateway:
                 _, online, fw = st
                 rows.append((did, online, None, None, None, None, None, None, None, None, None,
                              fw))
-        self._state_dirty.clear()
         return rows
 
     def _reject(self, msg: Message, rej: Rejected, now: float) -> None:
@@ -459,17 +467,6 @@ class Gateway:
         self.submit(b)
 
 
-def _merge(a: Readings | None, b: Readings | None) -> Readings | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return Readings(np.concatenate([a.slot, b.slot]), np.concatenate([a.seq, b.seq]),
-                    np.concatenate([a.time, b.time]), np.concatenate([a.received, b.received]),
-                    np.concatenate([a.flags, b.flags]),
-                    {k: np.concatenate([a.values[k], b.values[k]]) for k in a.values})
-
-
 def _ts(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, dt.UTC)
 
@@ -628,9 +625,12 @@ class GatewayService:
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 5.0)
-            rows = self.gw.device_state_rows()
-            if rows and not await asyncio.to_thread(writer.write, rows):
-                logger.debug("device_state not written (database away); next round")
+            # in slices, yielding between them: a whole city's rows at once would hold up
+            # the readings waiting on this event loop
+            while rows := self.gw.device_state_rows(limit=2000):
+                if not await asyncio.to_thread(writer.write, rows):
+                    logger.debug("device_state not written (database away); next round")
+                    break
 
     async def _listener(self) -> None:
         """Registry changes and operators' valve commands, from PostgreSQL NOTIFY."""

@@ -431,6 +431,9 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
         "probes": len(probe_sent), "probes_cut": len(probe_lat),
         "malformed_commands": len(bad_commands),
         "alarm_latency_ms": percentiles(list(probe_lat.values())),
+        # in send order, seconds since the load started: where in the run the tail comes from
+        "alarm_latency_series": [(round(probe_sent[h] - start_at, 2), round(probe_lat[h] * 1000, 1))
+                                 for h in sorted(probe_lat, key=probe_sent.__getitem__)],
         "stored": None, "lost": None,
     }
     if not args.no_store_check:
