@@ -87,7 +87,10 @@ install_venv() {
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   log "creating the virtual environment .venv"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || die "python3 -m venv failed (install python3-venv)"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/requirements.lock" \
+  # (some machines' pip configuration names extra local indexes that may be absent: quiet)
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/requirements.lock" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+  "$venv/bin/python" -c "import msgspec, numpy, psycopg, fastapi, paho.mqtt, pytest" \
     || die "pip install -r requirements.lock failed"
   "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$root" \
     || die "pip install -e . failed"

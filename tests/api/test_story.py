@@ -117,10 +117,14 @@ async def test_leak_to_reopen(client: httpx.AsyncClient, dsn: str, city, as_role
         row = await (await conn.execute(
             "SELECT action, state, meter_id, alarm_id FROM valve_commands WHERE cmd_id = %s",
             (command["cmd_id"],))).fetchone()
-        assert row == ("valve_open", "issued", house.meter.id, alarm_id)
+        # 'issued' until a gateway picks it up ('sent' when the run's gateway is up)
+        assert (row[0], row[2], row[3]) == ("valve_open", house.meter.id, alarm_id)
+        assert row[1] in ("issued", "sent")
         audit = await (await conn.execute(
             "SELECT actor, action FROM audit_log WHERE entity IN ('alarm', 'work_order',"
-            " 'valve_command') AND entity_id IN (%s, %s, %s) ORDER BY id",
+            " 'valve_command') AND entity_id IN (%s, %s, %s)"
+            " AND actor <> 'gateway' ORDER BY id",  # the API's own steps (the run's gateway
+            # audits what it does with the command too)
             (str(alarm_id), str(wo_id), command["cmd_id"]))).fetchall()
     assert audit == [("operator.one", "alarm.acknowledge"),
                      ("operator.one", "work_order.dispatch"),
