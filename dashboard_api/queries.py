@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -44,6 +45,17 @@ async def record(conn: AsyncConnection[Any], actor: str, action: str, entity: st
 async def notify_command(conn: AsyncConnection[Any], cmd_id: str) -> None:
     """Wake the gateway: it LISTENs on gas_commands and publishes the command by its id."""
     await conn.execute("SELECT pg_notify(%s, %s)", (COMMANDS_CHANNEL, cmd_id))
+
+
+def given(filters: Iterable[tuple[str, Any, str]], params: dict[str, Any]) -> list[str]:
+    """The conditions of the filters a caller gave: (parameter name, value, SQL condition
+    written in the router, never input); their values go into `params`."""
+    conds = []
+    for name, value, cond in filters:
+        if value is not None:
+            conds.append(cond)
+            params[name] = value
+    return conds
 
 
 def where(conditions: list[str]) -> str:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query
 from dashboard_api import pagination
 from dashboard_api.deps import Conn, Operator, State, Viewer
 from dashboard_api.errors import Conflict, Invalid, NotFound
-from dashboard_api.queries import record, where
+from dashboard_api.queries import given, record, where
 from dashboard_api.routes.readings import raw_readings
 from dashboard_api.routes.valves import COMMAND_COLUMNS
 from dashboard_api.routes.work_orders import WORK_ORDER_COLUMNS, with_overdue
@@ -56,7 +56,7 @@ async def list_alarms(
     after = pagination.decode(cursor, dt.datetime, int)
     conds: list[str] = []
     params: dict[str, Any] = {"n": limit + 1}
-    for name, value, cond in (
+    conds += given((
             ("state", state, "a.state = %(state)s"),
             ("severity", severity, "a.severity = %(severity)s"),
             ("kind", kind, "a.kind = %(kind)s"),
@@ -65,10 +65,7 @@ async def list_alarms(
             ("household_id", household_id, "a.household_id = %(household_id)s"),
             ("device_id", device_id, "a.device_id = %(device_id)s"),
             ("since", since, "a.raised_at >= %(since)s"),
-            ("until", until, "a.raised_at < %(until)s")):
-        if value is not None:
-            conds.append(cond)
-            params[name] = value
+            ("until", until, "a.raised_at < %(until)s")), params)
     if active is not None:
         conds.append("a.cleared_at IS NULL" if active else "a.cleared_at IS NOT NULL")
     if after:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from dashboard_api import pagination
 from dashboard_api.deps import Admin, Conn
 from dashboard_api.errors import Invalid
-from dashboard_api.queries import where
+from dashboard_api.queries import given, where
 from dashboard_api.schemas import AuditEntry, Instant, Page
 
 router = APIRouter(prefix="/audit", tags=["audit"])
@@ -33,15 +33,12 @@ async def list_audit(conn: Conn, _: Admin, entity: Word = None, entity_id: Word 
     after = pagination.decode(cursor, dt.datetime, int)
     conds: list[str] = []
     params: dict[str, Any] = {"n": limit + 1}
-    for name, value, cond in (("entity", entity, "entity = %(entity)s"),
+    conds += given((("entity", entity, "entity = %(entity)s"),
                               ("entity_id", entity_id, "entity_id = %(entity_id)s"),
                               ("actor", actor, "actor = %(actor)s"),
                               ("action", action, "action = %(action)s"),
                               ("since", since, "at >= %(since)s"),
-                              ("until", until, "at < %(until)s")):
-        if value is not None:
-            conds.append(cond)
-            params[name] = value
+                              ("until", until, "at < %(until)s")), params)
     if after:
         conds.append("(at, id) < (%(at)s, %(aid)s)")
         params.update(at=after[0], aid=after[1])

@@ -10,16 +10,9 @@ from fastapi import APIRouter, Path, Query
 from dashboard_api import pagination
 from dashboard_api.deps import Admin, Conn, State, Viewer
 from dashboard_api.errors import NotFound
-from dashboard_api.queries import (
-    DETECTOR_LIFE_YEARS,
-    DEVICE_COLUMNS,
-    DEVICE_FROM,
-    METER_LIFE_YEARS,
-    battery_low_v,
-    device_view,
-    record,
-    where,
-)
+from dashboard_api.queries import (DETECTOR_LIFE_YEARS, DEVICE_COLUMNS, DEVICE_FROM,
+                                   METER_LIFE_YEARS, battery_low_v, device_view, given,
+                                   record, where)
 from dashboard_api.schemas import (
     DeviceKind,
     DevicePublic,
@@ -50,16 +43,13 @@ async def list_devices(conn: Conn, _: Viewer, state: State, community: LabelQuer
     after = pagination.decode(cursor, str, str)
     conds: list[str] = []
     params: dict[str, Any] = {"n": limit + 1}
-    for name, value, cond in (
+    conds += given((
             ("community", community, "h.community = %(community)s"),
             ("building", building, "h.building = %(building)s"),
             ("household_id", household_id, "d.household_id = %(household_id)s"),
             ("kind", kind, "d.kind = %(kind)s"),
             ("status", status, "d.status = %(status)s"),
-            ("model", model, "d.model = %(model)s")):
-        if value is not None:
-            conds.append(cond)
-            params[name] = value
+            ("model", model, "d.model = %(model)s")), params)
     if online is not None:
         conds.append("coalesce(s.online, false) = %(online)s")
         params["online"] = online

@@ -12,7 +12,7 @@ from dashboard_api import pagination
 from dashboard_api.deps import Conn, Viewer
 from dashboard_api.errors import Invalid, NotFound
 from dashboard_api.identity import Principal, Role
-from dashboard_api.queries import mask, where
+from dashboard_api.queries import given, mask, where
 from dashboard_api.schemas import Instant, NotificationPublic, NotificationState, Page
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
@@ -46,7 +46,7 @@ async def list_notifications(
     after = pagination.decode(cursor, dt.datetime, int)
     conds: list[str] = []
     params: dict[str, Any] = {"n": limit + 1}
-    for name, value, cond in (
+    conds += given((
             ("household_id", household_id, "household_id = %(household_id)s"),
             ("state", state, "state = %(state)s"),
             ("kind", kind, "kind = %(kind)s"),
@@ -54,10 +54,7 @@ async def list_notifications(
             ("alarm_id", alarm_id, "alarm_id = %(alarm_id)s"),
             ("work_order_id", work_order_id, "work_order_id = %(work_order_id)s"),
             ("since", since, "created_at >= %(since)s"),
-            ("until", until, "created_at < %(until)s")):
-        if value is not None:
-            conds.append(cond)
-            params[name] = value
+            ("until", until, "created_at < %(until)s")), params)
     if after:
         conds.append("(created_at, id) < (%(at)s, %(aid)s)")
         params.update(at=after[0], aid=after[1])

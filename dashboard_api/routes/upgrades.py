@@ -28,7 +28,7 @@ from psycopg import AsyncConnection
 from dashboard_api import pagination
 from dashboard_api.deps import Admin, AppState, Conn, Operator, State, Viewer
 from dashboard_api.errors import Conflict, Invalid, NotFound, TooManyRequests
-from dashboard_api.queries import record, where
+from dashboard_api.queries import given, record, where
 from dashboard_api.schemas import (
     BookingCreate,
     BookingPublic,
@@ -200,12 +200,9 @@ async def list_bookings(conn: Conn, _: Viewer, community: LabelQuery = None,
     after = pagination.decode(cursor, dt.datetime, int)
     conds: list[str] = []
     params: dict[str, Any] = {"n": limit + 1}
-    for name, value, cond in (("community", community, "community = %(community)s"),
+    conds += given((("community", community, "community = %(community)s"),
                               ("status", status, "status = %(status)s"),
-                              ("household_id", household_id, "household_id = %(household_id)s")):
-        if value is not None:
-            conds.append(cond)
-            params[name] = value
+                              ("household_id", household_id, "household_id = %(household_id)s")), params)
     if after:
         conds.append("(slot_start, id) > (%(at)s, %(aid)s)")
         params.update(at=after[0], aid=after[1])

@@ -19,7 +19,7 @@ from dashboard_api import pagination, workflow
 from dashboard_api.deps import Conn, Engineer, Operator, State, Viewer
 from dashboard_api.errors import Conflict, Invalid, NotFound
 from dashboard_api.identity import Principal
-from dashboard_api.queries import record, where
+from dashboard_api.queries import given, record, where
 from dashboard_api.schemas import (
     CancelRequest,
     DispatchRequest,
@@ -77,16 +77,13 @@ async def list_work_orders(
     now = state.clock()
     conds: list[str] = []
     params: dict[str, Any] = {"n": limit + 1, "now": now}
-    for name, value, cond in (
+    conds += given((
             ("priority", priority, "w.priority = %(priority)s"),
             ("cause", cause, "w.cause = %(cause)s"),
             ("household_id", household_id, "w.household_id = %(household_id)s"),
             ("community", community, "h.community = %(community)s"),
             ("since", since, "w.opened_at >= %(since)s"),
-            ("until", until, "w.opened_at < %(until)s")):
-        if value is not None:
-            conds.append(cond)
-            params[name] = value
+            ("until", until, "w.opened_at < %(until)s")), params)
     if status:
         conds.append("w.status = ANY(%(status)s)")
         params["status"] = list(status)

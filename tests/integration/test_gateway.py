@@ -120,6 +120,8 @@ def test_meter_that_never_acks_gets_resends_then_escalation(gateway, fleet, devi
     orders = _wait_row(dsn, "SELECT cause, priority FROM work_orders WHERE household_id = %s"
                        " ORDER BY cause", (hh.id,), cond=lambda r: len(r) == 2)
     assert orders == [("overflow", "urgent"), ("valve_escalation", "urgent")]
+    print(f"\n[never-ack meter] commands issued=1 delivered={len(received)} (same cmd_id)"
+          f" escalated=1 attempts={rows[0][1]}")
 
 
 def test_bad_input_is_rejected_with_reasons_and_the_rest_goes_on(gateway, fleet, devices, dsn,
