@@ -102,36 +102,23 @@ def _fast_subscriber(host: str, port: int, account: str, password: str, n: int,
             self.t = transport
 
         def data_received(self, data: bytes) -> None:
-            buf = self.buf
-            buf += data
-            pos, end = 0, len(buf)
+            from gateway.mqtt import parse_packets  # the gateway's own framing
+
+            data = bytes(self.buf) + data if self.buf else data
+            packets, used = parse_packets(data)
+            self.buf = bytearray(data[used:])
             acks = []
             count = 0
-            while end - pos >= 2:
-                first = buf[pos]
-                mult, rl, i = 1, 0, pos + 1
-                while i < end:
-                    b = buf[i]
-                    rl += (b & 0x7F) * mult
-                    i += 1
-                    if not b & 0x80:
-                        break
-                    mult <<= 7
-                else:
-                    break
-                if end - i < rl:
-                    break
+            for first, body in packets:
                 if first & 0xF0 == 0x30:
-                    tl = (buf[i] << 8) | buf[i + 1]
+                    tl = (body[0] << 8) | body[1]
                     if first & 0x06:
-                        acks.append(b"\x40\x02" + bytes(buf[i + 2 + tl:i + 4 + tl]))
+                        acks.append(b"\x40\x02" + bytes(body[2 + tl:4 + tl]))
                     count += 1
                 elif first == 0x20:
                     self.connack.set_result(None)
                 elif first == 0x90:
                     self.suback.set_result(None)
-                pos = i + rl
-            del buf[:pos]
             if acks:
                 self.t.write(b"".join(acks))
             if count:
