@@ -44,6 +44,7 @@ import numpy as np
 import psutil
 
 RESULTS = ROOT / "bench" / "results"
+PROBES_PER_S = 10.0
 
 
 # ---------------------------------------------------------------- relay ceiling
@@ -302,6 +303,53 @@ def load_run(stack: Any, rt: Any, fleet: Any, probe_pool: list[int], devices: in
     return r
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return int(sk.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The gateway's Prometheus samples (name{labels} -> value)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def histogram_delta(before: dict[str, float], after: dict[str, float],
+                    name: str) -> dict[str, Any]:
+    """Count, mean and bucket-bounded p50/p99/max of a histogram between two scrapes (ms)."""
+    prefix = f'{name}_bucket{{le="'
+    buckets = sorted((float(k[len(prefix):-2]), after[k] - before.get(k, 0.0))
+                     for k in after if k.startswith(prefix) and not k.endswith('"+Inf"}'))
+    count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
+    total = after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0)
+    if count <= 0:
+        return {"n": 0}
+
+    def upper(q: float) -> str:  # the bucket bound the q-quantile lies under
+        for le, c in buckets:
+            if c >= q * count:
+                return f"<= {le * 1000:g}"
+        return f"> {buckets[-1][0] * 1000:g}"
+
+    return {"n": int(count), "mean": round(1000 * total / count, 3), "p50": upper(0.5),
+            "p99": upper(0.99), "p999": upper(0.999), "max": upper(1.0),
+            "over_ms": {f"{le * 1000:g}": int(count - c) for le, c in buckets}}
+
+
 def start_child(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     fh = open(log, "ab")
     p = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env,
@@ -415,7 +463,9 @@ def main() -> int:
         from simulator.load import plan_fleet
 
         # probe households: a pool kept out of the load, a fresh slice for every run
-        fargs = argparse.Namespace(devices=a.devices, probes=2.0, duration=3 * a.duration + 60,
+        # probes: 10 a second under full load, so that p99 rests on a few hundred of them
+        fargs = argparse.Namespace(devices=a.devices, probes=PROBES_PER_S,
+                                   duration=a.duration + 30,
                                    seed=1, prefix="L")
         fleet, n_probes = plan_fleet(fargs, rt.dsn)
         pool = list(range(fleet.households - n_probes, fleet.households))
@@ -445,18 +495,33 @@ def main() -> int:
             else:
                 exe = shutil.which("gas-safety", path=str(Path(sys.executable).parent)) or \
                     "gas-safety"
-                gw = start_child([exe, "gateway"], logs / "gateway.log", env)
+                metrics_port = free_port()
+                gw = start_child([exe, "gateway"], logs / "gateway.log",
+                                 {**env, "GAS_SAFETY_METRICS_PORT": str(metrics_port)})
                 children.append(gw)
                 time.sleep(4)
                 if gw.poll() is not None:
                     result["gateway"] = {"failed": f"exited with {gw.returncode}; see "
                                                    f"{logs / 'gateway.log'}"}
                 else:
-                    idle = load_run(stack, rt, fleet, probe_slice(25), 2_000, 200.0, 10.0, 2.0,
-                                    1, 20.0, gw.pid, "gateway idle")
-                    full = load_run(stack, rt, fleet, probe_slice(int(2 * a.duration) + 5),
-                                    a.devices, a.rate, a.duration, 2.0, a.processes, 60.0, gw.pid,
-                                    "gateway full load")
+                    m0 = scrape(metrics_port)
+                    idle = load_run(stack, rt, fleet, probe_slice(int(PROBES_PER_S * 10) + 5),
+                                    2_000, 200.0, 10.0, PROBES_PER_S, 1, 20.0, gw.pid,
+                                    "gateway idle")
+                    m1 = scrape(metrics_port)
+                    full = load_run(stack, rt, fleet,
+                                    probe_slice(int(PROBES_PER_S * a.duration) + 5),
+                                    a.devices, a.rate, a.duration, PROBES_PER_S, a.processes,
+                                    60.0, gw.pid, "gateway full load")
+                    m2 = scrape(metrics_port)
+                    # inside the gateway: how late its event loop ran, and read -> command
+                    for run, (x, y) in ((idle, (m0, m1)), (full, (m1, m2))):
+                        run["gateway_loop_lag_ms"] = histogram_delta(x, y, "gas_loop_lag_seconds")
+                        run["gateway_alarm_latency_ms"] = histogram_delta(
+                            x, y, "gas_alarm_latency_seconds")
+                        run["gateway_handle_ms"] = histogram_delta(x, y, "gas_handle_seconds")
+                        print(f"{run['label']}: loop lag {run['gateway_loop_lag_ms']}; "
+                              f"in-gateway alarm {run['gateway_alarm_latency_ms']}", flush=True)
                     result["gateway"] = {"idle": idle, "load": full}
                     print("gateway idle alarm latency:", idle["alarm_latency_ms"], flush=True)
                     print("gateway load:", {k: full.get(k) for k in (

@@ -28,6 +28,10 @@ class Metrics:
                                      registry=r, buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30))
         self.handle_seconds = Histogram("gas_handle_seconds", "Hot path time per socket read",
                                         registry=r, buckets=_LATENCY_BUCKETS)
+        self.loop_lag = Histogram(
+            "gas_loop_lag_seconds", "How late a 10 ms timer fires: the time a reading can wait"
+            " unread while the event loop is busy or off the CPU", registry=r,
+            buckets=_LATENCY_BUCKETS)
         self.seq_gaps = Counter("gas_seq_gaps", "Readings missing by device sequence", registry=r)
         self.clock_skew = Counter("gas_clock_skew", "Readings with a skewed device clock",
                                   registry=r)

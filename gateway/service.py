@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
-import itertools
 import logging
 import signal
 import sys
@@ -29,6 +28,7 @@ import psycopg
 
 from gateway import detection, protocol, response
 from gateway.detection import AlarmKind, Effects, FleetState
+from gateway.latest import LatestValues, StateWriter
 from gateway.metrics import Metrics
 from gateway.mqtt import ClientConfig, Message, MqttClient, MqttError
 from gateway.protocol import Channel, RejectReason, Rejected
@@ -98,7 +98,7 @@ class Gateway:
         self.publish: Callable[[str, bytes], None] = lambda t, p: None  # set by run()
         self.generation = 0
         self._recent_gas: deque[tuple[float, str, str]] = deque()  # (ts, building, household)
-        self._state_dirty: dict[int, tuple] = {}
+        self.latest = LatestValues()
         # topic -> (parsed topic, slot) of known devices: parsing is the costliest step
         self._routes: dict[str, tuple[protocol.Topic, int]] = {}
 
@@ -110,6 +110,7 @@ class Gateway:
         if n:
             self.state.add_devices(last_seen=np.full(n, self.clock()), **cols)
             self.last_seq.extend([-1] * n)
+            self.latest.ensure(len(self.registry))
         self.metrics.devices.set(len(self.registry))
         return n
 
@@ -227,7 +228,8 @@ class Gateway:
             effects.append(detection.evaluate_detectors(
                 self.state, d.slot[idx], d.values["ch4"][idx], d.values["fault"][idx],
                 d.time[idx], now))
-            self._track(d, idx, "det")
+            self.latest.record_detectors(d.slot[idx], d.time[idx], d.seq[idx],
+                                         d.values["ch4"][idx], d.values["fault"][idx])
             batch.detector = concat_readings([batch.detector, d])
         m = met.readings(MET_DTYPES)
         if m is not None:
@@ -235,55 +237,14 @@ class Gateway:
             effects.append(detection.evaluate_meters(
                 self.state, m.slot[idx], m.values["flow"][idx], m.values["vol"][idx],
                 m.values["valve"][idx], m.values["batt"][idx], m.time[idx], now))
-            self._track(m, idx, "met")
+            self.latest.record_meters(m.slot[idx], m.time[idx], m.seq[idx],
+                                      {k: v[idx] for k, v in m.values.items()})
             batch.meter = concat_readings([batch.meter, m])
         for e in effects:
             if len(e):
                 self.apply(e, now)
         if batch.rows >= self.settings.db.batch_rows:
             self.flush()
-
-    def _track(self, r: Readings, idx: np.ndarray, kind: str) -> None:
-        """Remember each device's latest values for the device_state table."""
-        slots = r.slot[idx].tolist()
-        if not slots:
-            return
-        times, seqs = r.time[idx].tolist(), r.seq[idx].tolist()
-        dirty = self._state_dirty
-        if kind == "det":
-            ch4, fault = r.values["ch4"][idx].tolist(), r.values["fault"][idx].tolist()
-            for i, slot in enumerate(slots):
-                dirty[slot] = ("det", times[i], seqs[i], ch4[i], fault[i])
-        else:
-            cols = [r.values[k][idx].tolist() for k in ("flow", "vol", "valve", "batt", "rssi")]
-            for i, slot in enumerate(slots):
-                dirty[slot] = ("met", times[i], seqs[i], *(c[i] for c in cols))
-
-    def device_state_rows(self, limit: int | None = None) -> list[tuple]:
-        """Take (up to `limit`) devices' latest values as device_state rows."""
-        rows = []
-        valve_names = {0: "open", 1: "closed", 2: "fault"}
-        dirty = self._state_dirty
-        if limit is not None and len(dirty) > limit:
-            keys = list(itertools.islice(dirty, limit))
-            taken = {k: dirty.pop(k) for k in keys}
-        else:
-            taken, self._state_dirty = dirty, {}
-        for slot, st in taken.items():
-            did = self.registry.ids[slot]
-            if st[0] == "det":
-                _, t, seq, ch4, fault = st
-                rows.append((did, True, _ts(t), seq, ch4, fault, None, None, None, None, None,
-                             None))
-            elif st[0] == "met":
-                _, t, seq, flow, vol, valve, batt, rssi = st
-                rows.append((did, True, _ts(t), seq, None, None, flow, vol,
-                             valve_names.get(int(valve)), batt, int(rssi), None))
-            else:  # status
-                _, online, fw = st
-                rows.append((did, online, None, None, None, None, None, None, None, None, None,
-                             fw))
-        return rows
 
     def _reject(self, msg: Message, rej: Rejected, now: float) -> None:
         self.metrics.rejects.labels(rej.reason.value).inc()
@@ -295,7 +256,7 @@ class Gateway:
     def _on_status(self, device_id: str, slot: int, status: protocol.Status, raw: bytes,
                    now: float) -> None:
         self.batch.events.append((_ts(now), device_id, -1, "status", raw.decode(), _ts(now)))
-        self._state_dirty[slot] = ("status", status.online, status.fw)
+        self.latest.record_status(slot, status.online, status.fw)
         s = np.array([slot], np.int32)
         e = (detection.mark_seen(self.state, s, now) if status.online
              else detection.mark_offline(self.state, s, now))
@@ -625,18 +586,26 @@ class GatewayService:
                 if self.client is not None:
                     m.unacked.set(self.client.unacked)
 
+    async def _loop_watch(self) -> None:
+        """Samples how long the event loop keeps a due callback waiting (gas_loop_lag)."""
+        period = 0.01
+        observe = self.gw.metrics.loop_lag.observe
+        while not self._stopping.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(period)
+            observe(max(0.0, time.perf_counter() - t - period))
+
     async def _device_state_loop(self) -> None:
         """Every few seconds, each device's latest values to device_state (the fleet view)."""
-        from gateway.storage import StateWriter
-
-        writer = StateWriter(self.settings.db.dsn)
+        writer = StateWriter(self.settings.db.dsn, self.gw.registry)
+        latest = self.gw.latest
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 5.0)
-            # in slices, yielding between them: a whole city's rows at once would hold up
-            # the readings waiting on this event loop
-            while rows := self.gw.device_state_rows(limit=2000):
-                if not await asyncio.to_thread(writer.write, rows):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.db.state_interval_s)
+            # in slices: one transaction stays short even for a whole city
+            while changes := latest.take(limit=50_000):
+                if not await asyncio.to_thread(writer.write, changes):
+                    latest.give_back(changes)
                     logger.debug("device_state not written (database away); next round")
                     break
 
@@ -720,7 +689,7 @@ class GatewayService:
         self.gw.metrics.serve(self.settings.metrics_port)
         self._tasks = [asyncio.create_task(c) for c in
                        (self._mqtt_loop(), self._ticker(), self._listener(), self._notifier(),
-                        self._device_state_loop())]
+                        self._device_state_loop(), self._loop_watch())]
         await self._stopping.wait()
         logger.info("stopping: flushing and acknowledging what was committed")
         self.gw.flush()

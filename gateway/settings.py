@@ -51,6 +51,8 @@ class DbSettings(BaseModel):
     # After this long without a commit, a batch is spooled instead of waited for.
     spool_after_s: float = Field(default=2.0, gt=0)
     retention_days: int = Field(default=365, ge=1)
+    # How often each device's latest values reach device_state (the fleet view).
+    state_interval_s: float = Field(default=5.0, gt=0)
 
 
 class DetectionSettings(BaseModel):

@@ -181,53 +181,6 @@ def _copy_payload(registry: Registry, r: Readings, kind: str) -> bytes:
                                 registry.id_len[slots], tail)
 
 
-def write_device_state(cur: psycopg.Cursor[Any], rows: list[tuple]) -> None:
-    """Latest health per device: COPY to a staging table, then one set-based upsert."""
-    cur.execute("CREATE TEMP TABLE IF NOT EXISTS stage_device_state"
-                " (LIKE device_state INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-    with cur.copy("COPY stage_device_state (device_id, online, last_seen, last_seq, ch4_lel,"
-                  " fault, flow_m3h, vol_m3, valve, batt_v, rssi, firmware) FROM STDIN") as cp:
-        for row in rows:
-            cp.write_row(row)
-    cur.execute(
-        "INSERT INTO device_state (device_id, online, last_seen, last_seq, ch4_lel, fault,"
-        " flow_m3h, vol_m3, valve, batt_v, rssi, firmware, updated_at)"
-        " SELECT device_id, online, last_seen, last_seq, ch4_lel, fault, flow_m3h, vol_m3,"
-        " valve, batt_v, rssi, firmware, now() FROM stage_device_state"
-        " ON CONFLICT (device_id) DO UPDATE SET online = excluded.online,"
-        " last_seen = coalesce(excluded.last_seen, device_state.last_seen),"
-        " last_seq = coalesce(excluded.last_seq, device_state.last_seq),"
-        " ch4_lel = coalesce(excluded.ch4_lel, device_state.ch4_lel),"
-        " fault = coalesce(excluded.fault, device_state.fault),"
-        " flow_m3h = coalesce(excluded.flow_m3h, device_state.flow_m3h),"
-        " vol_m3 = coalesce(excluded.vol_m3, device_state.vol_m3),"
-        " valve = coalesce(excluded.valve, device_state.valve),"
-        " batt_v = coalesce(excluded.batt_v, device_state.batt_v),"
-        " rssi = coalesce(excluded.rssi, device_state.rssi),"
-        " firmware = coalesce(excluded.firmware, device_state.firmware),"
-        " updated_at = now()")
-
-
-class StateWriter:
-    """device_state upserts on their own connection: a cache of latest values must never
-    slow the readings' commits (and their acknowledgements)."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def write(self, rows: list[tuple]) -> bool:
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.dsn, connect_timeout=3)
-            with self._conn.transaction(), self._conn.cursor() as cur:
-                write_device_state(cur, rows)
-            return True
-        except psycopg.OperationalError:
-            self._conn = None
-            return False
-
-
 class Writer:
     """Runs in its own thread; `submit` batches, `on_committed(batch)` fires after COMMIT."""
 

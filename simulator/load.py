@@ -3,7 +3,7 @@
 Each publisher process owns one `fleet-bridge-N` connection and a disjoint share of the
 devices (whole households, so every device's readings stay in order on one connection),
 and paces itself to its share of the rate, pipelining QoS 1 PUBLISH packets and counting
-PUBACKs (simulator/link.py). The main process runs the alarm probes on its own bridge:
+PUBACKs (simulator/link.py). A process of its own runs the alarm probes on their bridge:
 at `--probes` per second it makes a reserved detector read 45 %LEL and times the
 `valve_close` the platform sends to that household's meter (and acks it). At the end it
 counts what the platform stored, by device and seq, and reports losses and latencies.
@@ -50,6 +50,89 @@ class WorkerJob:
     seed: int
     max_inflight: int = 20_000
     batch: int = 1_000
+
+
+@dataclass
+class ProbeJob:
+    """The alarm probes, in a process of their own: a busy load tool (display, counting,
+    statistics) must not delay the moment a command is seen arriving."""
+
+    host: str
+    port: int
+    account: str
+    password: str
+    prefix: str
+    households: list[int]
+    detector_topics: list[bytes]  # per probe household: its first detector's topic
+    detector_ids: list[str]
+    meter_ids: list[str]
+    seq0: list[int]
+    rate: float  # probes per second
+    start_at: float
+    duration_s: float
+
+
+def probe_main(job: ProbeJob, out: Any) -> None:
+    _install_uvloop()
+    try:
+        out.put(("probe", -1, asyncio.run(_probe(job))))
+    except Exception as err:
+        out.put(("error", -1, f"probe {type(err).__name__}: {err}"))
+
+
+async def _probe(job: ProbeJob) -> dict[str, Any]:
+    from simulator.link import Link
+
+    sent: dict[int, float] = {}
+    lat: dict[int, float] = {}
+    seqs: dict[str, tuple[int, int, int]] = {}
+    bad: list[bytes] = []
+    by_meter = {m: i for i, m in enumerate(job.meter_ids)}
+    plen = len(job.prefix) + 1
+    link: Link
+
+    def on_message(msg: Any) -> None:
+        received_at = time.time()
+        device, _, channel = msg.topic[plen:].rpartition("/")
+        i = by_meter.get(device)
+        if channel != "cmd" or i is None:
+            return
+        if i in sent and i not in lat:
+            lat[i] = received_at - sent[i]
+        try:
+            cmd = protocol.decode(protocol.Command, msg.payload)
+        except protocol.Rejected:  # a malformed command is the platform's bug: not acked
+            bad.append(msg.payload[:200])
+            return
+        ack = protocol.Ack(cmd.cmd_id, True, round(time.time(), 3), "closed", None)
+        link.publish(protocol.topic(device, "ack", job.prefix).encode(), protocol.encode(ack))
+
+    link = Link(job.host, job.port, job.account, job.account, job.password,
+                on_message=on_message, reconnect=True)
+    await link.connect()
+    await link.subscribe([(f"{job.prefix}/+/cmd", 1)])
+    await asyncio.sleep(max(0.0, job.start_at - time.time()) + 1.0)
+    interval = 1.0 / job.rate
+    nxt = time.time()
+    for i in range(len(job.households)):
+        if time.time() > job.start_at + job.duration_s - 1.0:
+            break
+        s0 = job.seq0[i]
+        p = b'{"seq":%d,"ts":%.3f,"ch4":%.1f,"fault":0}' % (s0, time.time(), PROBE_LEL)
+        link.publish(job.detector_topics[i], p)
+        sent[i] = time.time()
+        seqs[job.detector_ids[i]] = (s0, s0, 1)
+        nxt += interval
+        await asyncio.sleep(max(0.0, nxt - time.time()))
+    deadline = time.time() + 5.0  # late commands for the last probes
+    while len(lat) < len(sent) and time.time() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    await link.wait_acked(5.0)
+    await link.disconnect()
+    return {"sent": {job.households[i]: t for i, t in sent.items()},
+            "lat": {job.households[i]: t for i, t in lat.items()},
+            "seqs": seqs, "bad": bad, "acked": link.stats.acked}
 
 
 def _install_uvloop() -> str:
@@ -249,33 +332,24 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
         p.start()
         procs.append(p)
 
-    # probes on their own bridge account
+    # probes on their own bridge account, in their own process
     probe_account = f"{credentials.BRIDGE_PREFIX}7"
     probe_sent: dict[int, float] = {}
     probe_lat: dict[int, float] = {}
     probe_seq: dict[str, tuple[int, int, int]] = {}  # device -> (first, last, n)
-    acks: list[tuple[bytes, bytes]] = []
     bad_commands: list[bytes] = []
-
-    def on_cmd(h: int, msg: Any, received_at: float) -> None:
-        if h in probe_sent and h not in probe_lat:
-            probe_lat[h] = received_at - probe_sent[h]
-        try:
-            cmd = protocol.decode(protocol.Command, msg.payload)
-        except protocol.Rejected:  # a malformed command is the platform's bug: not acked
-            bad_commands.append(msg.payload[:200])
-            return
-        ack = protocol.Ack(cmd.cmd_id, True, round(time.time(), 3), "closed", None)
-        acks.append((protocol.topic(fleet.meter_ids[h], "ack", fleet.prefix).encode(),
-                     protocol.encode(ack)))
-
-    from simulator.transport import command_router
-
-    probe = Link(host, port, probe_account, probe_account,
-                 credentials.service_password(rt, probe_account),
-                 on_message=command_router(fleet, on_cmd), reconnect=True)
-    await probe.connect()
-    await probe.subscribe([(f"{fleet.prefix}/+/cmd", 1)])
+    probe_done: dict[str, Any] = {}
+    ph = [h for h in probe_h if det_of.get(h)] if args.probes > 0 else []
+    if ph:
+        pjob = ProbeJob(
+            host, port, probe_account, credentials.service_password(rt, probe_account),
+            fleet.prefix, ph, [fleet.detector_topics[det_of[h][0]] for h in ph],
+            [fleet.detector_ids[det_of[h][0]] for h in ph], [fleet.meter_ids[h] for h in ph],
+            [max(origin, known.get(fleet.detector_ids[det_of[h][0]], 0)) for h in ph],
+            args.probes, start_at, args.duration)
+        pp = ctx.Process(target=probe_main, args=(pjob, out), name="probes", daemon=True)
+        pp.start()
+        procs.append(pp)
 
     stats: dict[int, dict[str, Any]] = {}
     finals: dict[int, dict[str, Any]] = {}
@@ -305,6 +379,12 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
                 stats[w] = payload
             elif kind == "final":
                 finals[w] = payload
+            elif kind == "probe":
+                probe_done.update(payload)
+                probe_sent.update(payload["sent"])
+                probe_lat.update(payload["lat"])
+                probe_seq.update(payload["seqs"])
+                bad_commands.extend(payload["bad"])
             else:
                 errors.append(f"publisher {w}: {payload}")
 
@@ -330,35 +410,11 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
             "reconnects": sum(s_["reconnects"] for s_ in stats.values()),
         }
 
-    async def probes_task() -> None:
-        if not n_probes or args.probes <= 0:
-            return
-        await asyncio.sleep(max(0.0, start_at - time.time()) + 1.0)
-        interval = 1.0 / args.probes
-        nxt = time.time()
-        for h in probe_h:
-            if time.time() > start_at + args.duration - 1.0:
-                break
-            dets = det_of.get(h)
-            if not dets:
-                continue
-            dev = fleet.detector_ids[dets[0]]
-            s0 = max(origin, known.get(dev, 0))
-            p = b'{"seq":%d,"ts":%.3f,"ch4":%.1f,"fault":0}' % (s0, time.time(), PROBE_LEL)
-            probe.publish(fleet.detector_topics[dets[0]], p)
-            probe_sent[h] = time.time()
-            probe_seq[dev] = (s0, s0, 1)
-            nxt += interval
-            await asyncio.sleep(max(0.0, nxt - time.time()))
-
     async def ui(live_view: Any) -> None:
         nonlocal stored_live
         last_poll = 0.0
         while True:
             drain()
-            while acks:
-                topic, ack = acks.pop()
-                probe.publish(topic, ack)
             if not args.no_store_check and time.time() - last_poll > 3.0 \
                     and time.time() > start_at:
                 last_poll = time.time()
@@ -370,10 +426,8 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
                 live_view.update(display.load_view(snapshot()))
             await asyncio.sleep(0.1)
 
-    ptask = asyncio.create_task(probes_task())
-
     async def wait_workers() -> None:
-        while len(finals) + len(errors) < len(procs):
+        while len(finals) + bool(probe_done) + len(errors) < len(procs):
             await asyncio.sleep(0.2)
             if not any(p.is_alive() for p in procs):
                 drain()
@@ -387,16 +441,8 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
     else:
         uitask = asyncio.create_task(ui(None))
         await wait_workers()
-    # late commands for the last probes
-    deadline = time.time() + 5.0
-    while len(probe_lat) < len(probe_sent) and time.time() < deadline:
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.3)
     uitask.cancel()
-    ptask.cancel()
     drain()
-    await probe.wait_acked(5.0)
-    await probe.disconnect()
     for p in procs:
         p.join(timeout=10)
 
@@ -420,7 +466,7 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
         hi.append(b)
         n_sent.append(c)
     sent = int(sum(n_sent))
-    acked = sum(f["acked"] for f in finals.values()) + probe.stats.acked
+    acked = sum(f["acked"] for f in finals.values()) + probe_done.get("acked", 0)
     result: dict[str, Any] = {
         "devices": len(all_ids), "processes": args.processes, "target_rate": args.rate,
         "duration_s": args.duration, "sent": sent, "acked_by_broker": acked,

@@ -32,6 +32,7 @@ class GatewayProcess:
                     "GAS_SAFETY_DETECTION__SWEEP_INTERVAL_S": "0.2",
                     "GAS_SAFETY_RESPONSE__ACK_TIMEOUT_S": "0.5",
                     "GAS_SAFETY_RESPONSE__BACKOFF_FACTOR": "1.0",
+                    "GAS_SAFETY_DB__STATE_INTERVAL_S": "0.3",
                     **(extra_env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -212,3 +212,31 @@ def test_riser_leak_in_one_building_is_one_incident(gateway, fleet, devices, dsn
         n = conn.execute("SELECT households FROM incidents WHERE building = %s",
                          (city[0].building,)).fetchall()
     assert n and n[0][0] >= 1
+
+
+def test_device_state_holds_each_devices_latest_values(gateway, fleet, devices, dsn) -> None:
+    """The fleet view: latest reading per device (the later of two in one batch wins),
+    status and firmware beside it, written off the hot path every few tenths of a second."""
+    hh = fleet(2)
+    gateway.wait_devices(dsn)
+    meter = devices(hh[0].meter.id)
+    det = devices(hh[0].detectors[0].id)
+    other = devices(hh[1].detectors[0].id)
+    det.detector(3.0, fault=0)
+    det.detector(4.5, fault=2)
+    meter.meter(flow=0.25, vol=123.5, batt=3.4)
+    meter.meter(flow=0.5, valve="closed", vol=124.0, batt=3.3)
+    other.publish("status", {"online": True, "fw": "2.4.1"})
+    other.detector(1.0)
+    rows = _wait_row(
+        dsn, "SELECT device_id, online, last_seq, ch4_lel, fault, flow_m3h, vol_m3, valve, batt_v,"
+             " rssi, firmware FROM device_state WHERE device_id = ANY(%s) ORDER BY device_id",
+        ([det.id, meter.id, other.id],),
+        cond=lambda r: len(r) == 3 and all(x[2] is not None for x in r)
+        and {x[0]: x for x in r}[det.id][2] == 2 and {x[0]: x for x in r}[meter.id][2] == 2)
+    by = {r[0]: r[1:] for r in rows}
+    assert by[det.id] == (True, 2, pytest.approx(4.5), 2, None, None, None, None, None, None)
+    assert by[meter.id] == (True, 2, None, None, pytest.approx(0.5), pytest.approx(124.0),
+                            "closed", pytest.approx(3.3), -80, None)
+    assert by[other.id][:3] == (True, 1, pytest.approx(1.0))
+    assert by[other.id][-1] == "2.4.1"
