@@ -520,8 +520,14 @@ def main() -> int:
                         run["gateway_alarm_latency_ms"] = histogram_delta(
                             x, y, "gas_alarm_latency_seconds")
                         run["gateway_handle_ms"] = histogram_delta(x, y, "gas_handle_seconds")
+                        run["gateway_ingest_lag_ms"] = histogram_delta(
+                            x, y, "gas_ingest_lag_seconds")
+                        run["fast_lane_cuts"] = int(y.get("gas_fast_lane_cuts_total", 0)
+                                                    - x.get("gas_fast_lane_cuts_total", 0))
                         print(f"{run['label']}: loop lag {run['gateway_loop_lag_ms']}; "
-                              f"in-gateway alarm {run['gateway_alarm_latency_ms']}", flush=True)
+                              f"in-gateway alarm {run['gateway_alarm_latency_ms']}; "
+                              f"ingest lag {run['gateway_ingest_lag_ms']}; "
+                              f"fast lane cuts {run['fast_lane_cuts']}", flush=True)
                     result["gateway"] = {"idle": idle, "load": full}
                     print("gateway idle alarm latency:", idle["alarm_latency_ms"], flush=True)
                     print("gateway load:", {k: full.get(k) for k in (
@@ -551,6 +557,9 @@ def main() -> int:
         for c in children:
             stop_child(c)
         stack.down()
+        if (home / "logs" / "gateway.log").exists():  # kept for a look after the run
+            shutil.copy(home / "logs" / "gateway.log", RESULTS.parent / "results" /
+                        "gateway-last.log") if RESULTS.exists() else None
         shutil.rmtree(home, ignore_errors=True)
     result["load_avg_at_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,12 @@ class Metrics:
             "gas_loop_lag_seconds", "How late a 10 ms timer fires: the time a reading can wait"
             " unread while the event loop is busy or off the CPU", registry=r,
             buckets=_LATENCY_BUCKETS)
+        self.ingest_lag = Histogram(
+            "gas_ingest_lag_seconds", "Oldest reading of each judged slice: device time ->"
+            " judged (a backlog shows here; device clocks are trusted up to the skew limit)",
+            registry=r, buckets=_LATENCY_BUCKETS + (2.5, 10.0))
+        self.fast_lane = Counter("gas_fast_lane_cuts", "Valves cut for an instant leak ahead of"
+                                 " the readings queued before it", registry=r)
         self.seq_gaps = Counter("gas_seq_gaps", "Readings missing by device sequence", registry=r)
         self.clock_skew = Counter("gas_clock_skew", "Readings with a skewed device clock",
                                   registry=r)

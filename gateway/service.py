@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import gc
 import logging
+import re
 import signal
 import sys
 import time
@@ -44,6 +45,9 @@ U32 = 2**32
 VALVE_CODES = {"open": 0, "closed": 1, "fault": 2}
 GAS_ALARMS = frozenset({AlarmKind.PREALARM, AlarmKind.LEAK, AlarmKind.RISING})
 FLAG_CLOCK_SKEW = 1
+# The fast lane's prefilter: a detector reading's ch4 value, as devices write it.
+_CH4 = re.compile(rb'"ch4"\s*:\s*([0-9]+(?:\.[0-9]*)?)')
+_LEAK_BIT = 1 << AlarmKind.LEAK
 
 
 class _Columns:
@@ -101,6 +105,11 @@ class Gateway:
         self.latest = LatestValues()
         # topic -> (parsed topic, slot) of known devices: parsing is the costliest step
         self._routes: dict[str, tuple[protocol.Topic, int]] = {}
+        # fast lane: detector slot -> (seq, cmd_id) of an instant leak cut ahead of its turn
+        self._fast_cut: dict[int, tuple[int, str]] = {}
+        det = settings.detection
+        self._instant_min = min(t.leak_instant_lel for t in
+                                [det.thresholds, *(det.for_model(m) for m in det.models)])
 
     # ------------------------------------------------------------------ registry
     def load_devices(self, rows: list[tuple]) -> int:
@@ -126,6 +135,65 @@ class Gateway:
             self.state.set_active(np.array(slots, np.int32), np.array(kinds, np.uint8))
         for cmd in open_commands:
             self.book.add(cmd)
+
+    # ------------------------------------------------------------------ fast lane
+    def triage(self, messages: list[Message], now: float | None = None) -> int:
+        """Cut the gas at once for instant leaks, before the readings queued ahead of them.
+
+        Called as messages are read, while earlier ones may still wait for `handle`: a
+        detector reading at or above its model's leak_instant_lel is a leak on its own (no
+        history needed), so its valve close need not wait its turn. Only fresh, valid
+        readings of a provisioned detector with a household meter and no open LEAK count.
+        `handle` later judges the same reading in order and raises the alarm, work order
+        and notice as usual; the close it asks for is the one already sent. Returns the
+        number of valves cut here.
+        """
+        now = self.clock() if now is None else now
+        cut = 0
+        floor = self._instant_min
+        search = _CH4.search
+        for msg in messages:
+            m = search(msg.payload)
+            if m is not None and float(m.group(1)) >= floor:
+                cut += self._fast_cut_for(msg, now)
+        return cut
+
+    def _fast_cut_for(self, msg: Message, now: float) -> int:
+        try:
+            route = self._routes.get(msg.topic)
+            if route is None:
+                topic = protocol.parse_topic(msg.topic, self.prefix)
+                slot = self.registry.index.get(topic.device_id)
+                if slot is None:
+                    return 0
+                route = (topic, slot)
+            topic, slot = route
+            if topic.channel is not Channel.TELEMETRY or self.registry.kind[slot] == KIND_METER:
+                return 0
+            reading = protocol.decode(protocol.DetectorReading, msg.payload, topic.device_id)
+        except Rejected:
+            return 0  # `handle` rejects it with its reason
+        last = self.last_seq[slot]
+        if last >= 0 and not 0 < (reading.seq - last) % U32 < U32 // 2:
+            return 0  # not fresh: a replay or redelivery
+        state = self.state
+        meter = int(state.meter_slot[slot])
+        if (meter < 0 or slot in self._fast_cut or int(state.active[slot]) & _LEAK_BIT
+                or reading.ch4 < state.thresholds(int(state.model[slot])).leak_instant_lel):
+            return 0
+        cmd = self.close_valve(self.registry.ids[meter], topic.device_id, AlarmKind.LEAK, now)
+        if cmd is None:
+            return 0  # a close is already on its way
+        self._fast_cut[slot] = (reading.seq, cmd.cmd_id)
+        self.metrics.fast_lane.inc()
+        return 1
+
+    def _settle_fast_cuts(self) -> None:
+        """Forget fast cuts whose reading `handle` has now judged in order."""
+        last_seq = self.last_seq
+        for slot, (seq, _) in list(self._fast_cut.items()):
+            if (last_seq[slot] - seq) % U32 < U32 // 2:
+                del self._fast_cut[slot]
 
     # ------------------------------------------------------------------ hot path
     def handle(self, messages: list[Message], now: float | None = None) -> None:
@@ -219,6 +287,9 @@ class Gateway:
             except Rejected as rej:
                 self._reject(msg, rej, now)
         self.metrics.readings.inc(len(det.slot) + len(met.slot))
+        if det.time or met.time:
+            self.metrics.ingest_lag.observe(max(0.0, now - min(min(det.time, default=now),
+                                                               min(met.time, default=now))))
         effects: list[Effects] = []
         if seen_other:
             effects.append(detection.mark_seen(self.state, np.array(seen_other, np.int32), now))
@@ -243,6 +314,8 @@ class Gateway:
         for e in effects:
             if len(e):
                 self.apply(e, now)
+        if self._fast_cut:
+            self._settle_fast_cuts()
         if batch.rows >= self.settings.db.batch_rows:
             self.flush()
 
@@ -286,9 +359,15 @@ class Gateway:
         # 1. valve closes first: nothing else may delay them
         for i in range(len(e.close_valve_meter_slot)):
             meter_id = ids[int(e.close_valve_meter_slot[i])]
-            trigger = ids[int(e.close_trigger_slot[i])]
+            trigger_slot = int(e.close_trigger_slot[i])
             cause = AlarmKind(int(e.close_cause[i]))
-            self.close_valve(meter_id, trigger, cause, now)
+            fast = self._fast_cut.pop(trigger_slot, None) if cause is AlarmKind.LEAK else None
+            if fast is not None:  # the fast lane cut it already: link that command instead
+                cmd = self.book.open.get(fast[1]) or self.book.finished.get(fast[1])
+                if cmd is not None:
+                    self._snapshot_command(cmd)
+                continue
+            self.close_valve(meter_id, ids[trigger_slot], cause, now)
         # 2. alarms raised
         for i in range(len(e.raised_slot)):
             self._raise(int(e.raised_slot[i]), AlarmKind(int(e.raised_kind[i])),
@@ -302,19 +381,22 @@ class Gateway:
                                     "kind": kind})
             self.metrics.alarms_cleared.labels(kind).inc()
 
-    def close_valve(self, meter_id: str, trigger: str, cause: AlarmKind, now: float) -> None:
+    def close_valve(self, meter_id: str, trigger: str, cause: AlarmKind,
+                    now: float) -> ValveCommand | None:
+        """Issue and send a close, unless one is already on its way (returns None then)."""
         household = self.registry.household_of[self.registry.index[meter_id]]
         cmd = self.book.request(ValveCommand(
             cmd_id=f"gw-{uuid.uuid4().hex[:20]}", meter_id=meter_id, household_id=household,
             action="valve_close", reason=response.kind_name(cause), requested_by="gateway",
             issued_at=now, trigger_device=trigger, cause=response.kind_name(cause)))
         if cmd is None:
-            return  # a close is already on its way to this meter
+            return None  # a close is already on its way to this meter
         self._send(cmd, now)
         self.metrics.alarm_latency.observe(max(0.0, self.clock() - now))
         self.metrics.commands.labels("issued").inc()
         self._record_command(cmd, "command.issued", {"trigger": trigger,
                                                      "cause": response.kind_name(cause)})
+        return cmd
 
     def _send(self, cmd: ValveCommand, now: float) -> None:
         payload = protocol.encode(protocol.Command(cmd.cmd_id, cmd.action, cmd.reason,  # type: ignore[arg-type]
@@ -322,10 +404,13 @@ class Gateway:
         self.publish(protocol.topic(cmd.meter_id, Channel.CMD, self.prefix), payload)
         self.book.mark_sent(cmd.cmd_id, self.clock())
 
-    def _record_command(self, cmd: ValveCommand, action: str, details: dict[str, Any]) -> None:
+    def _snapshot_command(self, cmd: ValveCommand) -> None:
         snap = {f: getattr(cmd, f) for f in _COMMAND_FIELDS}
         snap["state"] = cmd.state.value
         self.batch.commands.append(snap)
+
+    def _record_command(self, cmd: ValveCommand, action: str, details: dict[str, Any]) -> None:
+        self._snapshot_command(cmd)
         self.batch.audit.append((cmd.requested_by if action == "command.issued" else "gateway",
                                  action, "valve_command", cmd.cmd_id,
                                  {"meter": cmd.meter_id, "household": cmd.household_id,
@@ -446,6 +531,8 @@ class GatewayService:
         self._stopping = asyncio.Event()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._pending: deque[list[Message]] = deque()  # read, not yet judged
+        self._draining = False
 
     # -------------------------------------------------------------- startup
     async def _load(self) -> None:
@@ -486,17 +573,43 @@ class GatewayService:
 
     # -------------------------------------------------------------- batching
     def _on_batch(self, messages: list[Message]) -> None:
-        # A large socket read is judged in slices, so a leak near its end is not held up by
-        # decoding everything before it (each slice costs one vectorised evaluation).
+        """A socket read: instant leaks are cut now, the rest queues for `_drain`.
+
+        Judging is done in slices, one per event-loop turn, so the socket keeps being read
+        while a backlog is judged: a leak arriving behind thousands of readings is seen
+        (and, if instant, cut) within one slice's time, not after the whole backlog.
+        """
+        self.gw.triage(messages)
+        self._pending.append(messages)
+        if not self._draining and self.loop is not None:
+            self._draining = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        pending = self._pending
+        if not pending:  # judged already (_drain_all)
+            self._draining = False
+            return
         step = self.settings.mqtt.judge_slice
-        for i in range(0, len(messages), step):
-            t0 = time.perf_counter()
-            self.gw.handle(messages[i:i + step])
-            self.gw.metrics.handle_seconds.observe(time.perf_counter() - t0)
-        if self.gw.batch.rows and self._flush_handle is None and self.loop is not None:
+        chunk = pending[0]
+        if len(chunk) > step:
+            part, pending[0] = chunk[:step], chunk[step:]
+        else:
+            part = pending.popleft()
+        t0 = time.perf_counter()
+        self.gw.handle(part)
+        self.gw.metrics.handle_seconds.observe(time.perf_counter() - t0)
+        if pending and self.loop is not None:
+            self.loop.call_soon(self._drain)
+        else:
+            self._draining = False
+        if (self.gw.batch.rows or self.gw.batch.packet_ids) and self._flush_handle is None \
+                and self.loop is not None:
             self._flush_handle = self.loop.call_later(self.settings.db.batch_max_s, self._flush)
-        elif self.gw.batch.packet_ids and self._flush_handle is None and self.loop is not None:
-            self._flush_handle = self.loop.call_later(self.settings.db.batch_max_s, self._flush)
+
+    def _drain_all(self) -> None:
+        while self._pending:
+            self.gw.handle(self._pending.popleft())
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -542,6 +655,10 @@ class GatewayService:
             subscriptions=[(f"{p}/+/{c}", 1) for c in ("telemetry", "event", "status", "ack")])
         delay = 0.2
         while not self._stopping.is_set():
+            # what the last connection delivered is judged and closed under its generation
+            # (acks of one connection never go out on the next)
+            self._drain_all()
+            self.gw.flush()
             self.gw.generation += 1
             try:
                 self.client = await MqttClient.connect(config, self._on_batch,
@@ -692,6 +809,7 @@ class GatewayService:
                         self._device_state_loop(), self._loop_watch())]
         await self._stopping.wait()
         logger.info("stopping: flushing and acknowledging what was committed")
+        self._drain_all()
         self.gw.flush()
         await asyncio.to_thread(self.writer.stop)
         await asyncio.sleep(0.05)  # let the last acks run

@@ -1,0 +1,89 @@
+"""The fast lane: an instant leak read behind a backlog is cut before the backlog is judged,
+and judging it later in order raises the alarm without a second command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.mqtt import Message
+from test_gateway_feed import Harness  # tests/unit is on the path (no packages)
+
+
+def msg(h: Harness, did: str, ch4: float, seq: int, dup: bool = False) -> Message:
+    h.pid += 1
+    body = json.dumps({"seq": seq, "ts": h.now, "ch4": ch4, "fault": 0}).encode()
+    return Message(f"gas/v1/{did}/telemetry", body, 1, h.pid, dup, False)
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+def test_instant_leak_is_cut_on_read_and_judged_later_without_a_second_command(h) -> None:
+    backlog = [msg(h, "d2", 0.5, s) for s in range(1, 400)] + [msg(h, "d1", 45.0, 1)]
+    assert h.gw.triage(backlog, h.now) == 1
+    assert h.closes() == ["m1"]  # before any of the backlog was judged
+    cmd_id = h.published[0][1]["cmd_id"]
+    h.gw.handle(backlog, h.now)
+    assert h.closes() == ["m1"]  # judged in order: the alarm, not a second command
+    b = h.gw.batch
+    assert [(a.device_id, a.kind) for a in b.alarms] == [("d1", "leak")]
+    assert [(w.cause, w.priority) for w in b.work_orders] == [("leak", "urgent")]
+    assert [n.kind for n in b.notifications] == ["leak"]
+    # the command is written again beside its alarm, so the row links to it
+    assert [c["cmd_id"] for c in b.commands] == [cmd_id, cmd_id]
+    assert h.gw._fast_cut == {}
+    assert h.gw.metrics.value("gas_fast_lane_cuts_total") == 1
+
+
+def test_meter_ack_before_the_reading_is_judged_still_means_one_command(h) -> None:
+    m = [msg(h, "d1", 50.0, 1)]
+    h.gw.triage(m, h.now)
+    cmd_id = h.published[0][1]["cmd_id"]
+    ack = json.dumps({"cmd_id": cmd_id, "ok": True, "valve": "closed", "ts": h.now,
+                      "error": None}).encode()
+    h.gw.handle([Message("gas/v1/m1/ack", ack, 1, 99, False, False)], h.now)
+    assert h.gw.book.open_for("m1", "valve_close") is None  # acked, finished
+    h.gw.handle(m, h.now)
+    assert h.closes() == ["m1"]
+    assert [a.kind for a in h.gw.batch.alarms] == ["leak"]
+
+
+@pytest.mark.parametrize("ch4", [39.9, 25.0, 10.0])
+def test_below_the_instant_level_waits_its_turn(h, ch4) -> None:
+    assert h.gw.triage([msg(h, "d1", ch4, 1)], h.now) == 0
+    assert h.closes() == []
+
+
+def test_replays_unknown_devices_meters_and_garbage_take_the_normal_path(h) -> None:
+    h.detector("d1", 0.5)
+    h.detector("d1", 0.5)  # last seq 2
+    bad = [msg(h, "d1", 45.0, 2),  # replayed seq
+           msg(h, "d1", 45.0, 1, dup=True),  # an old redelivery
+           Message("gas/v1/nobody/telemetry", b'{"seq":1,"ts":1,"ch4":45,"fault":0}', 1, 7,
+                   False, False),
+           Message("gas/v1/m1/telemetry", b'{"ch4": 45}', 1, 8, False, False),
+           Message("gas/v1/d2/telemetry", b'{"seq":1,"ch4":45,', 1, 9, False, False),
+           Message("gas/v1/d2/telemetry", b'{"seq":1,"ts":1,"ch4":450,"fault":0}', 1, 10, False,
+                   False)]  # out of range
+    assert h.gw.triage(bad, h.now) == 0
+    assert h.closes() == []
+
+
+def test_an_open_leak_is_not_cut_again_and_a_later_leak_is(h) -> None:
+    h.detector("d1", 45.0)  # judged in order: LEAK open, valve close sent
+    assert h.closes() == ["m1"]
+    assert h.gw.triage([msg(h, "d1", 60.0, 2)], h.now) == 0  # LEAK still open
+    for _ in range(6):
+        h.detector("d1", 0.0)  # clears the leak (clear_count readings below clear_lel)
+    assert h.gw.state.active[h.gw.registry.index["d1"]] == 0
+    seq = h.seq["d1"] + 1
+    # the first close is still open (no ack): a new leak is not cut twice
+    assert h.gw.triage([msg(h, "d1", 45.0, seq)], h.now) == 0
+    cmd = h.gw.book.open_for("m1", "valve_close")
+    h.gw.book.on_ack("m1", cmd.cmd_id, True, "closed", None, h.now)
+    assert h.gw.triage([msg(h, "d1", 45.0, seq)], h.now) == 1
+    assert h.closes() == ["m1", "m1"]
