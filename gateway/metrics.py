@@ -53,6 +53,8 @@ class Metrics:
                                    registry=r)
         self.db_up = Gauge("gas_db_up", "1 when the writer reaches the database", registry=r)
         self.devices = Gauge("gas_registry_devices", "Devices known to the gateway", registry=r)
+        self.command_link = Gauge("gas_mqtt_command_link", "1 when valve commands have their"
+                                  " own connection to the broker", registry=r)
         self.mqtt_connected = Gauge("gas_mqtt_connected", "1 when connected to the broker",
                                     registry=r)
 

@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import gc
 import logging
+import os
 import re
 import signal
 import sys
@@ -517,6 +518,19 @@ def _ts(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, dt.UTC)
 
 
+def set_thread_nice(nice: int, what: str) -> bool:
+    """Set the calling thread's nice value (Linux: per thread); False if not permitted."""
+    import threading
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        return True
+    except (OSError, AttributeError) as err:
+        logger.info("cpu priority of the %s thread left as it was (nice %d not permitted: %s)",
+                    what, nice, err)
+        return False
+
+
 # ====================================================================== wiring
 
 class GatewayService:
@@ -526,6 +540,7 @@ class GatewayService:
         self.settings = settings
         self.gw = Gateway(settings)
         self.client: MqttClient | None = None
+        self.cmd_client: MqttClient | None = None  # valve commands only
         self.loop: asyncio.AbstractEventLoop | None = None
         self.writer: Writer | None = None
         self._stopping = asyncio.Event()
@@ -637,6 +652,10 @@ class GatewayService:
             client.ack(batch.packet_ids)
 
     def _publish(self, topic: str, payload: bytes) -> None:
+        cmd = self.cmd_client
+        if cmd is not None and cmd.connected:
+            cmd.publish(topic, payload, qos=1)
+            return
         client = self.client
         if client is None or not client.connected:
             # Not lost: the command stays open in the book and is resent on its deadline.
@@ -680,6 +699,39 @@ class GatewayService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(delay * 2, 5.0)
+
+    async def _command_link(self) -> None:
+        """The commands' own connection; while it is down, commands use the ingest one."""
+        s = self.settings.mqtt
+        password = s.command_password.get_secret_value()
+        if not password:
+            return
+        config = ClientConfig(host=s.host, port=s.port, client_id=s.client_id + "-cmd",
+                              username=s.command_username, password=password,
+                              keepalive_s=s.keepalive_s, clean_session=True)
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                self.cmd_client = await MqttClient.connect(config, lambda msgs: None)
+                logger.info("command connection up as %s", s.command_username)
+                self.gw.metrics.command_link.set(1)
+                delay = 0.2
+                assert self.cmd_client.closed is not None
+                stop = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait([self.cmd_client.closed, stop],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if self._stopping.is_set():
+                    return
+                logger.warning("command connection lost; commands use the ingest connection")
+            except (OSError, MqttError, asyncio.TimeoutError) as err:
+                logger.warning("command connection failed (%s); commands use the ingest"
+                               " connection; retrying in %.0fs", err, delay)
+            self.cmd_client = None
+            self.gw.metrics.command_link.set(0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, 30.0)
 
     async def _ticker(self) -> None:
         interval = self.settings.detection.sweep_interval_s
@@ -800,13 +852,23 @@ class GatewayService:
             logger.info("spool holds %d batches from before; they are written first", len(spool))
         self.writer = Writer(db.dsn, self.gw.registry, self._committed, spool=spool,
                              spool_after_s=db.spool_after_s)
-        self.writer.start()
+        prio = self.settings.priority
+        self.writer.start(nice=prio.background_nice)
+        # to_thread work (device_state, webhooks) is bulk work too
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.loop.set_default_executor(ThreadPoolExecutor(
+            4, thread_name_prefix="bulk",
+            initializer=lambda: set_thread_nice(prio.background_nice, "bulk")))
+        if set_thread_nice(prio.loop_nice, "event loop"):
+            logger.info("event loop thread at nice %d, bulk threads at nice %d",
+                        prio.loop_nice, prio.background_nice)
         self.gw.submit = self._submit
         self.gw.publish = self._publish
         self.gw.metrics.serve(self.settings.metrics_port)
         self._tasks = [asyncio.create_task(c) for c in
                        (self._mqtt_loop(), self._ticker(), self._listener(), self._notifier(),
-                        self._device_state_loop(), self._loop_watch())]
+                        self._device_state_loop(), self._loop_watch(), self._command_link())]
         await self._stopping.wait()
         logger.info("stopping: flushing and acknowledging what was committed")
         self._drain_all()
@@ -816,8 +878,9 @@ class GatewayService:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.client is not None:
-            self.client.close()
+        for c in (self.client, self.cmd_client):
+            if c is not None:
+                c.close()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from gateway.detection import Thresholds
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.credentials import COMMANDS, derive_password
+from gateway.detection import Thresholds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,12 +28,31 @@ def stack_home() -> Path:
     return Path(os.environ.get("GAS_SAFETY_HOME", ROOT / ".stack"))
 
 
+class PrioritySettings(BaseModel):
+    """CPU priority of the gateway's threads (Linux nice values, -20..19).
+
+    The event loop thread reads, judges and cuts valves: on a busy machine (the database's
+    bulk writes, the API, other services) it should win the CPU when it has work, so a
+    leak does not wait behind them. Raising priority (a negative value) needs root or
+    CAP_SYS_NICE (systemd: `Nice=` or `AmbientCapabilities=CAP_SYS_NICE`); without it the
+    gateway logs that and runs at the priority it was given. Bulk threads (the database
+    writer, the device_state writer, notifications) run at `background_nice`.
+    """
+
+    loop_nice: int = Field(default=-10, ge=-20, le=19)
+    background_nice: int = Field(default=0, ge=-20, le=19)
+
+
 class MqttSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 1883
     username: str = "gateway"
     password: SecretStr = SecretStr("")
     client_id: str = "gas-safety-gateway"
+    # Valve commands go out on a connection of their own (account `gateway-cmd`), so they
+    # never queue behind the ingest connection's PUBACKs; empty password: one connection.
+    command_username: str = "gateway-cmd"
+    command_password: SecretStr = SecretStr("")
     topic_prefix: str = "gas/v1"
     keepalive_s: int = 30
     # Unacknowledged QoS 1 messages we let the broker keep in flight towards us; Mosquitto
@@ -105,6 +126,7 @@ class Settings(BaseSettings):
     detection: DetectionSettings = DetectionSettings()
     response: ResponseSettings = ResponseSettings()
     api: ApiSettings = ApiSettings()
+    priority: PrioritySettings = PrioritySettings()
 
     @field_validator("log_level")
     @classmethod
@@ -150,7 +172,9 @@ def _stack_values() -> dict[str, Any]:
     info = json.loads(runtime.read_text())
     return {
         "mqtt": {"host": "127.0.0.1", "port": info["mqtt_port"], "username": "gateway",
-                 "password": info["gateway_password"]},
+                 "password": info["gateway_password"],
+                 "command_password": derive_password(info["fleet_key"],
+                                                     "service:" + COMMANDS)},
         "db": {"dsn": info["dsn"]},
     }
 

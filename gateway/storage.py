@@ -213,7 +213,9 @@ class Writer:
         self.nice = 0  # measured: a lower priority lets commits lag and the broker back up
         self._stop_requested = False
 
-    def start(self) -> None:
+    def start(self, nice: int | None = None) -> None:
+        if nice is not None:
+            self.nice = nice
         self._thread.start()
 
     def submit(self, batch: Batch) -> None:

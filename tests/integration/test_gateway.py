@@ -42,6 +42,8 @@ def test_leak_cuts_the_valve_and_follows_up(gateway, fleet, devices, dsn) -> Non
     assert cmd["action"] == "valve_close" and cmd["reason"] == "leak"
     latency_ms = (t_cmd - t_pub) * 1000
     assert latency_ms < 250, latency_ms  # the bench measures the real percentiles
+    # commands leave on their own connection, not behind the ingest connection's acks
+    assert gateway.metrics().get("gas_mqtt_command_link") == 1
     meter.ack(cmd["cmd_id"])
     rows = _wait_row(dsn, "SELECT state, attempts, alarm_id FROM valve_commands WHERE cmd_id = %s",
                      (cmd["cmd_id"],), cond=lambda r: r and r[0][0] == "acked")

@@ -84,6 +84,17 @@ def test_device_accepted_on_own_topic_refused_elsewhere(stack: Stack, runtime, f
     assert wrong.returncode != 0
 
 
+def test_command_account_may_send_commands_and_nothing_else(runtime, fleet) -> None:
+    """The gateway's command connection (`gateway-cmd`) writes commands only."""
+    meter = fleet(1)[0].meter.id
+    user = credentials.COMMANDS
+    pw = credentials.service_password(runtime, user)
+    cmd = _pub(runtime.mqtt_port, user, pw, f"gas/v1/{meter}/cmd")
+    assert cmd.returncode == 0 and "RC:135" not in cmd.stdout, cmd.stdout + cmd.stderr
+    forged = _pub(runtime.mqtt_port, user, pw, f"gas/v1/{meter}/telemetry")
+    assert "RC:135" in forged.stdout  # cannot pose as a device
+
+
 def test_device_cannot_read_other_devices_commands(runtime, fleet, devices) -> None:
     """Mosquitto grants a subscription to `#` but delivers only what the ACL lets it read."""
     hh = fleet(2)
