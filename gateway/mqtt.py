@@ -90,24 +90,33 @@ def encode_pubacks(packet_ids: Sequence[int]) -> bytes:
     return b"".join(b"\x40\x02" + struct.pack("!H", pid) for pid in packet_ids)
 
 
+def _remaining_length_at(buf: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """The remaining length of the packet at `pos` and where its body starts; None when
+    the read ends inside the length field."""
+    mult, length, i = 1, 0, pos + 1
+    while True:
+        if i >= end:
+            return None
+        byte = buf[i]
+        length += (byte & 0x7F) * mult
+        mult *= 128
+        i += 1
+        if not byte & 0x80:
+            return length, i
+        if mult > 128**3:
+            raise MqttError("malformed remaining length")
+
+
 def parse_packets(buf: bytes) -> tuple[list[tuple[int, memoryview]], int]:
     """Split complete packets off the front of `buf`: [(first byte, body)], bytes used."""
     packets: list[tuple[int, memoryview]] = []
     view = memoryview(buf)
     pos, end = 0, len(buf)
     while pos + 2 <= end:
-        mult, length, i = 1, 0, pos + 1
-        while True:
-            if i >= end:
-                return packets, pos
-            byte = buf[i]
-            length += (byte & 0x7F) * mult
-            mult *= 128
-            i += 1
-            if not byte & 0x80:
-                break
-            if mult > 128**3:
-                raise MqttError("malformed remaining length")
+        head = _remaining_length_at(buf, pos, end)
+        if head is None:
+            break
+        length, i = head
         if i + length > end:
             break
         packets.append((buf[pos], view[i:i + length]))
@@ -128,18 +137,10 @@ def split_packets(buf: bytes) -> tuple[list[Message], list[tuple[int, bytes]], i
         if byte < 0x80:  # remaining length in one byte: most packets
             length, i = byte, pos + 2
         else:
-            mult, length, i = 1, 0, pos + 1
-            while True:
-                if i >= end:
-                    return msgs, other, pos
-                byte = buf[i]
-                length += (byte & 0x7F) * mult
-                mult *= 128
-                i += 1
-                if not byte & 0x80:
-                    break
-                if mult > 128**3:
-                    raise MqttError("malformed remaining length")
+            head = _remaining_length_at(buf, pos, end)
+            if head is None:
+                break
+            length, i = head
         stop = i + length
         if stop > end:
             break
