@@ -220,3 +220,13 @@ def test_tls_listener_verifies_and_confines_devices(stack: Stack, runtime, fleet
     assert attempt(True, good) == 0
     assert attempt(True, "wrong") != 0  # TLS does not replace the password check
     assert attempt(False, good) == -1  # a client that cannot verify the broker gets nowhere
+
+
+def test_broker_runs_ahead_of_bulk_work(stack: Stack) -> None:
+    """Mosquitto is on every leak's path twice: started at nice -10 when permitted."""
+    from gateway.stack import BROKER_NICE
+
+    pid = stack._mq_pid()
+    assert pid is not None
+    expected = BROKER_NICE if os.geteuid() == 0 else os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == expected
