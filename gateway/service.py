@@ -518,17 +518,25 @@ def _ts(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, dt.UTC)
 
 
-def set_thread_nice(nice: int, what: str) -> bool:
-    """Set the calling thread's nice value (Linux: per thread); False if not permitted."""
+def set_thread_priority(rt_priority: int, nice: int, what: str) -> str:
+    """Make the calling thread real-time (SCHED_RR at `rt_priority`), or else set its nice
+    value; returns what it got. Linux schedules threads, so this touches no other thread."""
     import threading
 
+    if rt_priority > 0:
+        try:
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(rt_priority))
+            return f"SCHED_RR {rt_priority}"
+        except (OSError, AttributeError) as err:
+            logger.info("the %s thread stays an ordinary thread (real-time not permitted: %s)",
+                        what, err)
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        return True
+        return f"nice {nice}"
     except (OSError, AttributeError) as err:
         logger.info("cpu priority of the %s thread left as it was (nice %d not permitted: %s)",
                     what, nice, err)
-        return False
+        return "unchanged"
 
 
 # ====================================================================== wiring
@@ -853,16 +861,20 @@ class GatewayService:
         self.writer = Writer(db.dsn, self.gw.registry, self._committed, spool=spool,
                              spool_after_s=db.spool_after_s)
         prio = self.settings.priority
-        self.writer.start(nice=prio.background_nice)
+
+        def bulk_priority() -> None:
+            set_thread_priority(prio.background_rt_priority, prio.background_nice, "bulk")
+
+        self.writer.start(init=bulk_priority)
         # to_thread work (device_state, webhooks) is bulk work too
         from concurrent.futures import ThreadPoolExecutor
 
-        self.loop.set_default_executor(ThreadPoolExecutor(
-            4, thread_name_prefix="bulk",
-            initializer=lambda: set_thread_nice(prio.background_nice, "bulk")))
-        if set_thread_nice(prio.loop_nice, "event loop"):
-            logger.info("event loop thread at nice %d, bulk threads at nice %d",
-                        prio.loop_nice, prio.background_nice)
+        self.loop.set_default_executor(ThreadPoolExecutor(4, thread_name_prefix="bulk",
+                                                          initializer=bulk_priority))
+        got = set_thread_priority(prio.loop_rt_priority, prio.loop_nice, "event loop")
+        logger.info("event loop thread: %s; bulk threads: %s", got,
+                    f"SCHED_RR {prio.background_rt_priority}" if prio.background_rt_priority
+                    else f"nice {prio.background_nice}")
         self.gw.submit = self._submit
         self.gw.publish = self._publish
         self.gw.metrics.serve(self.settings.metrics_port)

@@ -49,7 +49,8 @@ class Runtime:
     mqtt_tls_port: int = 0  # 0: no TLS listener (runtime files from before TLS)
 
 
-BROKER_NICE = -10
+BROKER_RT_PRIORITY = 10  # SCHED_RR, as the gateway's event loop (gateway.settings.PrioritySettings)
+BROKER_NICE = -10  # when real-time is not permitted
 
 
 def _free_port() -> int:
@@ -293,10 +294,12 @@ class Stack:
 
         credentials.ensure_service_accounts(self, rt)
         # The broker is on the leak's path twice (reading in, command out): like the gateway's
-        # event loop it gets the CPU before bulk work when permitted (else nice says so and
-        # runs it as it is).
-        r = _run(["nice", "-n", str(BROKER_NICE), "mosquitto", "-c", str(self.mq_conf), "-d"],
-                 check=False)
+        # event loop it runs real-time when permitted (single-threaded: one core at most),
+        # else at a high nice value, else as it is.
+        start = ["mosquitto", "-c", str(self.mq_conf), "-d"]
+        r = _run(["chrt", "-r", str(BROKER_RT_PRIORITY), *start], check=False)
+        if r.returncode != 0 and not _port_open(rt.mqtt_port):
+            r = _run(["nice", "-n", str(BROKER_NICE), *start], check=False)
         if r.returncode != 0:
             raise StackError(f"Mosquitto did not start: {r.stderr.strip()} (see {self.mq_log})")
         deadline = time.monotonic() + 10

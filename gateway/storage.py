@@ -15,7 +15,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -210,12 +209,12 @@ class Writer:
         # ... and rows: NumPy holds the GIL while it builds a COPY payload, so a huge group
         # would stall the event loop thread that judges readings
         self.group_max_rows = 20_000
-        self.nice = 0  # measured: a lower priority lets commits lag and the broker back up
+        self._init: Callable[[], None] | None = None
         self._stop_requested = False
 
-    def start(self, nice: int | None = None) -> None:
-        if nice is not None:
-            self.nice = nice
+    def start(self, init: Callable[[], None] | None = None) -> None:
+        """Start the thread; `init` runs first in it (its CPU priority)."""
+        self._init = init
         self._thread.start()
 
     def submit(self, batch: Batch) -> None:
@@ -299,10 +298,8 @@ class Writer:
         return True
 
     def _run(self) -> None:
-        # Storage is bulk work: on a busy machine it yields the CPU to the event loop thread,
-        # which judges readings and sends valve commands (Linux nice is per thread).
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+        if self._init is not None:  # the thread's own CPU priority (see PrioritySettings)
+            self._init()
         held: deque[Batch] = deque()  # waiting for the database (spool full or absent)
         down_since: float | None = None
         stopping = False

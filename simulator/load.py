@@ -76,9 +76,13 @@ class ProbeJob:
 
 def probe_main(job: ProbeJob, out: Any) -> None:
     # The probes stand in for a detector's and a meter's own hardware: on a machine the
-    # load saturates they must not time their own wait for a CPU (needs root; else as is).
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, -10)
+    # load saturates they must not time their own wait for a CPU (real-time as the gateway's
+    # event loop; needs root, else nice -10, else as is).
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, -10)
     _install_uvloop()
     try:
         out.put(("probe", -1, asyncio.run(_probe(job))))

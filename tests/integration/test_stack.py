@@ -223,10 +223,11 @@ def test_tls_listener_verifies_and_confines_devices(stack: Stack, runtime, fleet
 
 
 def test_broker_runs_ahead_of_bulk_work(stack: Stack) -> None:
-    """Mosquitto is on every leak's path twice: started at nice -10 when permitted."""
-    from gateway.stack import BROKER_NICE
+    """Mosquitto is on every leak's path twice: real-time (SCHED_RR) when permitted."""
+    from gateway.stack import BROKER_RT_PRIORITY
 
     pid = stack._mq_pid()
     assert pid is not None
-    expected = BROKER_NICE if os.geteuid() == 0 else os.getpriority(os.PRIO_PROCESS, 0)
-    assert os.getpriority(os.PRIO_PROCESS, pid) == expected
+    if os.geteuid() == 0:
+        assert os.sched_getscheduler(pid) == os.SCHED_RR
+        assert os.sched_getparam(pid).sched_priority == BROKER_RT_PRIORITY
