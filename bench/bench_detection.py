@@ -11,6 +11,11 @@ leaves out time other processes take the core, and the load average is printed, 
 on a shared machine both matter. Prints each figure beside its bound and writes them
 to bench/results/detection.json.
 
+Both engines run the same batches on two fleets built alike: the compiled one
+(gateway/kernels.py, numba) is the headline figure, the NumPy one (the specification)
+is printed beside it. Their Effects are compared after every batch, and their states
+byte for byte at the end: "engines agree" must say yes.
+
     python bench/bench_detection.py [--runs 600] [--households 192000]
 """
 
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.detection import (  # noqa: E402
     DeviceKind,
+    Effects,
     FleetState,
     Thresholds,
     ValveCode,
@@ -45,6 +51,7 @@ MEMORY_LIMIT_MB = 200.0
 BATCH_LIMIT_MS = 1.0
 SWEEP_BUDGET_MS = 20.0  # project budget: a sweep every second stays under 2 % of a core
 BATCH = 10_000
+BLOCK = 30  # runs an engine does in a row before the other takes its turn
 # Repeats: in a realistic batch (a fraction of a second of traffic) a device appears
 # twice only when it reports fast, in alarm mode: 1 % of readings are a second reading.
 # The stress case (a reconnect storm replaying buffers) has 5 %, with triples.
@@ -59,10 +66,11 @@ MODELS = {
 }
 
 
-def build_fleet(households: int, rng: np.random.Generator) -> tuple[FleetState, dict]:
+def build_fleet(households: int, rng: np.random.Generator,
+                engine: str = "auto") -> tuple[FleetState, dict]:
     n_det = rng.choice([1, 2], size=households, p=[0.92, 0.08])
     total = households + int(n_det.sum())
-    state = FleetState(capacity=total, models=MODELS)
+    state = FleetState(capacity=total, models=MODELS, engine=engine)
     hh = np.arange(households, dtype=np.int32)
     meters = state.add_devices(
         kinds=np.full(households, DeviceKind.METER, dtype=np.uint8),
@@ -124,12 +132,39 @@ def make_batch(fleet: dict, rng: np.random.Generator, t: float,
     }
 
 
-def run_batch(state: FleetState, batch: dict, now: float) -> int:
+def run_batch(state: FleetState, batch: dict, now: float) -> tuple[Effects, Effects]:
     d = batch["det"]
     m = batch["met"]
     e1 = evaluate_detectors(state, d[0], d[1], d[2], d[3], now)
     e2 = evaluate_meters(state, m[0], m[1], m[2], m[3], m[4], m[5], now)
-    return len(e1) + len(e2)
+    return e1, e2
+
+
+def same_effects(a: tuple[Effects, ...], b: tuple[Effects, ...]) -> bool:
+    return all(getattr(x, f).dtype == getattr(y, f).dtype
+               and getattr(x, f).tobytes() == getattr(y, f).tobytes()
+               for x, y in zip(a, b) for f in Effects.__dataclass_fields__)
+
+
+def same_state(a: FleetState, b: FleetState) -> bool:
+    return (a._hot_bytes.tobytes() == b._hot_bytes.tobytes()
+            and a.rise_lel.tobytes() == b.rise_lel.tobytes()
+            and a.rise_ts.tobytes() == b.rise_ts.tobytes())
+
+
+def warm_up_kernels() -> tuple[float | None, str]:
+    """Load (or compile) the compiled engine before anything is measured."""
+    try:
+        from gateway import kernels
+    except ImportError:
+        return None, "numba not installed: NumPy engine only"
+    t = time.perf_counter()
+    kernels.warm_up()
+    seconds = time.perf_counter() - t
+    hits = sum(sum(f.stats.cache_hits.values())
+               for f in (kernels._detector_kernel, kernels._meter_kernel))
+    how = "loaded from the cache" if hits == 2 else "compiled"
+    return seconds, f"{how} in {seconds:.2f} s"
 
 
 def percentile_ms(samples_ns: list[int], q: float) -> float:
@@ -142,54 +177,92 @@ def main() -> None:
     ap.add_argument("--households", type=int, default=192_000)
     ap.add_argument("--out", default=str(RESULTS / "detection.json"))
     args = ap.parse_args()
-    rng = np.random.default_rng(20251124)
+    seed = 20251124
+    rng = np.random.default_rng(seed)
     proc = psutil.Process()
+    warm_s, warm_how = warm_up_kernels()  # before the memory figure: numba is no state
+    engines = ["compiled", "numpy"] if warm_s is not None else ["numpy"]
+    head = engines[0]
 
     gc.collect()
     rss0 = proc.memory_info().rss
-    state, fleet = build_fleet(args.households, rng)
+    state, fleet = build_fleet(args.households, rng, head)
     gc.collect()
     rss_delta_mb = (proc.memory_info().rss - rss0) / 1e6
+    states = {head: state}
+    if head != "numpy":  # the reference fleet, built alike
+        states["numpy"] = build_fleet(args.households, np.random.default_rng(seed), "numpy")[0]
     nbytes_mb = state.nbytes() / 1e6
     n_devices = state.n_devices
 
     scenarios = {name: [make_batch(fleet, rng, T0 + i, rep) for i in range(48)]
                  for name, rep in REPEATS.items()}
     now = T0
+    agree = True
     for i in range(200):  # warm up: history in the rings, runs, caches
         now += 1.0
-        run_batch(state, scenarios["realistic"][i % 48], now)
+        out = [run_batch(states[e], scenarios["realistic"][i % 48], now) for e in engines]
+        agree &= same_effects(out[0], out[-1])
 
     # wall time (what a message waits) and this thread's CPU time (what the core spends;
     # on a shared machine, time other processes take the core from us is not counted)
-    # scenarios take turns, so that a change in the machine's load touches them alike
-    wall: dict[str, list[int]] = {name: [] for name in scenarios}
-    cpu: dict[str, list[int]] = {name: [] for name in scenarios}
+    # scenarios take turns, so that a change in the machine's load touches them alike;
+    # the engines take turns in blocks of runs on the same batches (each going first
+    # every other block): batch by batch, each would run in the other's cache debris
+    wall = {e: {name: [] for name in scenarios} for e in engines}
+    cpu = {e: {name: [] for name in scenarios} for e in engines}
     effects = 0
     gc.disable()
     try:
-        for i in range(args.runs):
-            for name, batches in scenarios.items():
-                if name != "realistic" and i % 3:
-                    continue  # the other scenarios a third as often
-                now += 1.0
-                b = batches[i % len(batches)]
-                t, c = time.perf_counter_ns(), time.thread_time_ns()
-                n = run_batch(state, b, now)
-                cpu[name].append(time.thread_time_ns() - c)
-                wall[name].append(time.perf_counter_ns() - t)
-                effects += n if name == "realistic" else 0
+        for start in range(0, args.runs, BLOCK):
+            block = []  # (scenario, batch, now)
+            for i in range(start, min(start + BLOCK, args.runs)):
+                for name, batches in scenarios.items():
+                    if name != "realistic" and i % 3:
+                        continue  # the other scenarios a third as often
+                    now += 1.0
+                    block.append((name, batches[i % len(batches)], now))
+            outs: dict[str, list] = {}
+            for e in (engines if start // BLOCK % 2 == 0 else engines[::-1]):
+                outs[e] = []
+                for name, b, at in block:
+                    t, c = time.perf_counter_ns(), time.thread_time_ns()
+                    outs[e].append(run_batch(states[e], b, at))
+                    cpu[e][name].append(time.thread_time_ns() - c)
+                    wall[e][name].append(time.perf_counter_ns() - t)
+            for (name, _, _), a, b in zip(block, outs[head], outs["numpy"]):
+                agree &= same_effects(a, b)
+                effects += sum(map(len, a)) if name == "realistic" else 0
         sweeps: list[int] = []
         for _ in range(30):
             now += 1.0
             t = time.perf_counter_ns()
-            sweep(state, now)
+            swept = sweep(state, now)
             sweeps.append(time.perf_counter_ns() - t)
+            if head != "numpy":
+                agree &= same_effects((swept,), (sweep(states["numpy"], now),))
     finally:
         gc.enable()
-    samples = wall["realistic"]
+    agree &= same_state(state, states["numpy"])
 
+    def batch_figures(e: str) -> dict:
+        w, c = wall[e], cpu[e]
+        return {
+            "batch_p50_ms": round(percentile_ms(w["realistic"], 50), 3),
+            "batch_p99_ms": round(percentile_ms(w["realistic"], 99), 3),
+            "batch_cpu_p50_ms": round(percentile_ms(c["realistic"], 50), 3),
+            "batch_best_ms": round(percentile_ms(w["realistic"], 0), 3),  # closest to idle
+            "batch_no_repeats_p50_ms": round(percentile_ms(w["none"], 50), 3),
+            "batch_no_repeats_p99_ms": round(percentile_ms(w["none"], 99), 3),
+            "batch_no_repeats_best_ms": round(percentile_ms(w["none"], 0), 3),
+            "batch_stress_repeats_p50_ms": round(percentile_ms(w["stress"], 50), 3),
+            "batch_stress_repeats_p99_ms": round(percentile_ms(w["stress"], 99), 3),
+            "batch_stress_repeats_best_ms": round(percentile_ms(w["stress"], 0), 3),
+        }
+
+    per_engine = {e: batch_figures(e) for e in engines}
     figures = {
+        "engine": head,
         "devices": n_devices,
         "households": args.households,
         "state_nbytes_mb": round(nbytes_mb, 1),
@@ -198,46 +271,65 @@ def main() -> None:
         "batch_readings": BATCH,
         "batch_repeat_share": REPEATS["realistic"][0],
         "batch_runs": args.runs,
-        "batch_p50_ms": round(percentile_ms(samples, 50), 3),
-        "batch_p99_ms": round(percentile_ms(samples, 99), 3),
-        "batch_cpu_p50_ms": round(percentile_ms(cpu["realistic"], 50), 3),
-        "batch_best_ms": round(percentile_ms(samples, 0), 3),  # closest to an idle machine
-        "batch_no_repeats_p50_ms": round(percentile_ms(wall["none"], 50), 3),
-        "batch_stress_repeats_p50_ms": round(percentile_ms(wall["stress"], 50), 3),
+        **per_engine[head],
         "batch_limit_ms": BATCH_LIMIT_MS,
         "effects_per_batch": round(effects / args.runs, 1),
         "sweep_p50_ms": round(percentile_ms(sweeps, 50), 3),
         "sweep_budget_ms": SWEEP_BUDGET_MS,
+        "kernels_warm_up_s": None if warm_s is None else round(warm_s, 3),
+        "engines_agree": bool(agree),
+        "numpy": per_engine["numpy"],
     }
-    rows = [
-        ("state memory, nbytes (MB)", figures["state_nbytes_mb"], MEMORY_LIMIT_MB),
-        ("state memory, RSS delta (MB)", figures["state_rss_delta_mb"], MEMORY_LIMIT_MB),
-        ("10k batch, 1% repeats, p50 (ms)", figures["batch_p50_ms"], BATCH_LIMIT_MS),
-        ("10k batch, 1% repeats, p99 (ms)", figures["batch_p99_ms"], BATCH_LIMIT_MS),
-        ("10k batch, 1% repeats, CPU p50 (ms)", figures["batch_cpu_p50_ms"], BATCH_LIMIT_MS),
-        ("10k batch, 1% repeats, best (ms)", figures["batch_best_ms"], BATCH_LIMIT_MS),
-        ("10k batch, no repeats, p50 (ms)", figures["batch_no_repeats_p50_ms"], BATCH_LIMIT_MS),
-        ("10k batch, 5% repeats+triples, p50 (ms)", figures["batch_stress_repeats_p50_ms"],
-         BATCH_LIMIT_MS),
-        (f"sweep of {n_devices} devices, p50 (ms)", figures["sweep_p50_ms"], SWEEP_BUDGET_MS),
+    batch_rows = [
+        ("10k batch, 1% repeats, p50 (ms)", "batch_p50_ms"),
+        ("10k batch, 1% repeats, p99 (ms)", "batch_p99_ms"),
+        ("10k batch, 1% repeats, CPU p50 (ms)", "batch_cpu_p50_ms"),
+        ("10k batch, 1% repeats, best (ms)", "batch_best_ms"),
+        ("10k batch, no repeats, p50 (ms)", "batch_no_repeats_p50_ms"),
+        ("10k batch, no repeats, p99 (ms)", "batch_no_repeats_p99_ms"),
+        ("10k batch, no repeats, best (ms)", "batch_no_repeats_best_ms"),
+        ("10k batch, 5% repeats+triples, p50 (ms)", "batch_stress_repeats_p50_ms"),
+        ("10k batch, 5% repeats+triples, p99 (ms)", "batch_stress_repeats_p99_ms"),
+        ("10k batch, 5% repeats+triples, best (ms)", "batch_stress_repeats_best_ms"),
     ]
-    figures["ok"] = all(measured <= limit for _, measured, limit in rows)
+    rows = [
+        ("state memory, nbytes (MB)", figures["state_nbytes_mb"], None, MEMORY_LIMIT_MB),
+        ("state memory, RSS delta (MB)", figures["state_rss_delta_mb"], None, MEMORY_LIMIT_MB),
+        *[(label, figures[key], per_engine["numpy"][key], BATCH_LIMIT_MS)
+          for label, key in batch_rows],
+        (f"sweep of {n_devices} devices, p50 (ms)", figures["sweep_p50_ms"], None,
+         SWEEP_BUDGET_MS),
+    ]
+    figures["ok"] = agree and all(measured <= limit for _, measured, _, limit in rows)
     load = os.getloadavg()[0]
     figures["load_avg_1m"] = round(load, 2)
     print(f"detection core: {n_devices} devices, {BATCH} readings a batch, {args.runs} runs, "
           f"{figures['effects_per_batch']} effects a batch, load average {load:.2f} "
           f"on {os.cpu_count()} cpus")
-    print(f"{'figure':<40} {'measured':>10} {'limit':>8}  ok")
-    for name, measured, limit in rows:
-        print(f"{name:<40} {measured:>10.3f} {limit:>8.1f}  {'yes' if measured <= limit else 'NO'}")
+    print(f"engine: {head}" + (f" (kernels {warm_how}), NumPy engine beside it"
+                               if head != "numpy" else f" ({warm_how})"))
+    print(f"{'figure':<40} {'measured':>10} {'numpy':>8} {'limit':>8}  ok")
+    for name, measured, ref, limit in rows:
+        ref_s = f"{ref:>8.3f}" if ref is not None and head != "numpy" else f"{'':>8}"
+        print(f"{name:<40} {measured:>10.3f} {ref_s} {limit:>8.1f}  "
+              f"{'yes' if measured <= limit else 'NO'}")
+    print(f"{'engines agree (Effects and state)':<40} {'yes' if agree else 'NO':>10}")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "numpy": np.__version__}
+                          "numpy": np.__version__, "numba": _numba_version()}
     figures["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def _numba_version() -> str | None:
+    try:
+        import numba
+    except ImportError:
+        return None
+    return str(numba.__version__)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,13 @@ reading touches costs a memory access; everything a reading needs therefore sits
 one 64-byte record per slot. The debounce rules are one table lookup (_GasMachine),
 and in a large batch the gas and rise rules run only on the readings that can change
 something (most are a quiet background). bench/bench_detection.py has the figures.
+
+Engines: this module is the NumPy engine, the specification of every rule. With numba
+installed, `FleetState(engine="auto")` (the default) or "compiled" runs
+`evaluate_detectors` and `evaluate_meters` in gateway/kernels.py instead: the same
+rules, threshold columns and gas table, one reading after the other in compiled code,
+with bit-identical state and Effects (tests/unit/test_kernels.py compares the two).
+Validation, sweep and the status steps are shared.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "ENGINES",
     "AlarmKind",
     "DeviceKind",
     "Effects",
@@ -59,6 +67,7 @@ Bool = npt.NDArray[np.bool_]
 Ix = npt.NDArray[np.intp]
 
 YEAR_S = 365.25 * 86400.0
+ENGINES = ("auto", "numpy", "compiled")  # FleetState(engine=...), see the module docstring
 RING = 8  # samples kept per detector for the rate-of-rise rule
 _SPLIT_MIN = 512  # rounds smaller than this skip the quiet/busy split (it would cost more)
 
@@ -582,6 +591,10 @@ class FleetState:
     last_seen (float64 platform time, NaN = never), valve_state (uint8 ValveCode),
     qmax_m3h, last_flow_m3h (float32, NaN = none), household (int32), meter_slot (int32:
     a detector's household meter, a meter itself, -1 if none), installed_ts (float64).
+
+    `engine`: "numpy" (this module), "compiled" (gateway/kernels.py, needs numba; the
+    kernels are compiled or loaded from their cache here, before any batch) or "auto"
+    (compiled if numba imports, else numpy); `self.engine` is the one in use.
     """
 
     # cold arrays: name -> (dtype, fill, trailing shape)
@@ -602,12 +615,14 @@ class FleetState:
     rise_ts: F64
 
     def __init__(self, capacity: int = 1024, thresholds: Thresholds | None = None,
-                 models: ModelThresholds | None = None) -> None:
+                 models: ModelThresholds | None = None, engine: str = "auto") -> None:
+        self.engine = _resolve_engine(engine)
         self._table = _ThresholdTable(thresholds or Thresholds(), models or {})
         self.n_devices = 0
         self.capacity = 0
         self._hot = _aligned_records(0)
         self._hot_void = self._hot.view(_HOT_VOID)
+        self._hot_bytes = self._hot.view(np.uint8).reshape(0, _HOT.itemsize)
         for name, (dtype, fill, shape) in self._COLD.items():
             setattr(self, name, np.full((0, *shape), fill, dtype=dtype))
         self._grow(max(int(capacity), 1))
@@ -657,6 +672,7 @@ class FleetState:
         hot[: self.capacity] = self._hot
         self._hot = hot
         self._hot_void = hot.view(_HOT_VOID)
+        self._hot_bytes = hot.view(np.uint8).reshape(capacity, _HOT.itemsize)  # kernels
         for name, (dtype, fill, shape) in self._COLD.items():
             old = getattr(self, name)
             new = np.full((capacity, *shape), fill, dtype=dtype)
@@ -756,6 +772,36 @@ class FleetState:
         return s
 
 
+def _kernels() -> Any:
+    """gateway.kernels, or None when numba is not installed."""
+    global _KERNELS
+    if _KERNELS is False:
+        try:
+            from gateway import kernels
+        except ImportError:
+            _KERNELS = None
+        else:
+            _KERNELS = kernels
+    return _KERNELS
+
+
+_KERNELS: Any = False  # not imported yet
+
+
+def _resolve_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}: one of {', '.join(ENGINES)}")
+    if engine == "numpy":
+        return engine
+    kernels = _kernels()
+    if kernels is None:
+        if engine == "compiled":
+            raise ImportError("engine='compiled' needs numba (pip install numba)")
+        return "numpy"
+    kernels.warm_up()  # compile or load from the cache now, not on the first batch
+    return "compiled"
+
+
 # ------------------------------------------------------------------ rounds
 
 def _rounds(state: FleetState, s: Ix) -> Iterator[Ix | None]:
@@ -835,6 +881,8 @@ def evaluate_detectors(state: FleetState, slots: npt.ArrayLike, ch4_lel: npt.Arr
         raise ValueError("evaluate_detectors: all arrays must have the same length")
     if np.isnan(ch4).any():
         raise ValueError("evaluate_detectors: ch4_lel must not be NaN")
+    if state.engine == "compiled":
+        return _KERNELS.evaluate_detectors(state, s, ch4, flt, t, float(now))
     out = _Collector()
     for rows in _rounds(state, s):
         if rows is None:
@@ -983,10 +1031,10 @@ def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, runs
         y = np.where(ok, state.rise_lel.take(cs, axis=0).astype(np.float64), 0.0)
         vc = v[cand].astype(np.float64)
         n = ok.sum(axis=1) + 1.0  # the current reading is the point (0, vc)
-        sx = x.sum(axis=1)
-        sy = y.sum(axis=1) + vc
-        sxx = (x * x).sum(axis=1)
-        sxy = (x * y).sum(axis=1)
+        sx = _sum8(x)
+        sy = _sum8(y) + vc
+        sxx = _sum8(x * x)
+        sxy = _sum8(x * y)
         den = n * sxx - sx * sx
         with np.errstate(divide="ignore", invalid="ignore"):
             slope = np.where(den > 0, (n * sxy - sx * sy) / den, 0.0)
@@ -1013,6 +1061,22 @@ def _rise(state: FleetState, th: _Lookup, s: Ix, ch4: F32, ts: F64, tr: Ix, runs
         runs[at, _R_RING_HEAD] = (hr + _U8_1) & np.uint8(RING - 1)
 
 
+def _sum8(a: F64) -> F64:
+    """Row sums of an (m, RING) array, added as ((a0+a1)+(a2+a3))+((a4+a5)+(a6+a7)).
+
+    The order NumPy's pairwise `sum(axis=1)` uses for 8 columns, written out so that it
+    does not depend on NumPy's reduction internals and the compiled engine
+    (gateway/kernels.py) adds in the same order: the rise fit agrees to the bit.
+    """
+    h = a[:, 0::2] + a[:, 1::2]
+    q = h[:, 0::2] + h[:, 1::2]
+    out: F64 = q[:, 0] + q[:, 1]
+    return out
+
+
+assert RING == 8  # _sum8
+
+
 # ------------------------------------------------------------------ meters
 
 def evaluate_meters(state: FleetState, slots: npt.ArrayLike, flow_m3h: npt.ArrayLike,
@@ -1032,6 +1096,8 @@ def evaluate_meters(state: FleetState, slots: npt.ArrayLike, flow_m3h: npt.Array
     t = np.asarray(ts, dtype=np.float64).ravel()
     if not flow.size == vl.size == batt.size == t.size == np.size(vol_m3) == s.size:
         raise ValueError("evaluate_meters: all arrays must have the same length")
+    if state.engine == "compiled":
+        return _KERNELS.evaluate_meters(state, s, flow, vl, batt, t, float(now))
     out = _Collector()
     for rows in _rounds(state, s):
         if rows is None:

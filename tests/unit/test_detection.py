@@ -2,17 +2,23 @@
 
 Pure functions over NumPy state: no services. A batch with repeated devices must give
 exactly what feeding the same readings one at a time gives (checked by hypothesis).
+Every test runs on both engines (the NumPy one and the compiled one of
+gateway/kernels.py); tests/unit/test_kernels.py compares the two directly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import detection
 from gateway.detection import (
     AlarmKind,
     DeviceKind,
@@ -32,6 +38,26 @@ T0 = 1_800_000_000.0
 DAY = 86400.0
 YEAR = 365.25 * DAY
 K = AlarmKind
+ENGINE = "numpy"  # the engine of the states the tests build; set by the `engine` fixture
+
+
+@pytest.fixture(scope="module", autouse=True, params=["numpy", "compiled"])
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run every test of this module on each engine (module scope: hypothesis-friendly)."""
+    if request.param == "compiled" and importlib.util.find_spec("numba") is None:
+        pytest.skip("numba is not installed")
+    module = sys.modules[__name__]
+    module.ENGINE = request.param
+    try:
+        yield request.param
+    finally:
+        module.ENGINE = "numpy"
+
+
+def new_state(**kwargs) -> FleetState:
+    state = FleetState(engine=ENGINE, **kwargs)
+    assert state.engine == ENGINE
+    return state
 
 
 # ------------------------------------------------------------------ helpers
@@ -42,7 +68,7 @@ def make_fleet(households: int = 2, detectors_per_household: int = 1, *,
                installed: float = T0 - YEAR, capacity: int = 2,
                ) -> tuple[FleetState, np.ndarray, np.ndarray]:
     """A small fleet: per household one meter and some detectors, all seen at T0."""
-    state = FleetState(capacity=capacity, thresholds=thresholds, models=models)
+    state = new_state(capacity=capacity, thresholds=thresholds, models=models)
     hh = np.arange(households, dtype=np.int32)
     meters = state.add_devices(
         kinds=np.full(households, DeviceKind.METER, np.uint8), household=hh,
@@ -392,7 +418,7 @@ def test_group_incidents_in_one_building() -> None:
 
 def test_per_model_thresholds_apply_to_their_devices_only() -> None:
     sensitive = Thresholds(leak_lel=15.0, leak_count=1, prealarm_lel=8.0, rise_floor_lel=5.0)
-    state = FleetState(models={3: sensitive})
+    state = new_state(models={3: sensitive})
     meters = state.add_devices([1, 1], [0, 1], [-1, -1], [0, 0], [2.5, 2.5], [T0, T0], T0)
     dets = state.add_devices([0, 0], [0, 1], meters, [0, 3], [np.nan, np.nan], [T0, T0], T0)
     e = evaluate_detectors(state, dets, np.array([16, 16], np.float32), np.zeros(2, np.uint32),
@@ -452,7 +478,7 @@ def test_registration_and_evaluation_refuse_wrong_slots() -> None:
 
 
 def test_memory_for_the_whole_city_fits() -> None:
-    state = FleetState(capacity=400_000)
+    state = new_state(capacity=400_000)
     assert state.nbytes() < 120e6  # the budget is 200 MB
     assert len(state.active) == 400_000
 
@@ -566,8 +592,6 @@ def test_a_batch_with_repeats_keeps_arrival_order() -> None:
 
 def test_large_batches_split_off_quiet_readings_with_the_same_result() -> None:
     """Rounds of >= _SPLIT_MIN readings run the gas and rise rules on busy readings only."""
-    from gateway import detection
-
     rng = np.random.default_rng(7)
     results = []
     for split_min in (10**9, 0):  # never split / always split
