@@ -499,7 +499,12 @@ def main() -> int:
                 gw = start_child([exe, "gateway"], logs / "gateway.log",
                                  {**env, "GAS_SAFETY_METRICS_PORT": str(metrics_port)})
                 children.append(gw)
-                time.sleep(4)
+                # ready: connected to the broker (its first start may compile the kernels)
+                deadline = time.time() + 90
+                while gw.poll() is None and time.time() < deadline and \
+                        scrape(metrics_port).get("gas_mqtt_connected") != 1.0:
+                    time.sleep(0.2)
+                time.sleep(1.0)
                 if gw.poll() is not None:
                     result["gateway"] = {"failed": f"exited with {gw.returncode}; see "
                                                    f"{logs / 'gateway.log'}"}
