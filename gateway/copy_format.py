@@ -33,11 +33,14 @@ def field_dtype(fields: list[tuple[str, str]]) -> np.dtype:
 
 
 def assemble(head: np.ndarray, var_bytes: np.ndarray, var_start: np.ndarray,
-             var_len: np.ndarray, tail: np.ndarray) -> bytes:
-    """Rows of head + variable bytes + tail, as one COPY BINARY payload (with header)."""
+             var_len: np.ndarray, tail: np.ndarray, header: bool = True,
+             trailer: bool = True) -> bytes:
+    """Rows of head + variable bytes + tail, as COPY BINARY data: with the header and the
+    trailer, a whole payload; without, a piece of one (see `chunks`)."""
     n = len(head)
+    start_b, end_b = (SIGNATURE if header else b""), (TRAILER if trailer else b"")
     if n == 0:
-        return SIGNATURE + TRAILER
+        return start_b + end_b
     hb = head.view(np.uint8).reshape(n, -1)
     tb = tail.view(np.uint8).reshape(n, -1)
     hl, tl = hb.shape[1], tb.shape[1]
@@ -53,4 +56,17 @@ def assemble(head: np.ndarray, var_bytes: np.ndarray, var_start: np.ndarray,
         out[np.repeat(starts + hl, var_len) + within] = \
             var_bytes[np.repeat(var_start.astype(np.int64), var_len) + within]
     out[(starts + hl + var_len)[:, None] + np.arange(tl)] = tb
-    return SIGNATURE + out.tobytes() + TRAILER
+    return start_b + out.tobytes() + end_b
+
+
+CHUNK_ROWS = 4096
+
+
+def chunk_bounds(n: int, rows: int = CHUNK_ROWS) -> list[tuple[int, int, bool, bool]]:
+    """(start, stop, header, trailer) of the pieces of an n-row payload. Built piece by
+    piece, no single NumPy call holds Python's GIL for long: the event loop thread, which
+    judges readings and cuts valves, waits for it otherwise (measured: 8 ms stalls)."""
+    if n <= rows:
+        return [(0, n, True, True)]
+    cuts = list(range(0, n, rows)) + [n]
+    return [(a, b, a == 0, b == n) for a, b in zip(cuts, cuts[1:])]

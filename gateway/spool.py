@@ -24,12 +24,13 @@ class Spool:
         files = self._files()
         self._next = int(files[-1].stem) + 1 if files else 0
         self.bytes = sum(f.stat().st_size for f in files)
+        self._count = len(files)  # kept, not globbed: the writer asks on every turn
 
     def _files(self) -> list[Path]:
         return sorted(self.folder.glob("*.batch"), key=lambda p: int(p.stem))
 
     def __len__(self) -> int:
-        return len(self._files())
+        return self._count
 
     def has_room(self) -> bool:
         return self.bytes < self.max_bytes
@@ -50,6 +51,7 @@ class Spool:
             os.close(dir_fd)
         self._next += 1
         self.bytes += len(data)
+        self._count += 1
 
     def oldest(self) -> tuple[Path, list[Any]] | None:
         files = self._files()
@@ -61,3 +63,4 @@ class Spool:
         size = path.stat().st_size
         path.unlink()
         self.bytes -= size
+        self._count -= 1

@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,7 +152,17 @@ def merge_batches(batches: list[Batch]) -> Batch:
     return out
 
 
-def _copy_payload(registry: Registry, r: Readings, kind: str) -> bytes:
+def _copy_chunks(registry: Registry, r: Readings, kind: str) -> Iterator[bytes]:
+    """The binary COPY data of `r`, in pieces (see copy_format.chunk_bounds)."""
+    for lo, hi, header, trailer in copy_format.chunk_bounds(len(r)):
+        part = r if (lo, hi) == (0, len(r)) else Readings(
+            r.slot[lo:hi], r.seq[lo:hi], r.time[lo:hi], r.received[lo:hi], r.flags[lo:hi],
+            {k: v[lo:hi] for k, v in r.values.items()})
+        yield _copy_payload(registry, part, kind, header, trailer)
+
+
+def _copy_payload(registry: Registry, r: Readings, kind: str, header: bool = True,
+                  trailer: bool = True) -> bytes:
     n = len(r)
     slots = r.slot
     head = np.empty(n, DET_HEAD)
@@ -177,7 +187,7 @@ def _copy_payload(registry: Registry, r: Readings, kind: str) -> bytes:
     tail["received"] = copy_format.pg_micros(r.received)
     tail["flags"] = r.flags
     return copy_format.assemble(head, registry.id_bytes, registry.id_start[slots],
-                                registry.id_len[slots], tail)
+                                registry.id_len[slots], tail, header, trailer)
 
 
 class Writer:
@@ -458,19 +468,20 @@ class Writer:
 
     def _copy_readings(self, cur: psycopg.Cursor[Any], kind: str, r: Readings, table: str,
                        cols: str, redelivered: bool) -> None:
-        payload = _copy_payload(self.registry, r, kind)
         if not redelivered:
             try:
                 with cur.connection.transaction():
                     with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
-                        cp.write(payload)
+                        for piece in _copy_chunks(self.registry, r, kind):
+                            cp.write(piece)
                 return
             except psycopg.errors.UniqueViolation:
                 pass  # a redelivered reading without the DUP flag: take the slow path
         stage = f"stage_{table}"
         cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
         with cur.copy(f"COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
-            cp.write(payload)
+            for piece in _copy_chunks(self.registry, r, kind):
+                cp.write(piece)
         cur.execute(f"INSERT INTO {table} SELECT * FROM {stage} ON CONFLICT DO NOTHING")
         self.duplicates_absorbed += len(r) - max(cur.rowcount, 0)
 

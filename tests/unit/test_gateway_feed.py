@@ -228,3 +228,16 @@ def test_fuzzed_messages_never_escape_and_every_one_is_accounted_for(msgs) -> No
     assert handled <= len(msgs) and len(msgs) - handled <= acks  # only duplicate acks are silent
     for r in b.rejects:
         assert r[3] and r[4]  # a reason and a detail for each
+
+
+def test_a_mass_offline_sweep_pauses_between_ranges_and_raises_the_same(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.service as service
+
+    monkeypatch.setattr(service, "TICK_SLOTS", 2)
+    h.now += 3 * 86400  # every device silent for days
+    parts = list(h.gw.tick_in_parts(h.now))
+    assert len(parts) == 3  # six devices, two per range: the loop runs between them
+    offline = sorted(a.device_id for a in h.gw.batch.alarms if a.kind == "offline")
+    assert offline == ["d1", "d2", "d3", "m1", "m2", "m3"]
+    assert h.closes() == []
