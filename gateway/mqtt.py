@@ -16,6 +16,7 @@ import asyncio
 import logging
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -193,16 +194,23 @@ class ClientConfig:
     max_unacked: int = 20_000  # incoming QoS 1 we hold before pausing the socket
 
 
+RAW_MAX_BYTES = 32 * 2**20  # reads held unsplit before the socket pauses
+
+
 class MqttClient(asyncio.Protocol):
     """One connection. `on_batch(messages)` gets every socket read's complete PUBLISHes."""
 
     def __init__(self, config: ClientConfig, on_batch: Callable[[list[Message]], None],
-                 generation: int = 0) -> None:
+                 generation: int = 0, on_raw: Callable[[bytes], None] | None = None) -> None:
         self.config = config
         self.on_batch = on_batch
+        self.on_raw = on_raw
         self.generation = generation
         self.transport: asyncio.Transport | None = None
         self._buf = b""
+        self._raw: deque[bytes] = deque()  # reads not yet split (with on_raw)
+        self._raw_bytes = 0
+        self._split_scheduled = False
         self._connack: asyncio.Future[int] | None = None
         self._suback: dict[int, asyncio.Future[bytes]] = {}
         self._outgoing: dict[int, _Outgoing] = {}
@@ -216,10 +224,13 @@ class MqttClient(asyncio.Protocol):
     # ---------------------------------------------------------------- lifecycle
     @classmethod
     async def connect(cls, config: ClientConfig, on_batch: Callable[[list[Message]], None],
-                      generation: int = 0, timeout_s: float = 10.0) -> MqttClient:
+                      generation: int = 0, timeout_s: float = 10.0,
+                      on_raw: Callable[[bytes], None] | None = None) -> MqttClient:
+        """`on_raw(bytes)`, if given, sees each socket read at once; splitting it into
+        messages (and `on_batch`) then waits its turn on the event loop, one read a turn."""
         loop = asyncio.get_running_loop()
         _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: cls(config, on_batch, generation),
+            loop.create_connection(lambda: cls(config, on_batch, generation, on_raw),
                                    config.host, config.port), timeout_s)
         try:
             await asyncio.wait_for(proto._handshake(), timeout_s)
@@ -259,6 +270,13 @@ class MqttClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        while self._raw:  # reads of this connection are split now, under its generation
+            data = self._raw.popleft()
+            self._raw_bytes -= len(data)
+            try:
+                self._split(data)
+            except Exception:  # a broken last read must not keep the loss from being seen
+                logger.exception("splitting the last reads of a lost connection")
         err = exc or MqttError("connection closed")
         for fut in [self._connack, *self._suback.values(),
                     *(o.future for o in self._outgoing.values())]:
@@ -282,6 +300,37 @@ class MqttClient(asyncio.Protocol):
 
     # ---------------------------------------------------------------- receive
     def data_received(self, data: bytes) -> None:
+        if self.on_raw is None:
+            self._split(data)
+            return
+        # libuv hands over up to 32 reads in a row: each is scanned now (cheap, in C), and
+        # split into messages one per loop turn, so the loop never stops for a whole backlog
+        self.on_raw(data)
+        self._raw.append(data)
+        self._raw_bytes += len(data)
+        if not self._split_scheduled:
+            self._split_scheduled = True
+            asyncio.get_running_loop().call_soon(self._split_next)
+        if self._raw_bytes > RAW_MAX_BYTES and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _split_next(self) -> None:
+        self._split_scheduled = False
+        if not self._raw:
+            return
+        data = self._raw.popleft()
+        self._raw_bytes -= len(data)
+        if self._raw:
+            self._split_scheduled = True
+            asyncio.get_running_loop().call_soon(self._split_next)
+        self._split(data)
+        if self._paused and self._raw_bytes <= RAW_MAX_BYTES // 2 \
+                and self._unacked < self.config.max_unacked // 2 and self.transport:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _split(self, data: bytes) -> None:
         if self._buf:
             data = self._buf + data
         try:
@@ -322,7 +371,8 @@ class MqttClient(asyncio.Protocol):
             return
         self.transport.write(encode_pubacks(packet_ids))
         self._unacked -= len(packet_ids)
-        if self._paused and self._unacked < self.config.max_unacked // 2:
+        if self._paused and self._unacked < self.config.max_unacked // 2 \
+                and self._raw_bytes <= RAW_MAX_BYTES // 2:
             self._paused = False
             self.transport.resume_reading()
 

@@ -48,6 +48,8 @@ GAS_ALARMS = frozenset({AlarmKind.PREALARM, AlarmKind.LEAK, AlarmKind.RISING})
 FLAG_CLOCK_SKEW = 1
 # The fast lane's prefilter: a detector reading's ch4 value, as devices write it.
 _CH4 = re.compile(rb'"ch4"\s*:\s*([0-9]+(?:\.[0-9]*)?)')
+# The same over a raw socket read: a flat JSON object holding a ch4 value (the payload).
+_RAW_CH4 = re.compile(rb'\{[^{}]{0,160}?"ch4"\s*:\s*([0-9]+(?:\.[0-9]*)?)[^{}]{0,160}\}')
 _LEAK_BIT = 1 << AlarmKind.LEAK
 
 
@@ -157,6 +159,28 @@ class Gateway:
             m = search(msg.payload)
             if m is not None and float(m.group(1)) >= floor:
                 cut += self._fast_cut_for(msg, now)
+        return cut
+
+    def scan_raw(self, data: bytes, now: float | None = None) -> int:
+        """The fast lane over a raw socket read, before it is split into messages: finds
+        payloads with an instant-leak ch4 (a C regex over the bytes) and the topic just
+        before each (PUBLISH: topic, packet id, payload). A reading this misses (cut in
+        two by the read, an unusual layout) is still caught by `triage` when split."""
+        now = self.clock() if now is None else now
+        floor = self._instant_min
+        cut = 0
+        prefix = self.prefix.encode() + b"/"
+        for m in _RAW_CH4.finditer(data):
+            if float(m.group(1)) < floor:
+                continue
+            start = m.start()
+            for qos, topic_end in ((1, start - 2), (0, start)):
+                t = data.rfind(prefix, max(0, topic_end - 200), topic_end)
+                if t >= 2 and int.from_bytes(data[t - 2:t], "big") == topic_end - t:
+                    topic = data[t:topic_end].decode("utf-8", "replace")
+                    cut += self._fast_cut_for(Message(topic, m.group(0), qos, 0, False, False),
+                                              now)
+                    break
         return cut
 
     def _fast_cut_for(self, msg: Message, now: float) -> int:
@@ -704,7 +728,8 @@ class GatewayService:
             self.gw.generation += 1
             try:
                 self.client = await MqttClient.connect(config, self._on_batch,
-                                                       generation=self.gw.generation)
+                                                       generation=self.gw.generation,
+                                                       on_raw=self.gw.scan_raw)
                 logger.info("connected to mqtt %s:%d as %s", s.host, s.port, s.username)
                 self.gw.metrics.mqtt_connected.set(1)
                 delay = 0.2

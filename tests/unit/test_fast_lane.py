@@ -87,3 +87,49 @@ def test_an_open_leak_is_not_cut_again_and_a_later_leak_is(h) -> None:
     h.gw.book.on_ack("m1", cmd.cmd_id, True, "closed", None, h.now)
     assert h.gw.triage([msg(h, "d1", 45.0, seq)], h.now) == 1
     assert h.closes() == ["m1", "m1"]
+
+
+def _raw(h: Harness, items: list[tuple[str, float, int]], qos: int = 1) -> bytes:
+    from gateway.mqtt import encode_publish
+
+    out = b""
+    for did, ch4, seq in items:
+        h.pid += 1
+        body = json.dumps({"seq": seq, "ts": h.now, "ch4": ch4, "fault": 0}).encode()
+        out += encode_publish(f"gas/v1/{did}/telemetry", body, qos, h.pid if qos else 0)
+    return out
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_raw_scan_cuts_an_instant_leak_before_the_read_is_split(h, qos) -> None:
+    data = _raw(h, [("d2", 0.5, s) for s in range(1, 300)] + [("d1", 47.5, 1), ("d3", 39.0, 1)],
+                qos)
+    assert h.gw.scan_raw(data, h.now) == 1
+    assert h.closes() == ["m1"]
+    from gateway.mqtt import split_packets
+
+    msgs, _, _ = split_packets(data)
+    assert h.gw.triage(msgs, h.now) == 0  # already cut: not twice
+    h.gw.handle(msgs, h.now)
+    assert h.closes() == ["m1"] and [a.kind for a in h.gw.batch.alarms] == ["leak"]
+
+
+def test_a_leak_cut_in_two_by_the_reads_is_caught_when_split(h) -> None:
+    from gateway.mqtt import split_packets
+
+    data = _raw(h, [("d1", 60.0, 1)])
+    first, second = data[:20], data[20:]
+    assert h.gw.scan_raw(first, h.now) + h.gw.scan_raw(second, h.now) == 0
+    msgs, _, _ = split_packets(first + second)
+    assert h.gw.triage(msgs, h.now) == 1
+    assert h.closes() == ["m1"]
+
+
+def test_raw_scan_ignores_what_is_not_a_fresh_valid_detector_reading(h) -> None:
+    h.detector("d1", 0.5)
+    data = (_raw(h, [("d1", 45.0, 1)])  # replayed seq
+            + _raw(h, [("nobody", 45.0, 1)])
+            + _raw(h, [("d2", 450.0, 1)])  # out of range
+            + b'\x30\x10garbage{"ch4": 99}')
+    assert h.gw.scan_raw(data, h.now) == 0
+    assert h.closes() == []
