@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import gc
 import logging
-import os
 import re
 import signal
 import sys
@@ -32,6 +31,7 @@ from gateway import copy_format, detection, protocol, response
 from gateway.detection import AlarmKind, Effects, FleetState
 from gateway.latest import LatestValues, StateWriter
 from gateway.metrics import Metrics
+from gateway.priority import set_thread_priority
 from gateway.mqtt import ClientConfig, Message, MqttClient, MqttError
 from gateway.protocol import Channel, RejectReason, Rejected
 from gateway.registry import KIND_METER, LOAD_SQL, Registry, rows_to_registry_input
@@ -185,14 +185,7 @@ class Gateway:
 
     def _fast_cut_for(self, msg: Message, now: float) -> int:
         try:
-            route = self._routes.get(msg.topic)
-            if route is None:
-                topic = protocol.parse_topic(msg.topic, self.prefix)
-                slot = self.registry.index.get(topic.device_id)
-                if slot is None:
-                    return 0
-                route = (topic, slot)
-            topic, slot = route
+            topic, slot = self._routes.get(msg.topic) or self._route(msg.topic)
             if topic.channel is not Channel.TELEMETRY or self.registry.kind[slot] == KIND_METER:
                 return 0
             reading = protocol.decode(protocol.DetectorReading, msg.payload, topic.device_id)
@@ -213,6 +206,17 @@ class Gateway:
         self.metrics.fast_lane.inc()
         return 1
 
+    def _route(self, topic_name: str) -> tuple[protocol.Topic, int]:
+        """Parse a topic and find its device's slot (cached: parsing is the costly step);
+        raises Rejected with the precise reason."""
+        topic = protocol.parse_topic(topic_name, self.prefix)
+        slot = self.registry.index.get(topic.device_id)
+        if slot is None:
+            raise Rejected(RejectReason.UNKNOWN_DEVICE,
+                           f"device {topic.device_id!r} is not provisioned", topic.device_id)
+        route = self._routes[topic_name] = (topic, slot)
+        return route
+
     def _settle_fast_cuts(self) -> None:
         """Forget fast cuts whose reading `handle` has now judged in order."""
         last_seq = self.last_seq
@@ -228,10 +232,8 @@ class Gateway:
         met = _Columns(("vol", "flow", "valve", "batt", "rssi"))
         batch = self.batch
         skew = self.settings.detection.clock_skew_s
-        index = self.registry.index
         kinds = self.registry.kind
         last_seq = self.last_seq
-        prefix = self.prefix
         routes = self._routes
         seen_other: list[int] = []
         for msg in messages:
@@ -240,16 +242,7 @@ class Gateway:
             if msg.dup:
                 batch.redelivered = True
             try:
-                route = routes.get(msg.topic)
-                if route is None:
-                    topic = protocol.parse_topic(msg.topic, prefix)
-                    slot = index.get(topic.device_id)
-                    if slot is None:
-                        raise Rejected(RejectReason.UNKNOWN_DEVICE,
-                                       f"device {topic.device_id!r} is not provisioned",
-                                       topic.device_id)
-                    route = routes[msg.topic] = (topic, slot)
-                topic, slot = route
+                topic, slot = routes.get(msg.topic) or self._route(msg.topic)
                 channel = topic.channel
                 if channel is Channel.TELEMETRY:
                     is_meter = kinds[slot] == KIND_METER
@@ -557,27 +550,6 @@ def _ts(epoch: float) -> dt.datetime:
 TICK_SLOTS = 16_384  # devices swept (and their alarms applied) per part of a tick
 
 
-def set_thread_priority(rt_priority: int, nice: int, what: str) -> str:
-    """Make the calling thread real-time (SCHED_RR at `rt_priority`), or else set its nice
-    value; returns what it got. Linux schedules threads, so this touches no other thread."""
-    import threading
-
-    if rt_priority > 0:
-        try:
-            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(rt_priority))
-            return f"SCHED_RR {rt_priority}"
-        except (OSError, AttributeError) as err:
-            logger.info("the %s thread stays an ordinary thread (real-time not permitted: %s)",
-                        what, err)
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        return f"nice {nice}"
-    except (OSError, AttributeError) as err:
-        logger.info("cpu priority of the %s thread left as it was (nice %d not permitted: %s)",
-                    what, nice, err)
-        return "unchanged"
-
-
 # ====================================================================== wiring
 
 class GatewayService:
@@ -641,7 +613,9 @@ class GatewayService:
         while a backlog is judged: a leak arriving behind thousands of readings is seen
         (and, if instant, cut) within one slice's time, not after the whole backlog.
         """
-        self.gw.triage(messages)
+        # every reading that lay whole in one socket read was scanned by `scan_raw` as the
+        # read arrived; only the first can have been cut in two by the reads
+        self.gw.triage(messages[:1])
         self._pending.append(messages)
         if not self._draining and self.loop is not None:
             self._draining = True

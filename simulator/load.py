@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import math
 import multiprocessing as mp
-import os
 import queue
 import time
 from dataclasses import dataclass
@@ -78,11 +76,9 @@ def probe_main(job: ProbeJob, out: Any) -> None:
     # The probes stand in for a detector's and a meter's own hardware: on a machine the
     # load saturates they must not time their own wait for a CPU (real-time as the gateway's
     # event loop; needs root, else nice -10, else as is).
-    try:
-        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, 0, -10)
+    from gateway.priority import set_thread_priority
+
+    set_thread_priority(10, -10, "alarm probe")
     _install_uvloop()
     try:
         out.put(("probe", -1, asyncio.run(_probe(job))))

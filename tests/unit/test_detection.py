@@ -9,7 +9,6 @@ gateway/kernels.py); tests/unit/test_kernels.py compares the two directly.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import sys
 from collections.abc import Iterator
 
@@ -44,8 +43,6 @@ ENGINE = "numpy"  # the engine of the states the tests build; set by the `engine
 @pytest.fixture(scope="module", autouse=True, params=["numpy", "compiled"])
 def engine(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run every test of this module on each engine (module scope: hypothesis-friendly)."""
-    if request.param == "compiled" and importlib.util.find_spec("numba") is None:
-        pytest.skip("numba is not installed")
     module = sys.modules[__name__]
     module.ENGINE = request.param
     try:

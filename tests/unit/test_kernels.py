@@ -24,10 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("numba")
-
-from gateway import detection, kernels  # noqa: E402
-from gateway.detection import (  # noqa: E402
+from gateway import detection, kernels
+from gateway.detection import (
     AlarmKind,
     DeviceKind,
     Effects,
