@@ -426,11 +426,14 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=20_000.0, help="offered readings/s")
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--idle-duration", type=float, default=60.0,
+                    help="seconds of the quiet run (10 probes/s: 60 s gives p99 a few samples "
+                         "above it, not the maximum)")
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=["relay", "copy", "publisher", "gateway", "baseline", "fleet"])
     a = ap.parse_args()
     if a.quick:
-        a.duration = 8.0
+        a.duration = a.idle_duration = 8.0
     from gateway.stack import Stack
 
     home = Path(tempfile.mkdtemp(prefix="gas-safety-bench-"))
@@ -465,7 +468,7 @@ def main() -> int:
         # probe households: a pool kept out of the load, a fresh slice for every run
         # probes: 10 a second under full load, so that p99 rests on a few hundred of them
         fargs = argparse.Namespace(devices=a.devices, probes=PROBES_PER_S,
-                                   duration=a.duration + 30,
+                                   duration=a.duration + a.idle_duration + 20,
                                    seed=1, prefix="L")
         fleet, n_probes = plan_fleet(fargs, rt.dsn)
         pool = list(range(fleet.households - n_probes, fleet.households))
@@ -510,9 +513,10 @@ def main() -> int:
                                                    f"{logs / 'gateway.log'}"}
                 else:
                     m0 = scrape(metrics_port)
-                    idle = load_run(stack, rt, fleet, probe_slice(int(PROBES_PER_S * 10) + 5),
-                                    2_000, 200.0, 10.0, PROBES_PER_S, 1, 20.0, gw.pid,
-                                    "gateway idle")
+                    idle = load_run(stack, rt, fleet,
+                                    probe_slice(int(PROBES_PER_S * a.idle_duration) + 5),
+                                    2_000, 200.0, a.idle_duration, PROBES_PER_S, 1, 20.0,
+                                    gw.pid, "gateway idle")
                     m1 = scrape(metrics_port)
                     full = load_run(stack, rt, fleet,
                                     probe_slice(int(PROBES_PER_S * a.duration) + 5),

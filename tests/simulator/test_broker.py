@@ -204,7 +204,10 @@ async def test_scenario_against_the_gateway(stack, runtime, prefix, gateway, tmp
     gateway.wait_devices(runtime.dsn)
     opts = RunOptions(duration_s=8, speed=60, interval_s=0.5, leaks=4, faults=2, seed=4,
                       grace_s=8, chaos=0.03, responders=ResponderShares(),
-                      leak_kinds=(LeakKind.RUPTURE, LeakKind.HOSE_OFF, LeakKind.SEEP))
+                      leak_kinds=(LeakKind.RUPTURE, LeakKind.HOSE_OFF, LeakKind.SEEP),
+                      # early enough for the seep to reach its cut inside 8 s (a start at
+                      # 43 % of the run left it due in some runs and not in others)
+                      leak_window=(0.05, 0.35))
     run = FleetRun(fleet, BridgeTransport(fleet, "127.0.0.1", runtime.mqtt_port, runtime, (3,)),
                    opts)
     await run.start()
@@ -216,7 +219,9 @@ async def test_scenario_against_the_gateway(stack, runtime, prefix, gateway, tmp
     db = truth_mod.read_platform(runtime.dsn, fleet, run.started_at, list(truth.commands))
     s = truth.score(db)
     assert stored == int(n.sum()), "readings lost"
-    assert s["cut_due"] >= 4 and s["cut"] == s["cut_due"], truth.leaks
+    not_due = [(lk.id, lk.kind, round(lk.start_wall - run.started_at, 2), lk.peak,
+                lk.first_dangerous_publish) for lk in truth.leaks if lk.cut_due_publish is None]
+    assert s["cut_due"] >= 4 and s["cut"] == s["cut_due"], not_due
     assert not s["missed"] and not s["false_cuts"]
     assert s["latency_to_command_ms"]["n"] == s["cut"]
     assert s["platform"]["valve_commands"].get("acked", 0) >= s["cut"]
