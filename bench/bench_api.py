@@ -37,7 +37,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dashboard_api import rollup
 from dashboard_api.users import create_user
 from gateway.provision import Household, generate_city, provision
-from gateway.stack import Stack
+from gateway.stack import Stack, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LIST_P99_MS = 50.0
@@ -173,12 +172,6 @@ SELECT 'bench-' || i, d.id, d.household_id, 'valve_close', 'leak', 'acked', 1, '
 FROM generate_series(1, 5000) i, m,
      LATERAL (SELECT id, household_id FROM devices WHERE id = m.ids[1 + (i * 13) %% m.n]) d;
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load(dsn: str, devices: int, days: int, fine_each: int) -> dict[str, Any]:
@@ -394,7 +387,7 @@ def main() -> int:
                 "command_meters": [r[0] for r in conn.execute(
                     "SELECT DISTINCT meter_id FROM valve_commands LIMIT 200")],
             }
-        port = _free_port()
+        port = free_port()
         proc = serve(home, rt.dsn, port)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             token = client.post("/auth/token", data={"username": "bench.operator",

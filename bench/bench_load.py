@@ -43,6 +43,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 import psutil
 
+from gateway.metrics import scrape
+from gateway.stack import free_port
+
 RESULTS = ROOT / "bench" / "results"
 PROBES_PER_S = 10.0
 
@@ -301,31 +304,6 @@ def load_run(stack: Any, rt: Any, fleet: Any, probe_pool: list[int], devices: in
         r["cpu_pct"]["consumer"] = round(100 * (_cpu([consumer_pid]) - c_gw) / wall, 1)
         r["consumer_rss_mb"] = round(rss_max / 2**20, 1)
     return r
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        return int(sk.getsockname()[1])
-
-
-def scrape(port: int) -> dict[str, float]:
-    """The gateway's Prometheus samples (name{labels} -> value)."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def histogram_delta(before: dict[str, float], after: dict[str, float],

@@ -65,3 +65,21 @@ class Metrics:
     def value(self, name: str, **labels: str) -> float:
         v = self.registry.get_sample_value(name, labels or None)
         return 0.0 if v is None else v
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """A Prometheus endpoint read back as {'name{labels}': value}; empty when it does not
+    answer (the process is starting or gone), so callers can poll it."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

@@ -110,6 +110,7 @@ class Gateway:
         self._routes: dict[str, tuple[protocol.Topic, int]] = {}
         # fast lane: detector slot -> (seq, cmd_id) of an instant leak cut ahead of its turn
         self._fast_cut: dict[int, tuple[int, str]] = {}
+        self._applying: Iterator[None] | None = None  # a sweep's effects, half applied
         det = settings.detection
         self._instant_min = min(t.leak_instant_lel for t in
                                 [det.thresholds, *(det.for_model(m) for m in det.models)])
@@ -228,6 +229,7 @@ class Gateway:
     def handle(self, messages: list[Message], now: float | None = None) -> None:
         """One socket read: decode, detect, command, and queue for the writer."""
         now = self.clock() if now is None else now
+        self.finish_apply()
         det = _Columns(("ch4", "fault"))
         met = _Columns(("vol", "flow", "valve", "batt", "rssi"))
         batch = self.batch
@@ -373,7 +375,31 @@ class Gateway:
     # ------------------------------------------------------------------ effects
     def apply(self, e: Effects, now: float) -> None:
         """Turn the core's effects into commands (now) and rows (for the writer)."""
+        self.finish_apply()  # what a sweep left half applied comes first
+        for _ in self.apply_in_parts(e, now):
+            pass
+
+    @property
+    def applying(self) -> bool:
+        """A sweep's effects are half applied: judging a reading now must finish them first."""
+        return self._applying is not None
+
+    def finish_apply(self) -> None:
+        """Apply the rest of a half-applied sweep, so that what a reading then clears was
+        raised (rows in order: an offline alarm is raised before the device's return clears
+        it)."""
+        if self._applying is not None:
+            parts, self._applying = self._applying, None
+            for _ in parts:
+                pass
+
+    def apply_in_parts(self, e: Effects, now: float) -> Iterator[None]:
+        """`apply`, pausing (yield) after every APPLY_STEP alarms raised or cleared; every
+        valve close goes out in the first part. A mass sweep (thousands of meters past
+        their service life on the first start, a district offline) raises an alarm, a work
+        order and a notice for each: measured 36 ms in one go for one 16 k-device range."""
         ids = self.registry.ids
+        budget = APPLY_STEP
         # 1. valve closes first: nothing else may delay them
         for i in range(len(e.close_valve_meter_slot)):
             meter_id = ids[int(e.close_valve_meter_slot[i])]
@@ -388,10 +414,18 @@ class Gateway:
             self.close_valve(meter_id, ids[trigger_slot], cause, now)
         # 2. alarms raised
         for i in range(len(e.raised_slot)):
+            if budget == 0:
+                yield
+                budget = APPLY_STEP
+            budget -= 1
             self._raise(int(e.raised_slot[i]), AlarmKind(int(e.raised_kind[i])),
                         float(e.raised_value[i]), float(e.raised_ts[i]),
                         bool(e.raised_flow_at_meter[i]), now)
         for i in range(len(e.cleared_slot)):
+            if budget == 0:
+                yield
+                budget = APPLY_STEP
+            budget -= 1
             device_id = ids[int(e.cleared_slot[i])]
             kind = response.kind_name(AlarmKind(int(e.cleared_kind[i])))
             self.batch.cleared.append((device_id, kind, float(e.cleared_ts[i])))
@@ -508,19 +542,24 @@ class Gateway:
         for _ in self.tick_in_parts(now):
             pass
 
-    def tick_in_parts(self, now: float | None = None) -> Iterator[None]:
-        """`tick`, pausing (yield) between ranges of devices, so the event loop can read
-        and cut valves in between: a mass event (a cell tower down, thousands of devices
-        offline; the first start over a fleet of old meters) must not hold up a leak for
-        its whole length (measured: 45 ms for one first sweep in one go). A range's effects
-        are applied whole: a reading judged in between may clear what the sweep raised, and
-        its rows must come after."""
+    def tick_in_parts(self, now: float | None = None) -> Iterator[bool]:
+        """`tick`, pausing (yield) between ranges of devices and inside a range's effects,
+        so the event loop can read and cut valves in between: a mass event (a cell tower
+        down, thousands of devices offline; the first start over a fleet of old meters) must
+        not hold up a leak for its whole length (measured: 45 ms for one first sweep in one
+        go). Yields True while a range's effects are half applied (`applying`): a reading
+        judged then may clear what the sweep raised, so `handle` finishes them first, and a
+        caller that wants no such wait holds judging until the next False."""
         now = self.clock() if now is None else now
         for start in range(0, self.state.n_devices, TICK_SLOTS):
             e = detection.sweep(self.state, now, start, start + TICK_SLOTS)
             if len(e):
-                self.apply(e, now)
-            yield
+                self.finish_apply()
+                self._applying = parts = self.apply_in_parts(e, now)
+                for _ in parts:  # stops early if `finish_apply` ran meanwhile
+                    yield True
+                self._applying = None
+            yield False
         for due in self.book.due(now):
             cmd = due.command
             if due.what == "resend":
@@ -548,6 +587,7 @@ def _ts(epoch: float) -> dt.datetime:
 
 
 TICK_SLOTS = 16_384  # devices swept (and their alarms applied) per part of a tick
+APPLY_STEP = 128  # alarms raised or cleared per part of applying a sweep (~30 us each)
 
 
 # ====================================================================== wiring
@@ -617,13 +657,18 @@ class GatewayService:
         # read arrived; only the first can have been cut in two by the reads
         self.gw.triage(messages[:1])
         self._pending.append(messages)
-        if not self._draining and self.loop is not None:
+        self._kick_drain()
+
+    def _kick_drain(self) -> None:
+        if self._pending and not self._draining and self.loop is not None:
             self._draining = True
             self.loop.call_soon(self._drain)
 
     def _drain(self) -> None:
         pending = self._pending
-        if not pending:  # judged already (_drain_all)
+        if not pending or self.gw.applying:
+            # judged already (_drain_all), or a sweep's effects are half applied: the ticker
+            # kicks the drain again when they are (judging now would finish them in one go)
             self._draining = False
             return
         step = self.settings.mqtt.judge_slice
@@ -761,8 +806,14 @@ class GatewayService:
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
-            for _ in self.gw.tick_in_parts():
-                await asyncio.sleep(0)  # readings and leaks go first
+            try:
+                for applying in self.gw.tick_in_parts():
+                    if not applying:
+                        self._kick_drain()
+                    await asyncio.sleep(0)  # reads and instant leaks go first
+            finally:  # cancelled half way: what the sweep raised is still applied
+                self.gw.finish_apply()
+            self._kick_drain()
             self.gw.flush()
             now = time.monotonic()
             if now - last_young >= 5.0:  # cycles are rare on the hot path; young ones are cheap

@@ -53,7 +53,8 @@ BROKER_RT_PRIORITY = 10  # SCHED_RR, as the gateway's event loop (gateway.settin
 BROKER_NICE = -10  # when real-time is not permitted
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now (private services, tests, benches)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -102,7 +103,7 @@ class Stack:
         old = self.runtime()
         if old is not None:
             return old
-        pg_port, mqtt_port, tls_port = _free_port(), _free_port(), _free_port()
+        pg_port, mqtt_port, tls_port = free_port(), free_port(), free_port()
         db_password = secrets.token_urlsafe(18)
         rt = Runtime(
             home=str(self.home), mqtt_port=mqtt_port, pg_port=pg_port,

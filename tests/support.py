@@ -9,15 +9,8 @@ import sys
 import time
 from typing import Any
 
-from gateway.stack import Runtime, Stack
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from gateway.metrics import scrape
+from gateway.stack import Runtime, Stack, free_port
 
 
 class GatewayProcess:
@@ -45,20 +38,7 @@ class GatewayProcess:
         return self
 
     def metrics(self) -> dict[str, float]:
-        import urllib.request
-
-        out: dict[str, float] = {}
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                        timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            return out
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return scrape(self.metrics_port)
 
     def wait_for(self, cond: Any, timeout_s: float, what: str) -> dict[str, float]:
         deadline = time.monotonic() + timeout_s

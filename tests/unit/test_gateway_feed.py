@@ -241,3 +241,69 @@ def test_a_mass_offline_sweep_pauses_between_ranges_and_raises_the_same(
     offline = sorted(a.device_id for a in h.gw.batch.alarms if a.kind == "offline")
     assert offline == ["d1", "d2", "d3", "m1", "m2", "m3"]
     assert h.closes() == []
+
+
+def test_a_sweeps_alarms_are_applied_in_parts_and_a_reading_finishes_them_first(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.service as service
+
+    monkeypatch.setattr(service, "APPLY_STEP", 2)
+    h.now += 3 * 86400  # all six devices silent for days: six offline alarms in one range
+    parts = h.gw.tick_in_parts(h.now)
+    assert next(parts) is True and h.gw.applying  # two raised, the loop may run now
+    assert len(h.gw.batch.alarms) == 2
+    # d3 comes back before the sweep is fully applied: its offline alarm must exist (be
+    # raised) before this reading clears it, so judging finishes the sweep first
+    h.detector("d3", 0.5)
+    assert not h.gw.applying
+    assert sorted(a.device_id for a in h.gw.batch.alarms if a.kind == "offline") == \
+        ["d1", "d2", "d3", "m1", "m2", "m3"]
+    assert [c[:2] for c in h.gw.batch.cleared] == [("d3", "offline")]
+    assert list(parts) == [False]  # the rest was applied by the reading: nothing twice
+    assert len(h.gw.batch.alarms) == 6
+
+
+def test_a_sweep_applied_in_parts_raises_what_one_apply_raises(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.service as service
+
+    whole, parted = Harness(), Harness()
+    for x in (whole, parted):
+        x.now += 3 * 86400
+    whole.gw.tick(whole.now)
+    monkeypatch.setattr(service, "APPLY_STEP", 1)
+    flags = list(parted.gw.tick_in_parts(parted.now))
+    assert flags == [True] * 5 + [False]
+
+    def rows(x: Harness) -> list[Any]:
+        return [(a.device_id, a.kind, a.raised_at) for a in x.gw.batch.alarms]
+
+    assert rows(parted) == rows(whole) and len(rows(whole)) == 6
+    assert len(parted.gw.batch.work_orders) == len(whole.gw.batch.work_orders)
+    assert len(parted.gw.batch.notifications) == len(whole.gw.batch.notifications)
+
+
+async def test_the_service_holds_judging_while_a_sweep_is_half_applied(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import gateway.service as service
+
+    monkeypatch.setattr(service, "APPLY_STEP", 1)
+    svc = service.GatewayService(Settings())
+    svc.gw.load_devices(_rows())
+    svc.gw.publish = lambda t, p: None
+    svc.loop = asyncio.get_running_loop()
+    parts = svc.gw.tick_in_parts(svc.gw.clock() + 3 * 86400)
+    assert next(parts) is True
+    raw = json.dumps({"seq": 1, "ts": svc.gw.clock(), "ch4": 0.5, "fault": 0}).encode()
+    svc._on_batch([Message("gas/v1/d1/telemetry", raw, 1, 1, False, False)])
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(svc._pending) == 1 and svc.gw.applying  # held, and the sweep not forced
+    for _ in parts:
+        pass
+    svc._kick_drain()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not svc._pending and svc.gw.metrics.readings._value.get() == 1
