@@ -59,3 +59,24 @@ def page(rows: Sequence[T], limit: int, key: Callable[[T], tuple[Any, Any]]
         return list(rows), None
     items = list(rows[:limit])
     return items, encode(*key(items[-1]))
+
+
+def older_than(cursor: str | None, time_col: str, id_col: str, params: dict[str, Any],
+               id_type: type = int) -> list[str]:
+    """The condition of a newest-first list (ORDER BY time_col DESC, id_col DESC; both
+    names written in the router, never input) for the rows after `cursor`, its values put
+    in `params`; none without a cursor. `Invalid` on a cursor that is not ours."""
+    after = decode(cursor, dt.datetime, id_type)
+    if after is None:
+        return []
+    params.update(at=after[0], aid=after[1])
+    return [f"({time_col}, {id_col}) < (%(at)s, %(aid)s)"]
+
+
+def after_key(cursor: str | None, column: str, params: dict[str, Any]) -> list[str]:
+    """The same for a list ordered by one unique text column, ascending."""
+    after = decode(cursor, str, str)
+    if after is None:
+        return []
+    params["after"] = after[1]
+    return [f"{column} > %(after)s"]

@@ -1,5 +1,6 @@
-"""SQL shared by several routers: the audit trail, notifications to the gateway and the live
-stream, and the device-health columns. Each router keeps the SQL only it uses.
+"""SQL shared by several routers: filter conditions, the audit trail, notifications to the
+gateway and the live stream, and the device-health columns. Each router keeps the SQL only
+it uses.
 
 Every state change made through the API calls `record` inside its own transaction, so
 the change, its audit row and its NOTIFY commit (or vanish) together; PostgreSQL delivers
@@ -16,6 +17,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
+from dashboard_api.errors import Invalid
 from dashboard_api.hub import CHANNEL, COMMANDS_CHANNEL
 from gateway.settings import Settings
 
@@ -56,6 +58,17 @@ def given(filters: Iterable[tuple[str, Any, str]], params: dict[str, Any]) -> li
             conds.append(cond)
             params[name] = value
     return conds
+
+
+def between(column: str, since: dt.datetime | None, until: dt.datetime | None,
+            params: dict[str, Any]) -> list[str]:
+    """The conditions `column >= since` and `column < until` of the bounds a caller gave
+    (`column` written in the router, never input); `Invalid` on `since` unless it is before
+    `until`."""
+    if since and until and since >= until:
+        raise Invalid("since", "must be before until")
+    return given((("since", since, f"{column} >= %(since)s"),
+                  ("until", until, f"{column} < %(until)s")), params)
 
 
 def where(conditions: list[str]) -> str:

@@ -12,11 +12,13 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 # ---------------------------------------------------------------- field types
 
-Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+IDENT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+LABEL_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+Ident = Annotated[str, StringConstraints(pattern=IDENT_PATTERN)]
 """Device and household ids, as the registry and the MQTT protocol allow them."""
 
-Label = Annotated[str, StringConstraints(min_length=1, max_length=100,
-                                         pattern=r"^[^\x00-\x1f\x7f]+$")]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=LABEL_PATTERN)]
 """A short single-line name: community, building, model, crew."""
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[^\x00]+$")]
@@ -251,7 +253,7 @@ class HouseholdCreate(Body):
                      "installed_on": "2026-10-01"}]}]})
     id: Ident
     address: Annotated[str, StringConstraints(min_length=1, max_length=200,
-                                              pattern=r"^[^\x00-\x1f\x7f]+$")]
+                                              pattern=LABEL_PATTERN)]
     community: Label
     building: Label
     unit: Label

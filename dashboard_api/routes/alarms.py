@@ -6,12 +6,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
 from dashboard_api import pagination
 from dashboard_api.deps import Conn, Operator, State, Viewer
-from dashboard_api.errors import Conflict, Invalid, NotFound
-from dashboard_api.queries import given, record, where
+from dashboard_api.errors import Conflict, NotFound
+from dashboard_api.params import Cursor, IdQuery, LabelQuery, Limit, row_id
+from dashboard_api.queries import between, given, record, where
 from dashboard_api.routes.readings import raw_readings
 from dashboard_api.routes.valves import COMMAND_COLUMNS
 from dashboard_api.routes.work_orders import WORK_ORDER_COLUMNS, with_overdue
@@ -27,12 +28,7 @@ from dashboard_api.schemas import (
 
 router = APIRouter(prefix="/alarms", tags=["alarms"])
 
-AlarmId = Annotated[int, Path(ge=1, le=2**63 - 1, examples=[7])]
-LabelQuery = Annotated[str | None, Query(min_length=1, max_length=100,
-                                          pattern=r"^[^\x00-\x1f\x7f]+$")]
-IdQuery = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=512)]
+AlarmId = Annotated[int, row_id(7)]
 
 ALARM_COLUMNS = """a.id, a.device_id, a.household_id, h.community, h.building, a.kind,
     a.severity, a.state, a.value, a.raised_at, a.cleared_at, a.flow_at_meter, a.incident_id,
@@ -51,11 +47,8 @@ async def list_alarms(
         since: Annotated[Instant | None, Query(description="raised_at >= since")] = None,
         until: Annotated[Instant | None, Query(description="raised_at < until")] = None,
         limit: Limit = pagination.DEFAULT_LIMIT, cursor: Cursor = None) -> dict[str, Any]:
-    if since and until and since >= until:
-        raise Invalid("since", "must be before until")
-    after = pagination.decode(cursor, dt.datetime, int)
-    conds: list[str] = []
     params: dict[str, Any] = {"n": limit + 1}
+    conds = between("a.raised_at", since, until, params)
     conds += given((
             ("state", state, "a.state = %(state)s"),
             ("severity", severity, "a.severity = %(severity)s"),
@@ -63,14 +56,10 @@ async def list_alarms(
             ("community", community, "h.community = %(community)s"),
             ("building", building, "h.building = %(building)s"),
             ("household_id", household_id, "a.household_id = %(household_id)s"),
-            ("device_id", device_id, "a.device_id = %(device_id)s"),
-            ("since", since, "a.raised_at >= %(since)s"),
-            ("until", until, "a.raised_at < %(until)s")), params)
+            ("device_id", device_id, "a.device_id = %(device_id)s")), params)
     if active is not None:
         conds.append("a.cleared_at IS NULL" if active else "a.cleared_at IS NOT NULL")
-    if after:
-        conds.append("(a.raised_at, a.id) < (%(at)s, %(aid)s)")
-        params.update(at=after[0], aid=after[1])
+    conds += pagination.older_than(cursor, "a.raised_at", "a.id", params)
     rows = await (await conn.execute(
         f"SELECT {ALARM_COLUMNS} {ALARM_FROM} {where(conds)}"
         " ORDER BY a.raised_at DESC, a.id DESC LIMIT %(n)s", params)).fetchall()

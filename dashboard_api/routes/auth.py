@@ -14,7 +14,7 @@ from dashboard_api import identity
 from dashboard_api.deps import Caller, State
 from dashboard_api.errors import ApiError, Invalid, Unauthenticated, field_errors
 from dashboard_api.identity import Role
-from dashboard_api.schemas import Me, Token
+from dashboard_api.schemas import LABEL_PATTERN, Me, Token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -24,7 +24,7 @@ _FORM_MAX_BYTES = 4096
 class _TokenForm(BaseModel):
     model_config = ConfigDict(extra="ignore")
     username: Annotated[str, StringConstraints(min_length=1, max_length=64,
-                                               pattern=r"^[^\x00-\x1f\x7f]+$")]
+                                               pattern=LABEL_PATTERN)]
     password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     grant_type: Literal["password"] | None = None
 
@@ -41,7 +41,7 @@ _FORM_SCHEMA = {
                 "type": "object", "required": ["username", "password"],
                 "properties": {
                     "username": {"type": "string", "minLength": 1, "maxLength": 64,
-                                 "pattern": r"^[^\x00-\x1f\x7f]+$",
+                                 "pattern": LABEL_PATTERN,
                                  "examples": ["dispatch.li"]},
                     "password": {"type": "string", "minLength": 1, "maxLength": 256,
                                  "format": "password"},

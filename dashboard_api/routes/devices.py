@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
 from dashboard_api import pagination
 from dashboard_api.deps import Admin, Conn, State, Viewer
 from dashboard_api.errors import NotFound
+from dashboard_api.params import Cursor, IdQuery, LabelQuery, Limit, ident
 from dashboard_api.queries import (DETECTOR_LIFE_YEARS, DEVICE_COLUMNS, DEVICE_FROM,
                                    METER_LIFE_YEARS, battery_low_v, device_view, given,
                                    record, where)
@@ -24,12 +25,7 @@ from dashboard_api.schemas import (
 
 router = APIRouter(tags=["fleet"])
 
-DeviceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", examples=["m000042"])]
-LabelQuery = Annotated[str | None, Query(min_length=1, max_length=100,
-                                          pattern=r"^[^\x00-\x1f\x7f]+$")]
-IdQuery = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=512)]
+DeviceId = Annotated[str, ident("m000042")]
 
 
 @router.get("/devices", response_model=Page[DevicePublic], summary="List devices with health")
@@ -40,10 +36,8 @@ async def list_devices(conn: Conn, _: Viewer, state: State, community: LabelQuer
                        online: Annotated[bool | None, Query()] = None,
                        limit: Limit = pagination.DEFAULT_LIMIT,
                        cursor: Cursor = None) -> dict[str, Any]:
-    after = pagination.decode(cursor, str, str)
-    conds: list[str] = []
     params: dict[str, Any] = {"n": limit + 1}
-    conds += given((
+    conds = given((
             ("community", community, "h.community = %(community)s"),
             ("building", building, "h.building = %(building)s"),
             ("household_id", household_id, "d.household_id = %(household_id)s"),
@@ -53,9 +47,7 @@ async def list_devices(conn: Conn, _: Viewer, state: State, community: LabelQuer
     if online is not None:
         conds.append("coalesce(s.online, false) = %(online)s")
         params["online"] = online
-    if after:
-        conds.append("d.id > %(after)s")
-        params["after"] = after[1]
+    conds += pagination.after_key(cursor, "d.id", params)
     rows = await (await conn.execute(
         f"SELECT {DEVICE_COLUMNS} {DEVICE_FROM} {where(conds)} ORDER BY d.id LIMIT %(n)s",
         params)).fetchall()

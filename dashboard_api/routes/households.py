@@ -7,17 +7,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, status
 
 from dashboard_api import pagination
 from dashboard_api.deps import Admin, Conn, State, Viewer
 from dashboard_api.errors import Conflict, Invalid, NotFound
 from dashboard_api.identity import Principal, Role
+from dashboard_api.params import Cursor, LabelQuery, Limit, ident
 from dashboard_api.queries import (
     DEVICE_COLUMNS,
     DEVICE_FROM,
     battery_low_v,
     device_view,
+    given,
     mask,
     record,
     where,
@@ -26,12 +28,7 @@ from dashboard_api.schemas import HouseholdCreate, HouseholdDetail, HouseholdPub
 
 router = APIRouter(prefix="/households", tags=["fleet"])
 
-HouseholdId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$",
-                                  examples=["h000042"])]
-LabelQuery = Annotated[str | None, Query(min_length=1, max_length=100,
-                                          pattern=r"^[^\x00-\x1f\x7f]+$")]
-Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=512)]
+HouseholdId = Annotated[str, ident("h000042")]
 
 _COLS = """h.id, h.address, h.community, h.building, h.unit, h.owner_name, h.owner_phone,
            h.owner_email, h.qmax_m3h, h.created_at,
@@ -48,18 +45,10 @@ def _shown(row: dict[str, Any], who: Principal) -> dict[str, Any]:
 async def list_households(conn: Conn, who: Viewer, community: LabelQuery = None,
                           building: LabelQuery = None, limit: Limit = pagination.DEFAULT_LIMIT,
                           cursor: Cursor = None) -> dict[str, Any]:
-    after = pagination.decode(cursor, str, str)
-    conds: list[str] = []
     params: dict[str, Any] = {"n": limit + 1}
-    if community is not None:
-        conds.append("h.community = %(community)s")
-        params["community"] = community
-    if building is not None:
-        conds.append("h.building = %(building)s")
-        params["building"] = building
-    if after:
-        conds.append("h.id > %(after)s")
-        params["after"] = after[1]
+    conds = given((("community", community, "h.community = %(community)s"),
+                   ("building", building, "h.building = %(building)s")), params)
+    conds += pagination.after_key(cursor, "h.id", params)
     rows = await (await conn.execute(
         f"SELECT {_COLS} FROM households h {where(conds)} ORDER BY h.id LIMIT %(n)s",
         params)).fetchall()

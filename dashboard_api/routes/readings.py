@@ -14,21 +14,21 @@ import math
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from psycopg import AsyncConnection
 
 from dashboard_api import pagination, rollup
 from dashboard_api.deps import AppState, Conn, State, Viewer
 from dashboard_api.errors import Invalid, NotFound
+from dashboard_api.params import Cursor, ident
 from dashboard_api.schemas import BucketedReadings, Instant, RawReadings
 
 router = APIRouter(prefix="/devices", tags=["readings"])
 
-DeviceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", examples=["d000042a"])]
+DeviceId = Annotated[str, ident("d000042a")]
 Start = Annotated[Instant | None, Query(description="Window start (inclusive); "
                                         "default: a day before end.")]
 End = Annotated[Instant | None, Query(description="Window end (exclusive); default: now.")]
-Cursor = Annotated[str | None, Query(max_length=512)]
 
 BUCKET_RE = re.compile(r"([1-9][0-9]{0,5})(s|m|h|d)")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}

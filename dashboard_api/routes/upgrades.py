@@ -22,12 +22,13 @@ import re
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, status
 from psycopg import AsyncConnection
 
 from dashboard_api import pagination
 from dashboard_api.deps import Admin, AppState, Conn, Operator, State, Viewer
 from dashboard_api.errors import Conflict, Invalid, NotFound, TooManyRequests
+from dashboard_api.params import Cursor, IdQuery, LabelQuery, Limit, row_id
 from dashboard_api.queries import given, record, where
 from dashboard_api.schemas import (
     BookingCreate,
@@ -44,12 +45,7 @@ from dashboard_api.schemas import (
 router = APIRouter(prefix="/upgrades", tags=["upgrades"])
 
 Community = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f/]+$")]
-BookingId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-LabelQuery = Annotated[str | None, Query(min_length=1, max_length=100,
-                                          pattern=r"^[^\x00-\x1f\x7f]+$")]
-IdQuery = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=512)]
+BookingId = Annotated[int, row_id()]
 
 EARLIEST_SLOT = dt.timedelta(hours=1)
 LATEST_SLOT = dt.timedelta(days=365)
@@ -155,12 +151,8 @@ async def resident_book(body: ResidentBookingRequest, conn: Conn,
 @router.get("/quotas", response_model=Page[QuotaPublic], summary="Places per community")
 async def list_quotas(conn: Conn, _: Viewer, limit: Limit = pagination.DEFAULT_LIMIT,
                       cursor: Cursor = None) -> dict[str, Any]:
-    after = pagination.decode(cursor, str, str)
-    conds: list[str] = []
     params: dict[str, Any] = {"n": limit + 1}
-    if after:
-        conds.append("community > %(after)s")
-        params["after"] = after[1]
+    conds = pagination.after_key(cursor, "community", params)
     rows = await (await conn.execute(
         f"SELECT {_QUOTA_COLS} FROM upgrade_quotas {where(conds)}"
         " ORDER BY community LIMIT %(n)s", params)).fetchall()
@@ -198,11 +190,10 @@ async def list_bookings(conn: Conn, _: Viewer, community: LabelQuery = None,
                         limit: Limit = pagination.DEFAULT_LIMIT,
                         cursor: Cursor = None) -> dict[str, Any]:
     after = pagination.decode(cursor, dt.datetime, int)
-    conds: list[str] = []
     params: dict[str, Any] = {"n": limit + 1}
-    conds += given((("community", community, "community = %(community)s"),
-                              ("status", status, "status = %(status)s"),
-                              ("household_id", household_id, "household_id = %(household_id)s")), params)
+    conds = given((("community", community, "community = %(community)s"),
+                    ("status", status, "status = %(status)s"),
+                    ("household_id", household_id, "household_id = %(household_id)s")), params)
     if after:
         conds.append("(slot_start, id) > (%(at)s, %(aid)s)")
         params.update(at=after[0], aid=after[1])

@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 import anyio
 import psycopg
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, status
 
 from dashboard_api import identity, pagination
 from dashboard_api.deps import Admin, Conn, State
 from dashboard_api.errors import Conflict, NotFound
+from dashboard_api.params import Cursor, Limit, row_id
 from dashboard_api.queries import record, where
 from dashboard_api.schemas import (
     ApiKeyCreate,
@@ -27,8 +28,6 @@ from dashboard_api.schemas import (
 router = APIRouter(tags=["users"])
 
 UsernamePath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{2,63}$")]
-Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=512)]
 
 _USER_COLS = "id, username, role, disabled, created_at"
 _KEY_COLS = ("k.id, k.prefix, u.username, k.expires_at, k.revoked_at, k.created_at")
@@ -134,7 +133,7 @@ async def create_key(body: ApiKeyCreate, conn: Conn, admin: Admin,
 
 
 @router.delete("/api-keys/{key_id}", response_model=ApiKeyPublic, summary="Revoke an API key")
-async def revoke_key(key_id: Annotated[int, Path(ge=1, le=2**63 - 1)], conn: Conn,
+async def revoke_key(key_id: Annotated[int, row_id()], conn: Conn,
                      admin: Admin, state: State) -> dict[str, Any]:
     async with conn.transaction():
         row = await (await conn.execute(

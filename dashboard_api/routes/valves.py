@@ -13,21 +13,20 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, status
 from psycopg import AsyncConnection
 
 from dashboard_api import pagination, workflow
 from dashboard_api.deps import Conn, Engineer, Operator, State, Viewer
 from dashboard_api.errors import Conflict, NotFound
 from dashboard_api.identity import Principal
+from dashboard_api.params import Cursor, Limit, ident
 from dashboard_api.queries import notify_command, record, where
 from dashboard_api.schemas import CommandAccepted, Page, ValveCommand, ValveRequest
 
 router = APIRouter(prefix="/valves", tags=["valves"])
 
-MeterId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", examples=["m000042"])]
-Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=512)]
+MeterId = Annotated[str, ident("m000042")]
 
 SAFETY_CAUSES = ("leak", "overflow", "valve_fault")
 COMMAND_COLUMNS = """cmd_id, meter_id, household_id, action, reason, alarm_id, state, attempts,
@@ -48,18 +47,23 @@ async def _meter(conn: AsyncConnection[Any], meter_id: str) -> dict[str, Any]:
     return row
 
 
+async def _active_meter(conn: AsyncConnection[Any], meter_id: str) -> dict[str, Any]:
+    """The meter a command is for: `Conflict` unless it is active."""
+    meter = await _meter(conn, meter_id)
+    if meter["status"] != "active":
+        raise Conflict(f"meter {meter_id} is {meter['status']}")
+    return meter
+
+
 @router.get("/{meter_id}/commands", response_model=Page[ValveCommand],
             summary="A meter's valve commands, newest first")
 async def commands(meter_id: MeterId, conn: Conn, _: Viewer,
                    limit: Limit = pagination.DEFAULT_LIMIT,
                    cursor: Cursor = None) -> dict[str, Any]:
     await _meter(conn, meter_id)
-    after = pagination.decode(cursor, dt.datetime, str)
-    conds = ["meter_id = %(m)s"]
     params: dict[str, Any] = {"m": meter_id, "n": limit + 1}
-    if after:
-        conds.append("(issued_at, cmd_id) < (%(at)s, %(aid)s)")
-        params.update(at=after[0], aid=after[1])
+    conds = ["meter_id = %(m)s",
+             *pagination.older_than(cursor, "issued_at", "cmd_id", params, id_type=str)]
     rows = await (await conn.execute(
         f"SELECT {COMMAND_COLUMNS} FROM valve_commands {where(conds)}"
         " ORDER BY issued_at DESC, cmd_id DESC LIMIT %(n)s", params)).fetchall()
@@ -95,9 +99,7 @@ async def _issue(conn: AsyncConnection[Any], meter: dict[str, Any], action: str,
 async def close(meter_id: MeterId, body: ValveRequest, conn: Conn, who: Operator,
                 state: State) -> dict[str, Any]:
     async with conn.transaction():
-        meter = await _meter(conn, meter_id)
-        if meter["status"] != "active":
-            raise Conflict(f"meter {meter_id} is {meter['status']}")
+        meter = await _active_meter(conn, meter_id)
         row = await _issue(conn, meter, "valve_close", f"manual: {body.reason}", who,
                            state.clock(), None, {})
     return {"command": row, "note": CLOSE_NOTE}
@@ -111,9 +113,7 @@ async def close(meter_id: MeterId, body: ValveRequest, conn: Conn, who: Operator
 async def reopen(meter_id: MeterId, body: ValveRequest, conn: Conn, who: Engineer,
                  state: State) -> dict[str, Any]:
     async with conn.transaction():
-        meter = await _meter(conn, meter_id)
-        if meter["status"] != "active":
-            raise Conflict(f"meter {meter_id} is {meter['status']}")
+        meter = await _active_meter(conn, meter_id)
         orders = await (await conn.execute(
             "SELECT id, cause, status, alarm_id FROM work_orders"
             " WHERE household_id = %s AND cause = ANY(%s) AND status <> 'cancelled'"

@@ -12,14 +12,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from psycopg import AsyncConnection
 
 from dashboard_api import pagination, workflow
 from dashboard_api.deps import Conn, Engineer, Operator, State, Viewer
-from dashboard_api.errors import Conflict, Invalid, NotFound
+from dashboard_api.errors import Conflict, NotFound
 from dashboard_api.identity import Principal
-from dashboard_api.queries import given, record, where
+from dashboard_api.params import Cursor, IdQuery, LabelQuery, Limit, row_id
+from dashboard_api.queries import between, given, record, where
 from dashboard_api.schemas import (
     CancelRequest,
     DispatchRequest,
@@ -35,12 +36,7 @@ from dashboard_api.schemas import (
 
 router = APIRouter(prefix="/work-orders", tags=["work orders"])
 
-WorkOrderId = Annotated[int, Path(ge=1, le=2**63 - 1, examples=[17])]
-LabelQuery = Annotated[str | None, Query(min_length=1, max_length=100,
-                                          pattern=r"^[^\x00-\x1f\x7f]+$")]
-IdQuery = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=512)]
+WorkOrderId = Annotated[int, row_id(17)]
 
 WORK_ORDER_COLUMNS = """w.id, w.household_id, h.community, w.cause, w.priority, w.status,
     w.title, w.opened_at, w.arrive_by, w.resolve_by, w.crew, w.findings, w.repeats,
@@ -71,27 +67,20 @@ async def list_work_orders(
         since: Annotated[Instant | None, Query(description="opened_at >= since")] = None,
         until: Annotated[Instant | None, Query(description="opened_at < until")] = None,
         limit: Limit = pagination.DEFAULT_LIMIT, cursor: Cursor = None) -> dict[str, Any]:
-    if since and until and since >= until:
-        raise Invalid("since", "must be before until")
-    after = pagination.decode(cursor, dt.datetime, int)
     now = state.clock()
-    conds: list[str] = []
     params: dict[str, Any] = {"n": limit + 1, "now": now}
+    conds = between("w.opened_at", since, until, params)
     conds += given((
             ("priority", priority, "w.priority = %(priority)s"),
             ("cause", cause, "w.cause = %(cause)s"),
             ("household_id", household_id, "w.household_id = %(household_id)s"),
-            ("community", community, "h.community = %(community)s"),
-            ("since", since, "w.opened_at >= %(since)s"),
-            ("until", until, "w.opened_at < %(until)s")), params)
+            ("community", community, "h.community = %(community)s")), params)
     if status:
         conds.append("w.status = ANY(%(status)s)")
         params["status"] = list(status)
     if overdue is not None:
         conds.append(_OVERDUE if overdue else f"NOT {_OVERDUE}")
-    if after:
-        conds.append("(w.opened_at, w.id) < (%(at)s, %(aid)s)")
-        params.update(at=after[0], aid=after[1])
+    conds += pagination.older_than(cursor, "w.opened_at", "w.id", params)
     rows = await (await conn.execute(
         f"SELECT {WORK_ORDER_COLUMNS} {_FROM} {where(conds)}"
         " ORDER BY w.opened_at DESC, w.id DESC LIMIT %(n)s", params)).fetchall()

@@ -1,5 +1,6 @@
 """The live-event hub without a database (fan-out, filters, bad payloads, slow clients), the
-cursor codec, and the stream over HTTP with a type filter and keepalives."""
+cursor codec and the list conditions built from it, and the stream over HTTP with a type
+filter and keepalives."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dashboard_api import pagination
 from dashboard_api.errors import Invalid
 from dashboard_api.hub import EventHub
 from dashboard_api.metrics import Metrics
-from dashboard_api.queries import mask
+from dashboard_api.queries import between, mask
 
 
 def _hub(queue_size: int = 4) -> EventHub:
@@ -68,6 +69,38 @@ def test_cursor_codec() -> None:
     items, nxt = pagination.page([1, 2, 3], 2, lambda r: (r, r))
     assert items == [1, 2] and pagination.decode(nxt, int, int) == (2, 2)
     assert pagination.page([1, 2], 2, lambda r: (r, r)) == ([1, 2], None)
+
+
+def test_list_conditions() -> None:
+    t = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.UTC)
+    params: dict[str, object] = {}
+    assert pagination.older_than(None, "a.raised_at", "a.id", params) == [] and params == {}
+    assert pagination.older_than(pagination.encode(t, 7), "a.raised_at", "a.id", params) == [
+        "(a.raised_at, a.id) < (%(at)s, %(aid)s)"]
+    assert params == {"at": t, "aid": 7}
+    params = {}
+    assert pagination.older_than(pagination.encode(t, "op-1"), "issued_at", "cmd_id", params,
+                                 id_type=str) == ["(issued_at, cmd_id) < (%(at)s, %(aid)s)"]
+    assert params == {"at": t, "aid": "op-1"}
+    with pytest.raises(Invalid):
+        pagination.older_than(pagination.encode(t, "op-1"), "at", "id", {})
+    params = {}
+    assert pagination.after_key(None, "h.id", params) == [] and params == {}
+    assert pagination.after_key(pagination.encode("h01", "h01"), "h.id", params) == [
+        "h.id > %(after)s"]
+    assert params == {"after": "h01"}
+    with pytest.raises(Invalid):
+        pagination.after_key(pagination.encode(t, 1), "h.id", {})
+    params = {}
+    assert between("at", None, None, params) == [] and params == {}
+    assert between("at", t, None, params) == ["at >= %(since)s"] and params == {"since": t}
+    params = {}
+    assert between("at", t, t + dt.timedelta(hours=1), params) == [
+        "at >= %(since)s", "at < %(until)s"]
+    for until in (t, t - dt.timedelta(seconds=1)):
+        with pytest.raises(Invalid) as err:
+            between("at", t, until, {})
+        assert err.value.extra["errors"][0]["field"] == "since"
 
 
 def test_mask() -> None:
