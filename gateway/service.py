@@ -586,7 +586,7 @@ def _ts(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, dt.UTC)
 
 
-TICK_SLOTS = 16_384  # devices swept (and their alarms applied) per part of a tick
+TICK_SLOTS = 8_192  # devices swept (and their alarms applied) per part of a tick
 APPLY_STEP = 128  # alarms raised or cleared per part of applying a sweep (~30 us each)
 
 
