@@ -52,6 +52,8 @@ class Metrics:
         self.open_commands = Gauge("gas_open_commands", "Valve commands awaiting an ack",
                                    registry=r)
         self.db_up = Gauge("gas_db_up", "1 when the writer reaches the database", registry=r)
+        self.writer_restarts = Gauge("gas_writer_restarts",
+                                     "Writer processes started again after one died", registry=r)
         self.devices = Gauge("gas_registry_devices", "Devices known to the gateway", registry=r)
         self.command_link = Gauge("gas_mqtt_command_link", "1 when valve commands have their"
                                   " own connection to the broker", registry=r)

@@ -77,13 +77,7 @@ class Registry:
             self.ids.append(d.id)
             self.kind.append(KIND_METER if d.kind == "meter" else KIND_DETECTOR)
             self.household_of.append(d.household_id)
-        encoded = [d.id.encode() for d in new]
-        lengths = np.array([len(b) for b in encoded], np.int64)
-        starts = len(self.id_bytes) + np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-        self.id_bytes = np.concatenate([self.id_bytes,
-                                        np.frombuffer(b"".join(encoded), np.uint8)])
-        self.id_start = np.concatenate([self.id_start, starts[: len(new)]])
-        self.id_len = np.concatenate([self.id_len, lengths])
+        self._append_id_bytes([d.id for d in new])
         meter_slot = np.full(len(new), -1, np.int32)
         for i, d in enumerate(new):
             meter_id = self.meter_of(d.household_id)
@@ -102,6 +96,24 @@ class Registry:
             "qmax_m3h": qmax,
             "installed_ts": installed,
         }
+
+
+    def add_ids(self, ids: list[str]) -> None:
+        """Append device ids alone: what the writer process needs to name slots in COPY."""
+        first = len(self.ids)
+        for i, did in enumerate(ids):
+            self.index[did] = first + i
+        self.ids.extend(ids)
+        self._append_id_bytes(ids)
+
+    def _append_id_bytes(self, ids: list[str]) -> None:
+        encoded = [i.encode() for i in ids]
+        lengths = np.array([len(b) for b in encoded], np.int64)
+        starts = len(self.id_bytes) + np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+        self.id_bytes = np.concatenate([self.id_bytes,
+                                        np.frombuffer(b"".join(encoded), np.uint8)])
+        self.id_start = np.concatenate([self.id_start, starts[: len(ids)]])
+        self.id_len = np.concatenate([self.id_len, lengths])
 
 
 LOAD_SQL = """

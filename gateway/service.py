@@ -39,6 +39,7 @@ from gateway.response import CommandBook, CommandState, ValveCommand
 from gateway.settings import Settings
 from gateway.storage import (AlarmRow, Batch, NotificationRow, Readings, WorkOrderRow, Writer,
                              concat_readings)
+from gateway.writer_process import WriterConfig, WriterProcess
 
 logger = logging.getLogger(__name__)
 
@@ -601,7 +602,7 @@ class GatewayService:
         self.client: MqttClient | None = None
         self.cmd_client: MqttClient | None = None  # valve commands only
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.writer: Writer | None = None
+        self.writer: Writer | WriterProcess | None = None
         self._stopping = asyncio.Event()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -825,6 +826,8 @@ class GatewayService:
             if self.writer is not None:
                 m = self.gw.metrics
                 m.db_up.set(1 if self.writer.db_up else 0)
+                if isinstance(self.writer, WriterProcess):
+                    m.writer_restarts.set(self.writer.restarts)
                 m.open_commands.set(len(self.gw.book.open))
                 if self.client is not None:
                     m.unacked.set(self.client.unacked)
@@ -912,7 +915,8 @@ class GatewayService:
         # Latency: keep the automatic collector from stopping the world at an arbitrary
         # allocation in the hot path: long-lived registry and state are frozen out of it, and
         # the young generations are collected on the ticker's schedule (see _ticker). The
-        # event loop also takes the GIL back from the writer thread quickly.
+        # event loop also takes the GIL back quickly from the threads left (device_state,
+        # webhooks; the writer's, with db.writer_process off).
         gc.collect()
         gc.freeze()
         gc.disable()
@@ -921,18 +925,26 @@ class GatewayService:
         from gateway.spool import Spool
 
         db = self.settings.db
-        spool = Spool(Path(db.spool_dir) if db.spool_dir else stack_home() / "spool",
-                      db.spool_max_mb * 2**20)
-        if len(spool):
-            logger.info("spool holds %d batches from before; they are written first", len(spool))
-        self.writer = Writer(db.dsn, self.gw.registry, self._committed, spool=spool,
-                             spool_after_s=db.spool_after_s)
         prio = self.settings.priority
+        spool_dir = Path(db.spool_dir) if db.spool_dir else stack_home() / "spool"
 
         def bulk_priority() -> None:
             set_thread_priority(prio.background_rt_priority, prio.background_nice, "bulk")
 
-        self.writer.start(init=bulk_priority)
+        if db.writer_process:
+            self.writer = WriterProcess(WriterConfig(
+                db.dsn, str(spool_dir), db.spool_max_mb * 2**20, db.spool_after_s,
+                prio.background_rt_priority, prio.background_nice, self.settings.log_level,
+                self.settings.log_json), self.gw.registry, self._ack)
+            self.writer.start(self.loop)
+        else:
+            spool = Spool(spool_dir, db.spool_max_mb * 2**20)
+            if len(spool):
+                logger.info("spool holds %d batches from before; they are written first",
+                            len(spool))
+            self.writer = Writer(db.dsn, self.gw.registry, self._committed, spool=spool,
+                                 spool_after_s=db.spool_after_s)
+            self.writer.start(init=bulk_priority)
         # to_thread work (device_state, webhooks) is bulk work too
         from concurrent.futures import ThreadPoolExecutor
 
@@ -952,7 +964,10 @@ class GatewayService:
         logger.info("stopping: flushing and acknowledging what was committed")
         self._drain_all()
         self.gw.flush()
-        await asyncio.to_thread(self.writer.stop)
+        if isinstance(self.writer, WriterProcess):
+            await self.writer.close()
+        else:
+            await asyncio.to_thread(self.writer.stop)
         await asyncio.sleep(0.05)  # let the last acks run
         for t in self._tasks:
             t.cancel()

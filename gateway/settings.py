@@ -80,6 +80,9 @@ class DbSettings(BaseModel):
     retention_days: int = Field(default=365, ge=1)
     # How often each device's latest values reach device_state (the fleet view).
     state_interval_s: float = Field(default=5.0, gt=0)
+    # The writer in a process of its own (gateway/writer_process.py): the event loop then
+    # shares the GIL with no busy thread. False: a thread of the gateway's process.
+    writer_process: bool = True
 
 
 class DetectionSettings(BaseModel):

@@ -120,6 +120,7 @@ class Batch:
     audit: list[tuple[str, str, str, str, dict[str, Any]]] = field(default_factory=list)
     live: list[dict[str, Any]] = field(default_factory=list)  # NOTIFY gas_events payloads
     created: float = field(default_factory=time.monotonic)
+    seq: int = 0  # its number on the way to a writer process and back (writer_process.py)
 
     @property
     def rows(self) -> int:

@@ -153,6 +153,43 @@ def test_database_outage_keeps_cutting_valves_and_loses_no_reading(own_gateway, 
     assert (t_cmd - t_pub) < 1.0
 
 
+def test_writer_process_killed_mid_load_is_replaced_and_loses_nothing(
+        own_gateway, fleet, devices, runtime, dsn) -> None:
+    city = fleet(100)
+    ids = [d.id for h in city for d in h.devices]
+    meters = {h.meter.id for h in city}
+    gw = own_gateway()
+    gw.wait_devices(dsn)
+    leak_home = city[2]
+    meter = devices(leak_home.meter.id)
+    det = devices(leak_home.detectors[0].id)
+    load = Load(runtime, [i for i in ids if i not in (meter.id, det.id)], meters, rate_per_s=4000)
+    total = 20_000
+    t = _run_load(load, total)
+    time.sleep(2.0)
+    first = _writer_child(gw)
+    first.kill()  # batches in its hands, some committed and not yet reported
+    t_pub = det.detector(65.0)  # a leak meanwhile: cutting does not wait for the writer
+    t_cmd, cmd = meter.commands.get(timeout=5)
+    meter.ack(cmd["cmd_id"])
+    t.join(60)
+    rows, distinct = _wait_stored(dsn, load.device_ids, total, 60)
+    m = gw.wait_for(lambda m: m.get("gas_writer_restarts", 0) >= 1, 10, "writer restart")
+    second = _writer_child(gw)
+    with psycopg.connect(dsn) as conn:
+        cmd_row = _wait(lambda: conn.execute("SELECT state FROM valve_commands WHERE cmd_id = %s",
+                                             (cmd["cmd_id"],)).fetchone(), 20)
+        alarms = conn.execute("SELECT count(*) FROM alarms WHERE device_id = %s AND kind = 'leak'",
+                              (det.id,)).fetchone()[0]
+    _report("writer process SIGKILL", sent=total, stored=distinct, rows=rows,
+            lost=total - distinct, duplicates_absorbed=m.get("gas_duplicates_absorbed", 0),
+            valve_cut_ms=round((t_cmd - t_pub) * 1000, 1), command_state=cmd_row[0])
+    assert second.pid != first.pid and m["gas_writer_restarts"] == 1
+    assert distinct == total and rows == total  # the new writer took the dead one's batches
+    assert cmd_row[0] == "acked" and alarms == 1
+    assert (t_cmd - t_pub) < 1.0
+
+
 def test_broker_restart_sessions_resume_and_queued_command_is_delivered(
         own_gateway, fleet, devices, runtime, dsn, stack) -> None:
     import paho.mqtt.client as mqtt
@@ -206,10 +243,22 @@ def test_broker_restart_sessions_resume_and_queued_command_is_delivered(
 
 
 def _rss_mb(gw: GatewayProcess) -> float:
+    """The gateway's and its writer process's resident memory."""
     import psutil
 
     assert gw.proc is not None
-    return round(psutil.Process(gw.proc.pid).memory_info().rss / 2**20, 1)
+    p = psutil.Process(gw.proc.pid)
+    return round(sum(q.memory_info().rss for q in [p, *p.children()]) / 2**20, 1)
+
+
+def _writer_child(gw: GatewayProcess) -> Any:
+    import psutil
+
+    assert gw.proc is not None
+    kids = [c for c in psutil.Process(gw.proc.pid).children()
+            if "gateway.writer_process" in " ".join(c.cmdline())]
+    assert len(kids) == 1, kids
+    return kids[0]
 
 
 def _wait(fn: Any, timeout_s: float) -> Any:
