@@ -259,6 +259,24 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
+def _with_children(pid: int) -> list[int]:
+    """The gateway and its writer process (gateway/writer_process.py): one consumer."""
+    try:
+        return [pid, *(c.pid for c in psutil.Process(pid).children())]
+    except psutil.Error:
+        return [pid]
+
+
+def _rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
 def load_run(stack: Any, rt: Any, fleet: Any, probe_pool: list[int], devices: int, rate: float,
              duration: float, probes: float, processes: int, settle: float,
              consumer_pid: int | None, label: str, store_check: bool = True) -> dict[str, Any]:
@@ -270,17 +288,15 @@ def load_run(stack: Any, rt: Any, fleet: Any, probe_pool: list[int], devices: in
     mq_pid = stack._mq_pid()
     pg = _pg_pids(stack)
     c_mq, c_pg = _cpu([mq_pid]), _cpu(pg)
-    c_gw = _cpu([consumer_pid]) if consumer_pid else 0.0
+    consumer = _with_children(consumer_pid) if consumer_pid else []
+    c_gw = _cpu(consumer)
     rss_max = 0
     stop = False
 
     def sample_rss() -> None:
         nonlocal rss_max
         while not stop and consumer_pid:
-            try:
-                rss_max = max(rss_max, psutil.Process(consumer_pid).memory_info().rss)
-            except psutil.Error:
-                return
+            rss_max = max(rss_max, _rss(consumer))
             time.sleep(0.5)
 
     import threading
@@ -301,7 +317,7 @@ def load_run(stack: Any, rt: Any, fleet: Any, probe_pool: list[int], devices: in
                        for p in r["per_process"]],
     }
     if consumer_pid:
-        r["cpu_pct"]["consumer"] = round(100 * (_cpu([consumer_pid]) - c_gw) / wall, 1)
+        r["cpu_pct"]["consumer"] = round(100 * (_cpu(consumer) - c_gw) / wall, 1)
         r["consumer_rss_mb"] = round(rss_max / 2**20, 1)
     return r
 
