@@ -3,8 +3,8 @@
 A whole district going silent (a cell tower down) or the first start over a fleet of old
 meters makes one sweep raise an alarm, a work order or notice per device. The gateway
 applies a sweep in parts (gateway.service: TICK_SLOTS devices swept, APPLY_STEP alarms
-applied per part) and runs the event loop between them, so socket reads and instant
-leaks are not held up for the whole event. This prints the longest part beside the
+applied per part, and handed to the writer process per part) and runs the event loop
+between them, so socket reads and instant leaks are not held up for the whole event. This prints the longest part beside the
 time the same sweep takes in one go, and the bound a part must stay under (half the
 10 ms alarm-latency budget). The gateway runs with the collector off (as in service),
 so it is off here too.
@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gateway.service as service  # noqa: E402
 from gateway.service import Gateway  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
+from gateway.storage import Batch  # noqa: E402
+from gateway.writer_process import frame  # noqa: E402
 
 PART_LIMIT_MS = 5.0
 T0 = 1_800_000_000.0
@@ -49,7 +51,13 @@ def run(households: int, silent: int, step: int) -> dict[str, float]:
     gw = Gateway(Settings(), clock=lambda: now[0])
     gw.load_devices(rows(households))
     gw.publish = lambda t, p: None
-    gw.submit = lambda b: None
+    handed: list[int] = []
+
+    def submit(b: Batch) -> None:  # as to the writer process: pickled on the loop
+        frame(("batch", b))
+        handed.append(len(b.alarms))
+
+    gw.submit = submit
     # the rest report, so only the silent ones go offline
     gw.state.last_seen[2 * silent:gw.state.n_devices] = T0 + 3 * 86400
     now[0] += 3 * 86400
@@ -63,11 +71,13 @@ def run(households: int, silent: int, step: int) -> dict[str, float]:
             t2 = time.perf_counter()
             parts.append(t2 - t)
             t = t2
+        gw.flush()  # the ticker's last step
+        parts[-1] += time.perf_counter() - t
     finally:
         gc.enable()
         gc.unfreeze()
         service.APPLY_STEP = step
-    return {"alarms": len(gw.batch.alarms), "parts": len(parts),
+    return {"alarms": sum(handed), "parts": len(parts),
             "max_part_ms": 1000 * max(parts), "total_ms": 1000 * sum(parts)}
 
 
@@ -84,8 +94,8 @@ def main() -> None:
           f"-> {parted['alarms']:,} alarms")
     print(f"{'figure':<44} {'measured':>9} {'limit':>7}")
     print(f"{'the whole sweep, CPU time (ms)':<44} {whole['total_ms']:>9.1f} {'-':>7}")
-    print(f"{'longest part, a range applied whole (ms)':<44} {whole['max_part_ms']:>9.1f} "
-          f"{'-':>7}")
+    print(f"{'longest part, ranges whole, one hand-over (ms)':<44} "
+          f"{whole['max_part_ms']:>9.1f} {'-':>7}")
     print(f"{'longest part, applied in parts (ms)':<44} {parted['max_part_ms']:>9.1f} "
           f"{PART_LIMIT_MS:>7.1f}  {'ok' if parted['max_part_ms'] <= PART_LIMIT_MS else 'OVER'}")
     print(f"{'parts / total time in parts (ms)':<44} "
