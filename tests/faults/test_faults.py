@@ -190,6 +190,35 @@ def test_writer_process_killed_mid_load_is_replaced_and_loses_nothing(
     assert (t_cmd - t_pub) < 1.0
 
 
+def test_writer_as_a_thread_still_stores_everything(own_gateway, fleet, devices, runtime,
+                                                   dsn) -> None:
+    """`db.writer_process=false`: the same writer in a thread of the gateway's process."""
+    import psutil
+
+    city = fleet(40)
+    ids = [d.id for h in city for d in h.devices]
+    gw = own_gateway(GAS_SAFETY_DB__WRITER_PROCESS="false")
+    gw.wait_devices(dsn)
+    assert gw.proc is not None and not psutil.Process(gw.proc.pid).children()
+    leak_home = city[0]
+    meter = devices(leak_home.meter.id)
+    det = devices(leak_home.detectors[0].id)
+    load = Load(runtime, [i for i in ids if i not in (meter.id, det.id)],
+                {h.meter.id for h in city}, rate_per_s=2000)
+    total = 4_000
+    t = _run_load(load, total)
+    det.detector(50.0)
+    _, cmd = meter.commands.get(timeout=5)
+    meter.ack(cmd["cmd_id"])
+    t.join(60)
+    rows, distinct = _wait_stored(dsn, load.device_ids, total, 30)
+    with psycopg.connect(dsn) as conn:
+        state = _wait(lambda: conn.execute("SELECT state FROM valve_commands WHERE cmd_id = %s",
+                                           (cmd["cmd_id"],)).fetchone(), 20)
+    assert distinct == total and rows == total
+    assert state[0] == "acked"
+
+
 def test_broker_restart_sessions_resume_and_queued_command_is_delivered(
         own_gateway, fleet, devices, runtime, dsn, stack) -> None:
     import paho.mqtt.client as mqtt
