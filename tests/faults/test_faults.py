@@ -10,6 +10,7 @@ import asyncio
 import json
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -54,6 +55,31 @@ def _report(name: str, **figures: Any) -> None:
     print(f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in figures.items()))
 
 
+@dataclass
+class Scene:
+    """A fleet with its own gateway: one household's meter and detector to leak, load on
+    the rest."""
+
+    gw: GatewayProcess
+    home: Any
+    meter: Any
+    det: Any
+    load: Load
+
+
+def _scene(own_gateway: Any, fleet: Any, devices: Any, runtime: Any, dsn: str, households: int,
+           rate_per_s: float, leak_home: int = 0, **env: str) -> Scene:
+    city = fleet(households)
+    ids = [d.id for h in city for d in h.devices]
+    gw = own_gateway(**env)
+    gw.wait_devices(dsn)
+    home = city[leak_home]
+    meter, det = devices(home.meter.id), devices(home.detectors[0].id)
+    load = Load(runtime, [i for i in ids if i not in (meter.id, det.id)],
+                {h.meter.id for h in city}, rate_per_s=rate_per_s)
+    return Scene(gw, home, meter, det, load)
+
+
 @pytest.fixture
 def own_gateway(gateway: GatewayProcess, stack) -> Any:
     """Stop the run's shared gateway; the test drives its own, then the shared one returns."""
@@ -73,20 +99,13 @@ def own_gateway(gateway: GatewayProcess, stack) -> Any:
 
 def test_gateway_killed_mid_load_loses_nothing_and_repeats_nothing(own_gateway, fleet, devices,
                                                                     runtime, dsn) -> None:
-    city = fleet(200)
-    ids = [d.id for h in city for d in h.devices]
-    meters = {h.meter.id for h in city}
-    gw = own_gateway()
-    gw.wait_devices(dsn)
+    sc = _scene(own_gateway, fleet, devices, runtime, dsn, 200, 4000)
+    gw, leak_home, meter, det, load = sc.gw, sc.home, sc.meter, sc.det, sc.load
     # a leak before the kill: its alarm and command must not repeat after the restart
-    leak_home = city[0]
-    meter = devices(leak_home.meter.id)
-    det = devices(leak_home.detectors[0].id)
     det.detector(55.0)
     _, cmd = meter.commands.get(timeout=5)
     meter.ack(cmd["cmd_id"])
     time.sleep(0.3)
-    load = Load(runtime, [i for i in ids if i not in (meter.id, det.id)], meters, rate_per_s=4000)
     total = 24_000
     t = _run_load(load, total)
     time.sleep(2.5)
@@ -113,15 +132,9 @@ def test_gateway_killed_mid_load_loses_nothing_and_repeats_nothing(own_gateway, 
 
 def test_database_outage_keeps_cutting_valves_and_loses_no_reading(own_gateway, fleet, devices,
                                                                    runtime, dsn, stack) -> None:
-    city = fleet(100)
-    ids = [d.id for h in city for d in h.devices]
-    meters = {h.meter.id for h in city}
-    gw = own_gateway(GAS_SAFETY_DB__SPOOL_AFTER_S="1.0")
-    gw.wait_devices(dsn)
-    leak_home = city[1]
-    meter = devices(leak_home.meter.id)
-    det = devices(leak_home.detectors[0].id)
-    load = Load(runtime, [i for i in ids if i not in (meter.id, det.id)], meters, rate_per_s=1500)
+    sc = _scene(own_gateway, fleet, devices, runtime, dsn, 100, 1500, leak_home=1,
+                GAS_SAFETY_DB__SPOOL_AFTER_S="1.0")
+    gw, meter, det, load = sc.gw, sc.meter, sc.det, sc.load
     total = 45_000  # 30 s of load
     t = _run_load(load, total)
     time.sleep(3)
@@ -155,15 +168,8 @@ def test_database_outage_keeps_cutting_valves_and_loses_no_reading(own_gateway, 
 
 def test_writer_process_killed_mid_load_is_replaced_and_loses_nothing(
         own_gateway, fleet, devices, runtime, dsn) -> None:
-    city = fleet(100)
-    ids = [d.id for h in city for d in h.devices]
-    meters = {h.meter.id for h in city}
-    gw = own_gateway()
-    gw.wait_devices(dsn)
-    leak_home = city[2]
-    meter = devices(leak_home.meter.id)
-    det = devices(leak_home.detectors[0].id)
-    load = Load(runtime, [i for i in ids if i not in (meter.id, det.id)], meters, rate_per_s=4000)
+    sc = _scene(own_gateway, fleet, devices, runtime, dsn, 100, 4000, leak_home=2)
+    gw, meter, det, load = sc.gw, sc.meter, sc.det, sc.load
     total = 20_000
     t = _run_load(load, total)
     time.sleep(2.0)
@@ -195,16 +201,10 @@ def test_writer_as_a_thread_still_stores_everything(own_gateway, fleet, devices,
     """`db.writer_process=false`: the same writer in a thread of the gateway's process."""
     import psutil
 
-    city = fleet(40)
-    ids = [d.id for h in city for d in h.devices]
-    gw = own_gateway(GAS_SAFETY_DB__WRITER_PROCESS="false")
-    gw.wait_devices(dsn)
+    sc = _scene(own_gateway, fleet, devices, runtime, dsn, 40, 2000,
+                GAS_SAFETY_DB__WRITER_PROCESS="false")
+    gw, meter, det, load = sc.gw, sc.meter, sc.det, sc.load
     assert gw.proc is not None and not psutil.Process(gw.proc.pid).children()
-    leak_home = city[0]
-    meter = devices(leak_home.meter.id)
-    det = devices(leak_home.detectors[0].id)
-    load = Load(runtime, [i for i in ids if i not in (meter.id, det.id)],
-                {h.meter.id for h in city}, rate_per_s=2000)
     total = 4_000
     t = _run_load(load, total)
     det.detector(50.0)
