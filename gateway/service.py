@@ -864,7 +864,11 @@ class GatewayService:
             # in slices: short transactions, and no long GIL-holding NumPy call (a whole
             # city's changes would otherwise be built at once)
             while changes := latest.take(limit=copy_format.CHUNK_ROWS):
-                if not await asyncio.to_thread(writer.write, changes):
+                if isinstance(self.writer, WriterProcess):  # no Python thread beside the loop
+                    ok = await self.writer.write_state(changes)
+                else:
+                    ok = await asyncio.to_thread(writer.write, changes)
+                if not ok:
                     latest.give_back(changes)
                     logger.debug("device_state not written (database away); next round")
                     break

@@ -8,9 +8,10 @@ up and waits up to a switch interval to get it back. In a process of its own the
 pipes.
 
 Protocol: length-prefixed pickles. To the child: the config, then ("ids", [...]) whenever
-the registry grew (before any batch that names a new slot), ("batch", Batch) and ("stop",).
-From the child: ("done", seq, stats) after each batch is committed or spooled, ("status",
-stats) twice a second (the database may be away with nothing committing), ("bye", stats).
+the registry grew (before any batch that names a new slot), ("batch", Batch), ("state", n, Changes) (device_state upserts, written by a second
+thread on a connection of its own) and ("stop",). From the child: ("done", seq, stats)
+after each batch is committed or spooled, ("state_done", n, ok), ("status", stats) twice a
+second (the database may be away with nothing committing), ("bye", stats).
 The parent writes without blocking (the event loop's add_writer takes the rest) and keeps
 every batch until its "done": if the child dies, a new one is started and takes them again
 (marked redelivered: the unique and dedupe keys absorb what the dead one had committed).
@@ -26,6 +27,7 @@ import fcntl
 import logging
 import os
 import pickle
+import queue
 import struct
 import subprocess
 import sys
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.latest import Changes
 from gateway.registry import Registry
 from gateway.storage import Batch
 
@@ -122,6 +125,8 @@ class WriterProcess:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._to_child = self._from_child = -1
+        self._state_seq = 0
+        self._state_waiting: dict[int, asyncio.Future[bool]] = {}
 
     # ------------------------------------------------------------ the Writer interface
     @property
@@ -146,6 +151,20 @@ class WriterProcess:
         self._inflight[batch.seq] = batch
         self.pending_rows += batch.rows
         self._send_batch(batch)
+
+    def write_state(self, changes: Changes) -> asyncio.Future[bool]:
+        """device_state upserts (latest.StateWriter in the child, on a connection of its
+        own); resolves False when they were not written (the caller gives them back)."""
+        assert self._loop is not None
+        fut: asyncio.Future[bool] = self._loop.create_future()
+        if self._to_child < 0:  # stopped
+            fut.set_result(False)
+            return fut
+        self._state_seq += 1
+        self._state_waiting[self._state_seq] = fut
+        self._send_ids()
+        self._send(("state", self._state_seq, changes))
+        return fut
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Let the child write (or spool) all it was given, then stop it."""
@@ -208,6 +227,9 @@ class WriterProcess:
 
     def _write_out(self) -> None:
         assert self._loop is not None
+        if self._to_child < 0:  # stopped: nobody reads any more
+            self._out.clear()
+            return
         try:
             n = os.write(self._to_child, self._out) if self._out else 0
         except BlockingIOError:
@@ -243,6 +265,10 @@ class WriterProcess:
             if batch is not None:
                 self.pending_rows -= batch.rows
                 self.on_committed(batch)
+        elif what == "state_done":
+            fut = self._state_waiting.pop(msg[1], None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg[2])
         elif what in ("status", "bye"):
             self.stats = msg[1]
 
@@ -254,9 +280,14 @@ class WriterProcess:
             self._writing = False
         for fd in (self._to_child, self._from_child):
             os.close(fd)
+        self._to_child = self._from_child = -1  # a closed number may be reused: never again
         code = self._proc.wait()
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
+        for fut in self._state_waiting.values():  # given back, written next round
+            if not fut.done():
+                fut.set_result(False)
+        self._state_waiting.clear()
         if self._closing and code == 0:
             return
         self.restarts += 1
@@ -268,6 +299,7 @@ class WriterProcess:
 
 # ---------------------------------------------------------------- the child
 def _child(down_fd: int, up_fd: int) -> int:
+    from gateway.latest import StateWriter
     from gateway.logs import setup_logging
     from gateway.priority import set_thread_priority
     from gateway.spool import Spool
@@ -320,6 +352,20 @@ def _child(down_fd: int, up_fd: int) -> int:
                 return
 
     threading.Thread(target=status, name="status", daemon=True).start()
+    states: queue.SimpleQueue[tuple[int, Changes] | None] = queue.SimpleQueue()
+
+    def device_state() -> None:
+        set_thread_priority(config.rt_priority, config.nice, "device_state")
+        state_writer = StateWriter(config.dsn, registry)
+        while (item := states.get()) is not None:
+            ok = state_writer.write(item[1])
+            try:
+                send(("state_done", item[0], ok))
+            except OSError:
+                return
+
+    state_thread = threading.Thread(target=device_state, name="device_state", daemon=True)
+    state_thread.start()
     while True:
         msg = receive()
         if msg is None:
@@ -327,11 +373,15 @@ def _child(down_fd: int, up_fd: int) -> int:
             break
         if msg[0] == "batch":
             writer.submit(msg[1])
+        elif msg[0] == "state":
+            states.put((msg[1], msg[2]))
         elif msg[0] == "ids":
             registry.add_ids(msg[1])
         elif msg[0] == "stop":
             break
     writer.stop()
+    states.put(None)
+    state_thread.join(10)
     stop.set()
     try:
         send(("bye", stats()))
