@@ -856,7 +856,8 @@ class GatewayService:
 
     async def _device_state_loop(self) -> None:
         """Every few seconds, each device's latest values to device_state (the fleet view)."""
-        writer = StateWriter(self.settings.db.dsn, self.gw.registry)
+        writer = None if isinstance(self.writer, WriterProcess) else \
+            StateWriter(self.settings.db.dsn, self.gw.registry)
         latest = self.gw.latest
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -864,7 +865,8 @@ class GatewayService:
             # in slices: short transactions, and no long GIL-holding NumPy call (a whole
             # city's changes would otherwise be built at once)
             while changes := latest.take(limit=copy_format.CHUNK_ROWS):
-                if isinstance(self.writer, WriterProcess):  # no Python thread beside the loop
+                if writer is None:  # in the writer process: no Python thread beside the loop
+                    assert isinstance(self.writer, WriterProcess)
                     ok = await self.writer.write_state(changes)
                 else:
                     ok = await asyncio.to_thread(writer.write, changes)

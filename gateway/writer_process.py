@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 _LEN = struct.Struct("!I")
 PIPE_BYTES = 1 << 20  # Linux's default ceiling for an unprivileged pipe
 STATUS_EVERY_S = 0.5
+# a child that dies young is started again after a growing pause: one that cannot start
+# (a broken install) must not have the event loop fork in a tight loop
+RESPAWN_MIN_S, RESPAWN_MAX_S, YOUNG_S = 0.1, 5.0, 10.0
 
 
 def frame(obj: Any) -> bytes:
@@ -127,6 +130,10 @@ class WriterProcess:
         self._to_child = self._from_child = -1
         self._state_seq = 0
         self._state_waiting: dict[int, asyncio.Future[bool]] = {}
+        # how the child is started (a test gives one that fails at once)
+        self.command = [sys.executable, "-m", "gateway.writer_process"]
+        self._started_at = 0.0
+        self._respawn_delay = RESPAWN_MIN_S
 
     # ------------------------------------------------------------ the Writer interface
     @property
@@ -189,9 +196,9 @@ class WriterProcess:
         up_r, up_w = os.pipe()
         for fd in (down_w, up_w):
             _grow_pipe(fd)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.writer_process", str(down_r), str(up_w)],
-            pass_fds=(down_r, up_w), close_fds=True)
+        self._started_at = time.monotonic()
+        self._proc = subprocess.Popen([*self.command, str(down_r), str(up_w)],
+                                      pass_fds=(down_r, up_w), close_fds=True)
         os.close(down_r)
         os.close(up_w)
         os.set_blocking(down_w, False)
@@ -252,8 +259,13 @@ class WriterProcess:
         except OSError:
             data = b""
         if data:
-            for msg in self._frames.feed(data):
-                self._handle(msg)
+            try:
+                for msg in self._frames.feed(data):
+                    self._handle(msg)
+            except Exception:  # a bug on either side: start afresh rather than wedge
+                logger.exception("writer process sent what cannot be read; replacing it")
+                assert self._proc is not None
+                self._proc.kill()
             return
         self._child_gone()
 
@@ -288,11 +300,22 @@ class WriterProcess:
             if not fut.done():
                 fut.set_result(False)
         self._state_waiting.clear()
-        if self._closing and code == 0:
+        if self._closing:
+            if code != 0 or self._inflight:
+                logger.error("writer process ended (code %s) with %d batches unwritten (not "
+                             "acknowledged: the broker sends them again)", code,
+                             len(self._inflight))
             return
         self.restarts += 1
-        logger.error("writer process exited (code %s); starting another, which writes the "
-                     "%d batches it had not finished", code, len(self._inflight))
+        young = time.monotonic() - self._started_at < YOUNG_S
+        self._respawn_delay = (min(self._respawn_delay * 2, RESPAWN_MAX_S) if young
+                               else RESPAWN_MIN_S)
+        logger.error("writer process exited (code %s); starting another in %.1fs, which "
+                     "writes the %d batches it had not finished", code, self._respawn_delay,
+                     len(self._inflight))
+        self._loop.call_later(self._respawn_delay, self._respawn)
+
+    def _respawn(self) -> None:
         if not self._closing:
             self._spawn()
 

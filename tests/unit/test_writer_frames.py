@@ -62,3 +62,25 @@ def test_the_writers_registry_names_slots_as_the_gateways_does() -> None:
     assert ids_only.ids == full.ids and ids_only.index == full.index
     for name in ("id_bytes", "id_start", "id_len"):
         assert np.array_equal(getattr(ids_only, name), getattr(full, name))
+
+
+async def test_a_writer_process_that_cannot_start_is_retried_with_a_growing_pause(
+        tmp_path) -> None:
+    """A broken child (here: one that exits at once) must not make the event loop fork in a
+    tight loop; the batches wait, unacknowledged, for a child that works."""
+    import asyncio
+    import sys
+
+    from gateway import writer_process as wp
+    from gateway.registry import Registry
+
+    w = wp.WriterProcess(wp.WriterConfig("host=x", str(tmp_path), 1, 1.0), Registry(),
+                         lambda b: None)
+    w.command = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    w.start(asyncio.get_running_loop())
+    w.submit(_batch(3))
+    await asyncio.sleep(1.6)  # pauses 0.2, 0.4, 0.8 s: about three starts, not hundreds
+    assert 2 <= w.restarts <= 5, w.restarts
+    assert w.pending_rows == 3 and len(w._inflight) == 1  # kept for the next child
+    assert not (await w.write_state(None))  # type: ignore[arg-type]  # no child: not written
+    await w.close(1.0)
