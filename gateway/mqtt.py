@@ -174,6 +174,88 @@ def decode_publish(first: int, body: memoryview) -> Message:
     return Message(topic, bytes(body[pos:]), qos, packet_id, bool(first & 0x08), bool(first & 0x01))
 
 
+class PublishFraming:
+    """Packet boundaries across one connection's socket reads, to look inside PUBLISHes as
+    each read arrives, before the read waits its turn to be split into messages.
+
+    Only PUBLISH packets lying whole in one read are offered, with the topic from their own
+    header and the payload bounded by their own length: bytes inside one message's payload
+    can never be taken for another message, whatever they look like. A packet cut in two
+    by the reads is not offered here; the caller sees it when the reads are split.
+    Walking the headers costs a few bytecodes a packet; payloads are only looked into
+    where `marks` (a C regex over the whole read, usually finding nothing) points.
+    """
+
+    __slots__ = ("_broken", "_carry", "_skip")
+
+    def __init__(self) -> None:
+        self._carry = b""  # the start of a fixed header cut by the read (5 bytes at most)
+        self._skip = 0  # bytes of a packet begun in an earlier read, still to come
+        self._broken = False  # a malformed length: the splitter closes the connection
+
+    def feed(self, data: bytes, marks: Callable[[bytes], list[int]]) -> list[Message]:
+        """The whole PUBLISHes of this read whose payload holds one of `marks(read)`."""
+        if self._broken:
+            return []
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        end = len(data)
+        pos = self._skip
+        if pos >= end:
+            self._skip = pos - end
+            return []
+        points = marks(data)
+        found: list[Message] = []
+        k, n_points = 0, len(points)
+        while pos + 2 <= end:
+            first = data[pos]
+            byte = data[pos + 1]
+            if byte < 0x80:
+                length, i = byte, pos + 2
+            else:
+                try:
+                    head = _remaining_length_at(data, pos, end)
+                except MqttError:
+                    self._broken = True
+                    return found
+                if head is None:
+                    break
+                length, i = head
+            stop = i + length
+            while k < n_points and points[k] < i:
+                k += 1  # a mark in a header or a packet begun earlier: not a payload
+            if k < n_points and points[k] < stop <= end and first & 0xF0 == PUBLISH \
+                    and length >= 2:
+                t_end = i + 2 + ((data[i] << 8) | data[i + 1])
+                qos = (first >> 1) & 0x03
+                p0 = t_end + 2 if qos else t_end
+                if p0 <= stop:
+                    while k < n_points and points[k] < p0:
+                        k += 1  # in the topic or packet id
+                    if k < n_points and points[k] < stop:
+                        pid = (data[t_end] << 8) | data[t_end + 1] if qos else 0
+                        found.append(Message(data[i + 2:t_end].decode("utf-8", "replace"),
+                                             data[p0:stop], qos, pid, bool(first & 0x08),
+                                             bool(first & 0x01)))
+            pos = stop
+        if pos >= end:
+            self._skip = pos - end
+        else:
+            self._skip = 0
+            self._carry = data[pos:]
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Lookahead:
+    """What a client looks for in each read as it arrives: `marks(read)` gives offsets worth
+    a look, and `deliver` gets the whole PUBLISHes holding them (see PublishFraming)."""
+
+    marks: Callable[[bytes], list[int]]
+    deliver: Callable[[list[Message]], object]
+
+
 @dataclass
 class _Outgoing:
     packet: bytes
@@ -201,14 +283,15 @@ class MqttClient(asyncio.Protocol):
     """One connection. `on_batch(messages)` gets every socket read's complete PUBLISHes."""
 
     def __init__(self, config: ClientConfig, on_batch: Callable[[list[Message]], None],
-                 generation: int = 0, on_raw: Callable[[bytes], None] | None = None) -> None:
+                 generation: int = 0, lookahead: Lookahead | None = None) -> None:
         self.config = config
         self.on_batch = on_batch
-        self.on_raw = on_raw
+        self.lookahead = lookahead
+        self._framing = PublishFraming()
         self.generation = generation
         self.transport: asyncio.Transport | None = None
         self._buf = b""
-        self._raw: deque[bytes] = deque()  # reads not yet split (with on_raw)
+        self._raw: deque[bytes] = deque()  # reads not yet split (with a lookahead)
         self._raw_bytes = 0
         self._split_scheduled = False
         self._connack: asyncio.Future[int] | None = None
@@ -225,12 +308,13 @@ class MqttClient(asyncio.Protocol):
     @classmethod
     async def connect(cls, config: ClientConfig, on_batch: Callable[[list[Message]], None],
                       generation: int = 0, timeout_s: float = 10.0,
-                      on_raw: Callable[[bytes], None] | None = None) -> MqttClient:
-        """`on_raw(bytes)`, if given, sees each socket read at once; splitting it into
-        messages (and `on_batch`) then waits its turn on the event loop, one read a turn."""
+                      lookahead: Lookahead | None = None) -> MqttClient:
+        """With a `lookahead`, each socket read is looked into at once (framed PUBLISHes
+        only); splitting it into messages (and `on_batch`) then waits its turn on the
+        event loop, one read a turn."""
         loop = asyncio.get_running_loop()
         _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: cls(config, on_batch, generation, on_raw),
+            loop.create_connection(lambda: cls(config, on_batch, generation, lookahead),
                                    config.host, config.port), timeout_s)
         try:
             await asyncio.wait_for(proto._handshake(), timeout_s)
@@ -300,12 +384,15 @@ class MqttClient(asyncio.Protocol):
 
     # ---------------------------------------------------------------- receive
     def data_received(self, data: bytes) -> None:
-        if self.on_raw is None:
+        look = self.lookahead
+        if look is None:
             self._split(data)
             return
-        # libuv hands over up to 32 reads in a row: each is scanned now (cheap, in C), and
+        # libuv hands over up to 32 reads in a row: each is looked into now (cheap), and
         # split into messages one per loop turn, so the loop never stops for a whole backlog
-        self.on_raw(data)
+        found = self._framing.feed(data, look.marks)
+        if found:
+            look.deliver(found)
         self._raw.append(data)
         self._raw_bytes += len(data)
         if not self._split_scheduled:

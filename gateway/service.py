@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,14 +31,21 @@ from gateway import copy_format, detection, protocol, response
 from gateway.detection import AlarmKind, Effects, FleetState
 from gateway.latest import LatestValues, StateWriter
 from gateway.metrics import Metrics
+from gateway.mqtt import ClientConfig, Lookahead, Message, MqttClient, MqttError
 from gateway.priority import set_thread_priority
-from gateway.mqtt import ClientConfig, Message, MqttClient, MqttError
-from gateway.protocol import Channel, RejectReason, Rejected
+from gateway.protocol import Channel, Rejected, RejectReason
 from gateway.registry import KIND_METER, LOAD_SQL, Registry, rows_to_registry_input
 from gateway.response import CommandBook, CommandState, ValveCommand
 from gateway.settings import Settings
-from gateway.storage import (AlarmRow, Batch, NotificationRow, Readings, WorkOrderRow, Writer,
-                             concat_readings)
+from gateway.storage import (
+    AlarmRow,
+    Batch,
+    NotificationRow,
+    Readings,
+    WorkOrderRow,
+    Writer,
+    concat_readings,
+)
 from gateway.writer_process import WriterConfig, WriterProcess
 
 logger = logging.getLogger(__name__)
@@ -49,15 +56,13 @@ GAS_ALARMS = frozenset({AlarmKind.PREALARM, AlarmKind.LEAK, AlarmKind.RISING})
 FLAG_CLOCK_SKEW = 1
 # The fast lane's prefilter: a detector reading's ch4 value, as devices write it.
 _CH4 = re.compile(rb'"ch4"\s*:\s*([0-9]+(?:\.[0-9]*)?)')
-# The same over a raw socket read: a flat JSON object holding a ch4 value (the payload).
-_RAW_CH4 = re.compile(rb'\{[^{}]{0,160}?"ch4"\s*:\s*([0-9]+(?:\.[0-9]*)?)[^{}]{0,160}\}')
 _LEAK_BIT = 1 << AlarmKind.LEAK
 
 
 class _Columns:
     """Readings of one kind, gathered per message into lists, turned into arrays once."""
 
-    __slots__ = ("slot", "seq", "time", "received", "flags", "values", "evaluate")
+    __slots__ = ("evaluate", "flags", "received", "seq", "slot", "time", "values")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.slot: list[int] = []
@@ -163,27 +168,13 @@ class Gateway:
                 cut += self._fast_cut_for(msg, now)
         return cut
 
-    def scan_raw(self, data: bytes, now: float | None = None) -> int:
-        """The fast lane over a raw socket read, before it is split into messages: finds
-        payloads with an instant-leak ch4 (a C regex over the bytes) and the topic just
-        before each (PUBLISH: topic, packet id, payload). A reading this misses (cut in
-        two by the read, an unusual layout) is still caught by `triage` when split."""
-        now = self.clock() if now is None else now
+    def instant_marks(self, data: bytes) -> list[int]:
+        """Where a socket read holds a ch4 value at or above the lowest instant-leak level
+        (a C regex over the read; for `PublishFraming`, which offers only the framed
+        PUBLISHes whose payload holds one, and `triage` then decodes each as its own
+        topic's reading). Usually empty."""
         floor = self._instant_min
-        cut = 0
-        prefix = self.prefix.encode() + b"/"
-        for m in _RAW_CH4.finditer(data):
-            if float(m.group(1)) < floor:
-                continue
-            start = m.start()
-            for qos, topic_end in ((1, start - 2), (0, start)):
-                t = data.rfind(prefix, max(0, topic_end - 200), topic_end)
-                if t >= 2 and int.from_bytes(data[t - 2:t], "big") == topic_end - t:
-                    topic = data[t:topic_end].decode("utf-8", "replace")
-                    cut += self._fast_cut_for(Message(topic, m.group(0), qos, 0, False, False),
-                                              now)
-                    break
-        return cut
+        return [m.start() for m in _CH4.finditer(data) if float(m.group(1)) >= floor]
 
     def _fast_cut_for(self, msg: Message, now: float) -> int:
         try:
@@ -609,6 +600,8 @@ class GatewayService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.gw = Gateway(settings)
+        # instant leaks are cut as their read arrives, from framed PUBLISHes only
+        self.lookahead = Lookahead(marks=self.gw.instant_marks, deliver=self.gw.triage)
         self.client: MqttClient | None = None
         self.cmd_client: MqttClient | None = None  # valve commands only
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -664,8 +657,8 @@ class GatewayService:
         while a backlog is judged: a leak arriving behind thousands of readings is seen
         (and, if instant, cut) within one slice's time, not after the whole backlog.
         """
-        # every reading that lay whole in one socket read was scanned by `scan_raw` as the
-        # read arrived; only the first can have been cut in two by the reads
+        # every reading that lay whole in one socket read was looked into as the read
+        # arrived (`instant_marks`); only the first can have been cut in two by the reads
         self.gw.triage(messages[:1])
         self._pending.append(messages)
         self._kick_drain()
@@ -759,7 +752,7 @@ class GatewayService:
             try:
                 self.client = await MqttClient.connect(config, self._on_batch,
                                                        generation=self.gw.generation,
-                                                       on_raw=self.gw.scan_raw)
+                                                       lookahead=self.lookahead)
                 logger.info("connected to mqtt %s:%d as %s", s.host, s.port, s.username)
                 self.gw.metrics.mqtt_connected.set(1)
                 delay = 0.2
@@ -770,7 +763,7 @@ class GatewayService:
                 if self._stopping.is_set():
                     return
                 logger.warning("mqtt connection lost; reconnecting")
-            except (OSError, MqttError, asyncio.TimeoutError) as err:
+            except (TimeoutError, OSError, MqttError) as err:
                 logger.warning("mqtt connect failed (%s); retrying in %.1fs", err, delay)
             self.gw.metrics.mqtt_connected.set(0)
             self.client = None
@@ -802,7 +795,7 @@ class GatewayService:
                 if self._stopping.is_set():
                     return
                 logger.warning("command connection lost; commands use the ingest connection")
-            except (OSError, MqttError, asyncio.TimeoutError) as err:
+            except (TimeoutError, OSError, MqttError) as err:
                 logger.warning("command connection failed (%s); commands use the ingest"
                                " connection; retrying in %.0fs", err, delay)
             self.cmd_client = None

@@ -24,6 +24,9 @@ import pytest
 from gateway.stack import Runtime, Stack
 from support import Device, GatewayProcess
 
+# the operator API under test, for tests/api and tests/security
+pytest_plugins = ["api_fixtures"]
+
 _prefix_counter = itertools.count()
 
 

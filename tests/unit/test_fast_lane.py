@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from feed import Harness
 
-from gateway.mqtt import Message
-from test_gateway_feed import Harness  # tests/unit is on the path (no packages)
+from gateway.mqtt import Message, PublishFraming, encode_publish, split_packets
 
 
 def msg(h: Harness, did: str, ch4: float, seq: int, dup: bool = False) -> Message:
@@ -90,8 +90,6 @@ def test_an_open_leak_is_not_cut_again_and_a_later_leak_is(h) -> None:
 
 
 def _raw(h: Harness, items: list[tuple[str, float, int]], qos: int = 1) -> bytes:
-    from gateway.mqtt import encode_publish
-
     out = b""
     for did, ch4, seq in items:
         h.pid += 1
@@ -100,14 +98,17 @@ def _raw(h: Harness, items: list[tuple[str, float, int]], qos: int = 1) -> bytes
     return out
 
 
+def look(h: Harness, framing: PublishFraming, read: bytes) -> int:
+    """What the service does as a read arrives: framed PUBLISHes worth a look, triaged."""
+    return h.gw.triage(framing.feed(read, h.gw.instant_marks), h.now)
+
+
 @pytest.mark.parametrize("qos", [0, 1])
-def test_raw_scan_cuts_an_instant_leak_before_the_read_is_split(h, qos) -> None:
+def test_a_read_is_looked_into_before_it_is_split(h, qos) -> None:
     data = _raw(h, [("d2", 0.5, s) for s in range(1, 300)] + [("d1", 47.5, 1), ("d3", 39.0, 1)],
                 qos)
-    assert h.gw.scan_raw(data, h.now) == 1
+    assert look(h, PublishFraming(), data) == 1
     assert h.closes() == ["m1"]
-    from gateway.mqtt import split_packets
-
     msgs, _, _ = split_packets(data)
     assert h.gw.triage(msgs, h.now) == 0  # already cut: not twice
     h.gw.handle(msgs, h.now)
@@ -115,21 +116,35 @@ def test_raw_scan_cuts_an_instant_leak_before_the_read_is_split(h, qos) -> None:
 
 
 def test_a_leak_cut_in_two_by_the_reads_is_caught_when_split(h) -> None:
-    from gateway.mqtt import split_packets
-
     data = _raw(h, [("d1", 60.0, 1)])
     first, second = data[:20], data[20:]
-    assert h.gw.scan_raw(first, h.now) + h.gw.scan_raw(second, h.now) == 0
+    framing = PublishFraming()
+    assert look(h, framing, first) + look(h, framing, second) == 0
     msgs, _, _ = split_packets(first + second)
-    assert h.gw.triage(msgs, h.now) == 1
+    assert h.gw.triage(msgs[:1], h.now) == 1
     assert h.closes() == ["m1"]
 
 
-def test_raw_scan_ignores_what_is_not_a_fresh_valid_detector_reading(h) -> None:
+def test_packets_after_one_cut_by_the_reads_are_still_framed(h) -> None:
+    data = _raw(h, [("d2", 0.5, 1), ("d3", 0.7, 1)] * 40 + [("d1", 60.0, 1)])
+    for cut in (1, 2, 3, 50, 200, len(data) - 120):
+        hh = Harness()
+        framing = PublishFraming()
+        assert look(hh, framing, data[:cut]) + look(hh, framing, data[cut:]) == 1, cut
+        assert hh.closes() == ["m1"]
+
+
+def test_the_look_ignores_what_is_not_a_fresh_valid_detector_reading(h) -> None:
     h.detector("d1", 0.5)
     data = (_raw(h, [("d1", 45.0, 1)])  # replayed seq
             + _raw(h, [("nobody", 45.0, 1)])
-            + _raw(h, [("d2", 450.0, 1)])  # out of range
-            + b'\x30\x10garbage{"ch4": 99}')
-    assert h.gw.scan_raw(data, h.now) == 0
+            + _raw(h, [("d2", 450.0, 1)]))  # out of range
+    assert look(h, PublishFraming(), data) == 0
+    assert h.closes() == []
+
+
+def test_a_malformed_stream_stops_the_look_not_the_gateway(h) -> None:
+    framing = PublishFraming()
+    assert look(h, framing, b"\x30\xff\xff\xff\xff\x7f" + _raw(h, [("d1", 60.0, 1)])) == 0
+    assert look(h, framing, _raw(h, [("d1", 60.0, 2)])) == 0  # broken: nothing trusted
     assert h.closes() == []

@@ -2,65 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
 
 import pytest
+from feed import NOW, Harness, rows
 
 from gateway.mqtt import Message
-from gateway.service import Gateway
 from gateway.settings import Settings
-
-NOW = 1_800_000_000.0
-
-
-def _rows() -> list[tuple]:
-    def row(did: str, kind: str, model: str, hid: str, building: str = "C00-B000") -> tuple:
-        return (did, kind, model, hid, dt.date(2024, 1, 1), "1 Road", "C00", building, "Ann",
-                "+15550000001", None, 4.0)
-    return [row("m1", "meter", "GM-G2.5", "h1"), row("d1", "detector", "LD-100", "h1"),
-            row("m2", "meter", "GM-G2.5", "h2"), row("d2", "detector", "LD-100", "h2"),
-            row("m3", "meter", "GM-G2.5", "h3", "C00-B001"),
-            row("d3", "detector", "LD-100", "h3", "C00-B001")]
-
-
-class Harness:
-    def __init__(self) -> None:
-        self.now = NOW
-        self.gw = Gateway(Settings(), clock=lambda: self.now)
-        self.gw.load_devices(_rows())
-        self.published: list[tuple[str, dict[str, Any]]] = []
-        self.gw.publish = lambda t, p: self.published.append((t, json.loads(p)))
-        self.submitted: list[Any] = []
-        self.gw.submit = self.submitted.append
-        self.pid = 0
-        self.seq: dict[str, int] = {}
-
-    def feed(self, topic: str, payload: dict[str, Any] | bytes, dup: bool = False,
-             qos: int = 1) -> None:
-        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.pid += 1
-        self.gw.handle([Message(topic, raw, qos, self.pid if qos else 0, dup, False)], self.now)
-
-    def detector(self, did: str, ch4: float, fault: int = 0, seq: int | None = None,
-                 dup: bool = False) -> None:
-        s = seq if seq is not None else self.seq.get(did, 0) + 1
-        self.seq[did] = max(self.seq.get(did, 0), s)
-        self.feed(f"gas/v1/{did}/telemetry", {"seq": s, "ts": self.now, "ch4": ch4,
-                                              "fault": fault}, dup=dup)
-        self.now += 1
-
-    def meter(self, did: str, flow: float, valve: str = "open") -> None:
-        s = self.seq.get(did, 0) + 1
-        self.seq[did] = s
-        self.feed(f"gas/v1/{did}/telemetry", {"seq": s, "ts": self.now, "vol": 10.0,
-                                              "flow": flow, "valve": valve, "batt": 3.6,
-                                              "rssi": -70})
-        self.now += 1
-
-    def closes(self) -> list[str]:
-        return [t.split("/")[2] for t, p in self.published if p["action"] == "valve_close"]
 
 
 @pytest.fixture
@@ -192,8 +141,8 @@ def test_flush_hands_the_batch_to_the_writer(h: Harness) -> None:
 
 
 # ---------------------------------------------------------------- fuzzing the hot path
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 _topics = st.one_of(
     st.sampled_from([f"gas/v1/{d}/{c}" for d in ("d1", "m1", "d2", "ghost", "bad id")
@@ -232,7 +181,7 @@ def test_fuzzed_messages_never_escape_and_every_one_is_accounted_for(msgs) -> No
 
 def test_a_mass_offline_sweep_pauses_between_ranges_and_raises_the_same(
         h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.service as service
+    from gateway import service
 
     monkeypatch.setattr(service, "TICK_SLOTS", 2)
     h.now += 3 * 86400  # every device silent for days
@@ -250,7 +199,7 @@ def _all(h: Harness, name: str) -> list[Any]:
 
 def test_a_sweeps_alarms_are_applied_in_parts_and_a_reading_finishes_them_first(
         h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.service as service
+    from gateway import service
 
     monkeypatch.setattr(service, "APPLY_STEP", 2)
     h.now += 3 * 86400  # all six devices silent for days: six offline alarms in one range
@@ -270,7 +219,7 @@ def test_a_sweeps_alarms_are_applied_in_parts_and_a_reading_finishes_them_first(
 
 def test_a_sweep_applied_in_parts_raises_what_one_apply_raises(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.service as service
+    from gateway import service
 
     whole, parted = Harness(), Harness()
     for x in (whole, parted):
@@ -293,11 +242,11 @@ async def test_the_service_holds_judging_while_a_sweep_is_half_applied(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    import gateway.service as service
+    from gateway import service
 
     monkeypatch.setattr(service, "APPLY_STEP", 1)
     svc = service.GatewayService(Settings())
-    svc.gw.load_devices(_rows())
+    svc.gw.load_devices(rows())
     svc.gw.publish = lambda t, p: None
     svc.loop = asyncio.get_running_loop()
     parts = svc.gw.tick_in_parts(svc.gw.clock() + 3 * 86400)

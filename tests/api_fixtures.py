@@ -1,5 +1,5 @@
-"""API test fixtures: the operator API served by a real uvicorn (in a thread, with its own
-event loop and pool) over the session's private TimescaleDB, one user per role, and a small
+"""API test fixtures, a pytest plugin for tests/api and tests/security: the operator API
+served by a real uvicorn (in a thread, with its own event loop and pool) over the session's private TimescaleDB, one user per role, and a small
 stand-in for the gateway: `raise_alarm` inserts what the gateway would (an alarm, its work
 order) and NOTIFYs gas_events, as the real gateway will.
 """
