@@ -56,6 +56,21 @@ GAS_ALARMS = frozenset({AlarmKind.PREALARM, AlarmKind.LEAK, AlarmKind.RISING})
 FLAG_CLOCK_SKEW = 1
 # The fast lane's prefilter: a detector reading's ch4 value, as devices write it.
 _CH4 = re.compile(rb'"ch4"\s*:\s*([0-9]+(?:\.[0-9]*)?)')
+
+
+def at_least(floor: float) -> re.Pattern[bytes]:
+    """`_CH4`, matching only where the integer part of the value is at least `floor`'s, so
+    that a C regex over a whole socket read of ordinary readings finds nothing at all.
+    (A value written otherwise, `4e1` say, is not seen early; it is judged in its turn.)"""
+    n = str(max(0, int(floor)))
+    if n == "0":
+        return _CH4
+    alts = [f"[1-9][0-9]{{{len(n)},}}", n]  # more digits, or n itself
+    for i, d in enumerate(n):
+        if d != "9":
+            alts.append(f"{n[:i]}[{int(d) + 1}-9][0-9]{{{len(n) - i - 1}}}")
+    return re.compile(rb'"ch4"\s*:\s*(?=' + "|".join(alts).encode()
+                      + rb')([0-9]+(?:\.[0-9]*)?)')
 _LEAK_BIT = 1 << AlarmKind.LEAK
 
 
@@ -120,6 +135,7 @@ class Gateway:
         det = settings.detection
         self._instant_min = min(t.leak_instant_lel for t in
                                 [det.thresholds, *(det.for_model(m) for m in det.models)])
+        self._instant_re = at_least(self._instant_min)
 
     # ------------------------------------------------------------------ registry
     def load_devices(self, rows: list[tuple]) -> int:
@@ -174,7 +190,8 @@ class Gateway:
         PUBLISHes whose payload holds one, and `triage` then decodes each as its own
         topic's reading). Usually empty."""
         floor = self._instant_min
-        return [m.start() for m in _CH4.finditer(data) if float(m.group(1)) >= floor]
+        return [m.start() for m in self._instant_re.finditer(data)
+                if float(m.group(1)) >= floor]
 
     def _fast_cut_for(self, msg: Message, now: float) -> int:
         try:

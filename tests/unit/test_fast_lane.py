@@ -148,3 +148,14 @@ def test_a_malformed_stream_stops_the_look_not_the_gateway(h) -> None:
     assert look(h, framing, b"\x30\xff\xff\xff\xff\x7f" + _raw(h, [("d1", 60.0, 1)])) == 0
     assert look(h, framing, _raw(h, [("d1", 60.0, 2)])) == 0  # broken: nothing trusted
     assert h.closes() == []
+
+
+@pytest.mark.parametrize("floor", [40.0, 39.5, 5.0, 100.0, 12.0, 199.0, 0.5])
+def test_the_prefilter_finds_every_value_whose_integer_part_reaches_the_floor(floor) -> None:
+    from gateway.service import at_least
+
+    pattern = at_least(floor)
+    for v in [0, 1, 3.5, 4, 9, 10, 11, 12, 19, 20, 39, 39.9, 40, 40.5, 41, 49, 50, 99, 100,
+              101, 150, 199, 200, 1000, 5.5]:
+        found = pattern.search(json.dumps({"seq": 1, "ch4": v}).encode()) is not None
+        assert found == (int(v) >= int(floor)), (floor, v)
