@@ -26,7 +26,9 @@ GATEWAY = "gateway"
 # command would queue behind thousands of PUBACKs the broker reads one packet at a time.
 COMMANDS = "gateway-cmd"
 MONITOR = "monitor"  # read-only observer of the whole tree (tests, tools)
-OPS = "ops"  # operations tool: may send commands besides the gateway (tests, field tools)
+# operations tools (field tools, `gas-safety watch`): read the whole tree, send nothing;
+# valve commands go out only through the gateway, authorised and audited by the API
+OPS = "ops"
 BRIDGE_PREFIX = "fleet-bridge-"  # trusted network servers publishing for many devices
 BRIDGES = 8
 
@@ -54,7 +56,7 @@ def acl_text(prefix: str = "gas/v1") -> str:
         f"user {GATEWAY}\ntopic readwrite {prefix}/#\n\n"
         f"user {COMMANDS}\ntopic write {prefix}/+/cmd\n\n"
         f"user {MONITOR}\ntopic read {prefix}/#\n\n"
-        f"user {OPS}\ntopic read {prefix}/#\ntopic write {prefix}/+/cmd\n\n"
+        f"user {OPS}\ntopic read {prefix}/#\n\n"
         f"{bridges}"
         f"pattern write {prefix}/%u/telemetry\n"
         f"pattern write {prefix}/%u/event\n"

@@ -102,7 +102,8 @@ def test_device_cannot_read_other_devices_commands(runtime, fleet, devices) -> N
     spy = devices(me, subscribe_cmd=False)
     spy.client.subscribe([("#", 1), ("gas/v1/+/cmd", 1), (f"gas/v1/{other}/cmd", 1)])
     victim = devices(other)
-    ops = devices(credentials.OPS, password=credentials.service_password(runtime, credentials.OPS),
+    ops = devices(credentials.COMMANDS,
+                  password=credentials.service_password(runtime, credentials.COMMANDS),
                   subscribe_cmd=False)
     ops.client.publish(f"gas/v1/{other}/cmd", b'{"cmd_id": "x1", "action": "self_test",'
                        b' "reason": "t", "ts": 0}', qos=1).wait_for_publish(5)
