@@ -459,6 +459,22 @@ class Gateway:
                                                      "cause": response.kind_name(cause)})
         return cmd
 
+    def operator_command(self, cmd: ValveCommand, now: float) -> ValveCommand | None:
+        """A command an operator issued through the API: sent now, unless the same action
+        is already in flight for that meter; then it attaches to that one (returned), so
+        one meter never has two closes in flight."""
+        current = self.book.open_for(cmd.meter_id, cmd.action)
+        if current is not None:
+            self.batch.audit.append((cmd.requested_by, "command.attached", "valve_command",
+                                     cmd.cmd_id, {"meter": cmd.meter_id,
+                                                  "household": cmd.household_id,
+                                                  "attached_to": current.cmd_id}))
+            return current
+        self.book.add(cmd)
+        self._send(cmd, now)
+        self._record_command(cmd, "command.sent", {"requested_by": cmd.requested_by})
+        return None
+
     def _send(self, cmd: ValveCommand, now: float) -> None:
         payload = protocol.encode(protocol.Command(cmd.cmd_id, cmd.action, cmd.reason,  # type: ignore[arg-type]
                                                    round(now, 3)))
@@ -918,14 +934,19 @@ class GatewayService:
             " extract(epoch FROM issued_at) FROM valve_commands WHERE state = 'issued'"
             " ORDER BY issued_at")).fetchall()
         now = time.time()
+        book = self.gw.book
         for cmd_id, meter_id, hh, action, reason, by, issued in rows:
-            if cmd_id in self.gw.book.open:
+            if cmd_id in book.open or cmd_id in book.finished:
                 continue
-            cmd = self.gw.book.add(ValveCommand(cmd_id=cmd_id, meter_id=meter_id,
-                                                household_id=hh, action=action, reason=reason,
-                                                requested_by=by, issued_at=float(issued)))
-            self.gw._send(cmd, now)
-            self.gw._record_command(cmd, "command.sent", {"requested_by": by})
+            cmd = ValveCommand(cmd_id=cmd_id, meter_id=meter_id, household_id=hh,
+                               action=action, reason=reason, requested_by=by,
+                               issued_at=float(issued))
+            current = self.gw.operator_command(cmd, now)
+            if current is not None:
+                await conn.execute(
+                    "UPDATE valve_commands SET state = 'attached', attached_to = %s,"
+                    " updated_at = now() WHERE cmd_id = %s AND state = 'issued'",
+                    (current.cmd_id, cmd_id))
         if rows:
             self.gw.flush()
 

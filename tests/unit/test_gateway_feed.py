@@ -262,3 +262,22 @@ async def test_the_service_holds_judging_while_a_sweep_is_half_applied(
     for _ in range(5):
         await asyncio.sleep(0)
     assert not svc._pending and svc.gw.metrics.readings._value.get() == 1
+
+
+def test_an_operators_close_attaches_to_the_close_in_flight(h: Harness) -> None:
+    from gateway.response import ValveCommand
+
+    h.detector("d1", 45.0)  # the gateway's own close, not yet acked
+    assert h.closes() == ["m1"]
+    in_flight = h.gw.book.open_for("m1", "valve_close")
+    op = ValveCommand(cmd_id="op-1", meter_id="m1", household_id="h1", action="valve_close",
+                      reason="manual: crew request", requested_by="ops.li", issued_at=h.now)
+    assert h.gw.operator_command(op, h.now) is in_flight
+    assert h.closes() == ["m1"]  # no second command on the wire
+    assert ("ops.li", "command.attached", "valve_command", "op-1",
+            {"meter": "m1", "household": "h1", "attached_to": in_flight.cmd_id}) \
+        in h.gw.batch.audit
+    other = ValveCommand(cmd_id="op-2", meter_id="m2", household_id="h2", action="valve_close",
+                         reason="manual", requested_by="ops.li", issued_at=h.now)
+    assert h.gw.operator_command(other, h.now) is None
+    assert h.closes() == ["m1", "m2"]
