@@ -48,7 +48,8 @@ Priority = Literal["urgent", "high", "normal"]
 DeviceKind = Literal["meter", "detector"]
 DeviceStatus = Literal["active", "retired"]
 CommandAction = Literal["valve_close", "valve_open", "self_test"]
-CommandState = Literal["issued", "sent", "acked", "failed", "timeout", "escalated"]
+CommandState = Literal["issued", "sent", "acked", "failed", "timeout", "escalated", "attached"]
+ReopenStatus = Literal["pending", "confirmed", "superseded"]
 NotificationState = Literal["pending", "sent", "failed"]
 BookingStatus = Literal["booked", "done", "cancelled"]
 
@@ -404,6 +405,8 @@ class WorkOrderPublic(Model):
     repeats: int
     alarm_id: int | None
     incident_id: int | None
+    cmd_id: str | None = Field(default=None,
+                               description="The valve cut (close command) it answers for.")
     version: int
     updated_at: dt.datetime
     overdue_arrival: bool = Field(description="Not on site yet and past arrive_by.")
@@ -477,16 +480,56 @@ class ValveCommand(Model):
     ack_valve: str | None
     ack_error: str | None
     updated_at: dt.datetime
+    attached_to: str | None = Field(
+        default=None, description="For state 'attached': the close in flight it joined.")
 
 
 class ValveRequest(Body):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "reason": "resident reports a smell of gas"}]})
     reason: Text
+    confirm_mass_action: bool = Field(
+        default=False, description="Needed once an account has taken more than the mass-action "
+        "threshold of valve actions within a minute, with a reason saying why.")
 
 
 class CommandAccepted(Model):
     command: ValveCommand
+    note: str
+    attached: bool = Field(default=False, description="True: a command of this meter was "
+                           "already in flight and this request joined it; none was added.")
+    work_order_id: int | None = Field(default=None, description="The inspection order a "
+                                      "manual close opened (or joined).")
+
+
+class ReopenRequestPublic(Model):
+    id: int
+    meter_id: str
+    household_id: str
+    cut_cmd_id: str | None = Field(description="The close it reopens; null when the meter "
+                                   "itself reported its valve closed.")
+    cut_at: dt.datetime
+    work_order_id: int = Field(description="The resolved order the reopen rests on.")
+    resolved_by: str
+    requested_by: str
+    reason: str
+    requested_at: dt.datetime
+    status: ReopenStatus
+    decided_by: str | None
+    decided_at: dt.datetime | None
+    decision_note: str | None
+    cmd_id: str | None = Field(description="The reopen command, once confirmed.")
+
+
+class ReopenPending(Model):
+    request: ReopenRequestPublic
+    note: str
+
+
+class InspectionOpened(Model):
+    work_order: WorkOrderPublic
+    created: bool = Field(description="False: the household's open inspection order was "
+                          "linked to this cut instead.")
     note: str
 
 

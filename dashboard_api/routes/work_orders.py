@@ -1,6 +1,10 @@
 """Work orders: list and filter (overdue against arrive_by / resolve_by), detail with every
 step and who took it, and the transitions dispatch, on_site, resolve and cancel.
 
+A safety order (workflow.SAFETY_CAUSES) is not resolved while its household still has an
+active gas alarm: the reopen of a cut valve rests on that resolution. Inspection orders for
+a valve cut (`open_inspection`) are opened by the valves router.
+
 Each transition locks the order's row (SELECT ... FOR UPDATE) for its transaction, so
 concurrent requests on one order are applied one after the other: each sees the status
 the previous one left, illegal ones get 409, and no step is ever lost. `expected_version`
@@ -33,6 +37,9 @@ from dashboard_api.schemas import (
     WorkOrderPublic,
     WorkOrderStatus,
 )
+from dashboard_api.valve_facts import active_gas_alarms
+from gateway import response
+from gateway.settings import ResponseSettings
 
 router = APIRouter(prefix="/work-orders", tags=["work orders"])
 
@@ -40,7 +47,7 @@ WorkOrderId = Annotated[int, row_id(17)]
 
 WORK_ORDER_COLUMNS = """w.id, w.household_id, h.community, w.cause, w.priority, w.status,
     w.title, w.opened_at, w.arrive_by, w.resolve_by, w.crew, w.findings, w.repeats,
-    w.alarm_id, w.incident_id, w.version, w.updated_at"""
+    w.alarm_id, w.incident_id, w.cmd_id, w.version, w.updated_at"""
 _FROM = "FROM work_orders w JOIN households h ON h.id = w.household_id"
 _OVERDUE = """((w.status IN ('open', 'dispatched') AND w.arrive_by < %(now)s)
                OR (w.status IN ('open', 'dispatched', 'on_site') AND w.resolve_by < %(now)s))"""
@@ -88,8 +95,8 @@ async def list_work_orders(
     return {"items": [with_overdue(r, now) for r in items], "next_cursor": nxt}
 
 
-async def _detail(conn: AsyncConnection[Any], work_order_id: int,
-                  now: dt.datetime) -> dict[str, Any]:
+async def order_detail(conn: AsyncConnection[Any], work_order_id: int,
+                       now: dt.datetime) -> dict[str, Any]:
     row = await (await conn.execute(f"SELECT {WORK_ORDER_COLUMNS} {_FROM} WHERE w.id = %s",
                                     (work_order_id,))).fetchone()
     if row is None:
@@ -104,7 +111,7 @@ async def _detail(conn: AsyncConnection[Any], work_order_id: int,
             summary="A work order with every step and who took it")
 async def get_work_order(work_order_id: WorkOrderId, conn: Conn, _: Viewer,
                          state: State) -> dict[str, Any]:
-    return await _detail(conn, work_order_id, state.clock())
+    return await order_detail(conn, work_order_id, state.clock())
 
 
 async def _transition(conn: AsyncConnection[Any], work_order_id: int, action: str,
@@ -126,6 +133,12 @@ async def _transition(conn: AsyncConnection[Any], work_order_id: int, action: st
         except workflow.IllegalTransition as err:
             raise Conflict(str(err), current_status=row["status"],
                            current_version=row["version"]) from None
+        if action == "resolve":
+            why = workflow.resolve_refusal(row["cause"], row["household_id"],
+                                           await active_gas_alarms(conn, row["household_id"]))
+            if why is not None:
+                raise Conflict(why, condition="gas_alarm", current_status=row["status"],
+                               current_version=row["version"])
         version = row["version"] + 1
         await conn.execute(
             "UPDATE work_orders SET status = %s, crew = coalesce(%s, crew),"
@@ -147,7 +160,7 @@ async def _transition(conn: AsyncConnection[Any], work_order_id: int, action: st
                             "household_id": row["household_id"], "cause": row["cause"],
                             "action": action, "from": row["status"], "to": to_status,
                             "version": version, "by": who.username, "at": now.isoformat()})
-    return await _detail(conn, work_order_id, now)
+    return await order_detail(conn, work_order_id, now)
 
 
 @router.post("/{work_order_id}/dispatch", response_model=WorkOrderDetail,
@@ -180,3 +193,44 @@ async def cancel(work_order_id: WorkOrderId, body: CancelRequest, conn: Conn,
                  who: Operator, state: State) -> dict[str, Any]:
     return await _transition(conn, work_order_id, "cancel", who, state.clock(),
                              body.expected_version, body.reason)
+
+
+INSPECTION_CAUSE = "valve_inspection"
+
+
+async def open_inspection(conn: AsyncConnection[Any], meter: dict[str, Any],
+                          cmd_id: str | None, why: str, who: Principal, now: dt.datetime,
+                          sla: ResponseSettings) -> tuple[int, bool]:
+    """The inspection order of a valve cut, in the caller's transaction: a new one (high
+    priority), or the household's open one, linked now to this cut (one open order per
+    household and cause). Returns (order id, created)."""
+    arrive_by, resolve_by = response.sla_deadlines(
+        response.Priority.HIGH, now, sla.emergency_arrival_s, sla.routine_repair_s)
+    row = await (await conn.execute(
+        "INSERT INTO work_orders (household_id, cause, priority, title, opened_at, arrive_by,"
+        " resolve_by, cmd_id) VALUES (%s, %s, 'high', %s, %s, %s, %s, %s)"
+        " ON CONFLICT (household_id, cause) WHERE status IN ('open', 'dispatched', 'on_site')"
+        " DO UPDATE SET repeats = work_orders.repeats + 1, cmd_id = excluded.cmd_id,"
+        " version = work_orders.version + 1, updated_at = excluded.opened_at"
+        " RETURNING id, (xmax = 0) AS created, version",
+        (meter["household_id"], INSPECTION_CAUSE,
+         f"Valve of {meter['id']} cut ({why}): inspect before it may reopen", now, arrive_by,
+         resolve_by, cmd_id))).fetchone()
+    assert row is not None
+    wo_id, created = row["id"], row["created"]
+    note = f"cut {cmd_id or 'reported by the meter'}: {why}"
+    await conn.execute(
+        "INSERT INTO work_order_steps (work_order_id, at, actor, action, from_status,"
+        " to_status, note) VALUES (%s, %s, %s, %s, NULL, %s, %s)",
+        (wo_id, now, who.username, "opened" if created else "attached",
+         "open" if created else None, note))
+    await record(conn, who.username, "work_order.open" if created else "work_order.attach",
+                 "work_order", wo_id,
+                 {"household": meter["household_id"], "cause": INSPECTION_CAUSE,
+                  "priority": "high", "meter_id": meter["id"], "cmd_id": cmd_id, "note": note},
+                 event={"type": "work_order.opened" if created else "work_order.changed",
+                        "work_order_id": wo_id, "household_id": meter["household_id"],
+                        "cause": INSPECTION_CAUSE, "priority": "high", "cmd_id": cmd_id,
+                        "version": row["version"], "by": who.username,
+                        "at": now.isoformat()})
+    return wo_id, created
