@@ -1,14 +1,60 @@
-"""`gas-safety`: one command for the stack, the fleet, the gateway, the API and the simulator."""
+"""`gas-safety`: one command for the stack, the fleet, the gateway, the API and the simulator.
+
+Commands that destroy data show what they would destroy first and act only with `--yes`
+(or a "y" typed at a terminal), and audit what they did in the same transaction. A
+configuration error ends any command with one line and exit status 2, before it does
+anything.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from gateway.logs import setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2), like configuration errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _days(text: str) -> int:
+    """--days: a whole number of days, at least 1 (0 or less would drop today's readings)."""
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {text!r}") from None
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 day, got {days}")
+    return days
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return f"uid:{os.getuid()}"
+
+
+def _confirm(question: str) -> bool:
+    """Yes only when a person at a terminal says so."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
 
 
 def _stack_up(args: argparse.Namespace) -> int:
@@ -33,7 +79,8 @@ def _stack_status(args: argparse.Namespace) -> int:
 
     status = Stack().status()
     print(json.dumps(status, indent=2))
-    healthy = all(isinstance(v, dict) and v.get("healthy") for k, v in status.items() if k != "home")
+    healthy = all(isinstance(v, dict) and v.get("healthy")
+                  for k, v in status.items() if k != "home")
     return 0 if healthy else 1
 
 
@@ -46,11 +93,41 @@ def _db_migrate(args: argparse.Namespace) -> int:
 
 
 def _db_retain(args: argparse.Namespace) -> int:
-    from gateway import schema, settings
+    import psycopg
+
+    from gateway import config_report, retention, settings
 
     s = settings.load()
-    days = args.days or s.db.retention_days
-    print(json.dumps(schema.drop_old_chunks(s.db.dsn, days)))
+    days = args.days
+    if days is None:
+        days = s.db.retention_days
+        source, origin = config_report.source_of(("db", "retention_days"), settings.sources())
+        print(f"no --days: db.retention_days = {days} ({source}{' ' + origin if origin else ''})")
+    with psycopg.connect(s.db.dsn, autocommit=True) as conn:
+        plan = retention.plan(conn, days)
+        print(retention.describe(plan))
+        if not plan.chunks:
+            print("nothing to drop")
+            return 0
+        if not args.yes and not _confirm(f"drop these {len(plan.chunks)} chunk(s)? [y/N] "):
+            print("nothing dropped; add --yes", file=sys.stderr)
+            return 1
+        dropped = retention.drop(conn, plan, args.actor or _os_user())
+    print("dropped: " + ", ".join(f"{table} {len(chunks)} chunk(s)"
+                                  for table, chunks in dropped.items()))
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from gateway import config_report, settings
+
+    s = settings.load()
+    sources = settings.sources()
+    entries = config_report.report(s, sources)
+    if args.json:
+        print(json.dumps(config_report.as_json(entries, sources), indent=2))
+    else:
+        print(config_report.as_text(entries, sources))
     return 0
 
 
@@ -96,7 +173,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gas-safety", description=__doc__)
+    p = _Parser(prog="gas-safety", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     stack = sub.add_parser("stack", help="the private Mosquitto and TimescaleDB").add_subparsers(
@@ -110,9 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="schema and retention").add_subparsers(dest="action",
                                                                          required=True)
     db.add_parser("migrate", help="apply pending migrations").set_defaults(func=_db_migrate)
-    retain = db.add_parser("retain", help="drop reading chunks past the retention horizon")
-    retain.add_argument("--days", type=int, default=None)
+    retain = db.add_parser("retain", help="drop reading chunks past the retention horizon",
+                           description="Show the reading chunks older than the horizon, "
+                           "then drop them (with --yes) and audit it.")
+    retain.add_argument("--days", type=_days, default=None,
+                        help="keep this many days (at least 1; default: db.retention_days)")
+    retain.add_argument("--yes", action="store_true",
+                        help="drop without asking (otherwise: only at a terminal, after y)")
+    retain.add_argument("--actor", default=None,
+                        help="who to name in the audit log (default: the OS user)")
     retain.set_defaults(func=_db_retain)
+
+    config = sub.add_parser("config", help="the settings").add_subparsers(dest="action",
+                                                                         required=True)
+    check = config.add_parser("check", help="validate the settings; show each value and "
+                              "where it came from (secrets masked)")
+    check.add_argument("--json", action="store_true", help="one JSON document")
+    check.set_defaults(func=_config_check)
 
     fleet = sub.add_parser("fleet", help="the device registry").add_subparsers(dest="action",
                                                                               required=True)
@@ -144,24 +236,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _refuse(err: Exception, args: argparse.Namespace) -> int:
+    """A configuration error: one line, exit 2 (JSON too where JSON was asked for)."""
+    if getattr(args, "json", False) and getattr(args, "func", None) is _config_check:
+        print(json.dumps({"valid": False, "error": str(err)}))
+    print(f"gas-safety: {err}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gateway import settings
 
-    s = settings.load()
+    try:
+        s = settings.load()
+    except settings.SettingsError as err:
+        return _refuse(err, args)
     setup_logging(s.log_level, s.log_json)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except KeyboardInterrupt:
         return 130
+    except settings.SettingsError as err:
+        return _refuse(err, args)
     except Exception as err:  # a clear message at the outermost boundary, not a traceback
+        from gateway.retention import RetentionError
         from gateway.stack import StackError
 
         if isinstance(err, StackError):
             print(f"gas-safety: {err}", file=sys.stderr)
             return 2
-        logging.getLogger("gas-safety").exception("command failed")
+        if isinstance(err, RetentionError):
+            print(f"gas-safety: {err}", file=sys.stderr)
+            return 1
+        logger.exception("command failed")
         return 1
 
 
