@@ -16,11 +16,14 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from dashboard_api.attempts import ResidentLimiter
+from dashboard_api.clients import Network
 from dashboard_api.errors import Forbidden, Unauthenticated
+from dashboard_api.hashing import HashPool
 from dashboard_api.identity import Principal, Role
+from dashboard_api.throttle import LoginThrottle
 
 if TYPE_CHECKING:
-    from dashboard_api.attempts import AttemptLimiter
     from dashboard_api.hub import EventHub
     from dashboard_api.metrics import Metrics
     from gateway.settings import Settings
@@ -33,7 +36,10 @@ class AppState:
     pool: AsyncConnectionPool[Any]
     hub: EventHub
     metrics: Metrics
-    resident_limiter: AttemptLimiter
+    resident_limiter: ResidentLimiter = field(default_factory=ResidentLimiter)
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    hashing: HashPool = field(default_factory=HashPool)
+    trusted_proxies: tuple[Network, ...] = ()
     sse_keepalive_s: float = 15.0
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 

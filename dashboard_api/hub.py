@@ -8,6 +8,8 @@ restart), it reconnects with backoff and tells every stream `stream.gap`: notifi
 sent meanwhile are lost, so clients refetch.
 
 Payloads are JSON objects with at least {"type": ...}; anything else is logged and skipped.
+Each stream knows its owner (the credential that opened it): dashboard_api.sessions closes
+the streams whose credential stopped being valid, with the reason (`end`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from dashboard_api.identity import Principal
 from dashboard_api.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -41,7 +44,9 @@ class Event:
 class Subscription:
     queue: asyncio.Queue[Event | None]
     types: frozenset[str] | None  # None: every type
+    owner: Principal | None = None
     overflowed: bool = field(default=False)
+    ended: str | None = None  # why the hub closed it (its credential's end), if it did
 
     def wants(self, event: Event) -> bool:
         return self.types is None or event.type in self.types or event.type.startswith("stream.")
@@ -135,9 +140,10 @@ class EventHub:
                 continue
             sub.queue.put_nowait(event)
 
-    def subscribe(self, types: frozenset[str] | None = None) -> Subscription:
+    def subscribe(self, types: frozenset[str] | None = None,
+                  owner: Principal | None = None) -> Subscription:
         # One slot more than the limit for the closing marker.
-        sub = Subscription(asyncio.Queue(self.queue_size + 1), types)
+        sub = Subscription(asyncio.Queue(self.queue_size + 1), types, owner)
         self._subs.add(sub)
         self.metrics.sse_clients.set(len(self._subs))
         return sub
@@ -145,6 +151,15 @@ class EventHub:
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
         self.metrics.sse_clients.set(len(self._subs))
+
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._subs)
+
+    def end(self, sub: Subscription, reason: str) -> None:
+        """Close `sub` now, telling its client why (the stream's last event)."""
+        if sub in self._subs:
+            sub.ended = reason
+            self._close(sub)
 
     def _close(self, sub: Subscription) -> None:
         self._subs.discard(sub)

@@ -9,7 +9,10 @@ Roles form one ladder, each including the ones below it:
                work orders, closes
                valves, manages bookings
 
-Passwords are hashed with argon2id (argon2-cffi defaults). API keys are 256-bit random
+Passwords are hashed with argon2id (argon2-cffi defaults); the rules for new ones are in
+dashboard_api.passwords. Access tokens carry the user's `token_version` as claim `ver`:
+changing a user's password, role or disabled flag bumps it in the database, and every
+token issued before is refused from then on. API keys are 256-bit random
 secrets shown once; they are stored as SHA-256 digests, which is sound for high-entropy
 secrets and keeps a per-request check in microseconds (argon2 is for guessable secrets,
 and would cost ~50 ms of CPU on every keyed request).
@@ -29,7 +32,6 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-MIN_PASSWORD_LEN = 12
 TOKEN_ISSUER = "gas-safety"
 TOKEN_ALGORITHM = "HS256"
 API_KEY_MARK = "gsk"
@@ -50,6 +52,9 @@ class Principal:
     username: str
     role: Role
     via: str  # 'token' | 'api_key'
+    token_version: int | None = None  # tokens: the `ver` they were issued with
+    expires_at: dt.datetime | None = None  # when the token or key stops working
+    key_id: int | None = None  # API keys: the key's row
 
     def may(self, role: Role) -> bool:
         return self.role >= role
@@ -67,17 +72,6 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
-def password_problem(password: str) -> str | None:
-    """Why a new password is refused, or None when it is acceptable."""
-    if len(password) < MIN_PASSWORD_LEN:
-        return f"at least {MIN_PASSWORD_LEN} characters"
-    if len(password) > 256:
-        return "at most 256 characters"
-    if "\x00" in password:
-        return "no NUL characters"
-    return None
-
-
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
@@ -92,17 +86,18 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 # ---------------------------------------------------------------- access tokens
 
 def issue_token(secret: str, username: str, role: Role, ttl_s: int,
-                now: dt.datetime) -> tuple[str, dt.datetime]:
+                now: dt.datetime, version: int = 1) -> tuple[str, dt.datetime]:
+    """A signed token for `username` at their current `token_version`."""
     expires = now + dt.timedelta(seconds=ttl_s)
-    claims = {"sub": username, "role": role.name, "iss": TOKEN_ISSUER,
+    claims = {"sub": username, "role": role.name, "iss": TOKEN_ISSUER, "ver": version,
               "iat": int(now.timestamp()), "exp": int(expires.timestamp()),
               "jti": secrets.token_hex(8)}
     return jwt.encode(claims, secret, algorithm=TOKEN_ALGORITHM), expires
 
 
 def read_token(secret: str, token: str, now: dt.datetime) -> dict[str, Any]:
-    """The claims of a valid token; TokenError otherwise. The role is re-read from the
-    users table by the caller, so a demoted or disabled user loses access at once."""
+    """The claims of a valid token; TokenError otherwise. The caller compares `ver` with
+    the user's current token_version and re-reads the role and disabled flag."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token, secret, algorithms=[TOKEN_ALGORITHM], issuer=TOKEN_ISSUER,
@@ -113,6 +108,8 @@ def read_token(secret: str, token: str, now: dt.datetime) -> dict[str, Any]:
         raise TokenError("token expired; request a new one at POST /auth/token")
     if not isinstance(claims.get("sub"), str):
         raise TokenError("invalid token (no subject)")
+    if not isinstance(claims.get("ver"), int) or isinstance(claims["ver"], bool):
+        raise TokenError("invalid token (no version); request a new one at POST /auth/token")
     return claims
 
 

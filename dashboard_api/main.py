@@ -1,8 +1,9 @@
 """The operator API: `create_app(settings)` builds the FastAPI app (nothing at import time);
 `main()` is `gas-safety api`, serving it with uvicorn on settings.api.host:port.
 
-The app's lifespan opens a psycopg connection pool on settings.db.dsn and the live-event
-listener; the schema itself is applied by `gas-safety db migrate` (or `stack up`).
+The app's lifespan opens a psycopg connection pool on settings.db.dsn, the live-event
+listener and the watch that ends streams whose credential ended; the schema itself is
+applied by `gas-safety db migrate` (or `stack up`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from fastapi.openapi.utils import get_openapi
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from dashboard_api import errors
-from dashboard_api.attempts import AttemptLimiter
+from dashboard_api import clients, errors
 from dashboard_api.deps import AppState
 from dashboard_api.gate import PUBLIC_PATHS, AuthGate
 from dashboard_api.hub import EventHub
-from dashboard_api.limits import BodyLimit
+from dashboard_api.limits import BodyLimit, ConcurrencyLimit
 from dashboard_api.metrics import Metrics, MetricsMiddleware
 from dashboard_api.rollup import RollupWorker
 from dashboard_api.routes import (
@@ -43,6 +43,7 @@ from dashboard_api.routes import (
     work_orders,
 )
 from dashboard_api.schemas import Problem
+from dashboard_api.sessions import StreamWatch
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -87,11 +88,22 @@ def jwt_secret(settings: Settings) -> str:
     return secrets.token_urlsafe(32)
 
 
+def trusted_proxies(settings: Settings) -> tuple[clients.Network, ...]:
+    """The proxies whose X-Forwarded-For is believed: settings.api.trusted_proxies, none by
+    default."""
+    try:
+        return clients.networks(settings.api.trusted_proxies)
+    except ValueError as err:
+        raise StartupRefused(f"api.trusted_proxies: {err}") from None
+
+
 def create_app(settings: Settings, *, pool_max_size: int = 10,
-               sse_keepalive_s: float = 15.0, rollups_every_s: float | None = 300.0) -> FastAPI:
+               sse_keepalive_s: float = 15.0, rollups_every_s: float | None = 300.0,
+               ) -> FastAPI:
     """The API. `rollups_every_s=None` leaves the daily readings rollups to someone else
     (tests drive `dashboard_api.rollup.step` themselves)."""
     secret = jwt_secret(settings)
+    proxy_nets = trusted_proxies(settings)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -99,14 +111,19 @@ def create_app(settings: Settings, *, pool_max_size: int = 10,
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             settings.db.dsn, min_size=2, max_size=pool_max_size, open=False, timeout=10,
             kwargs={"autocommit": True, "row_factory": dict_row},
-            name="api")
+            # a connection is checked as it is handed out (one round trip): after a
+            # database restart every idle one is dead, and each would fail a request
+            check=AsyncConnectionPool.check_connection, name="api")
         await pool.open(wait=True, timeout=30)
         hub = EventHub(settings.db.dsn, metrics)
         await hub.start()
         state = AppState(settings=settings, jwt_secret=secret, pool=pool, hub=hub,
-                         metrics=metrics, resident_limiter=AttemptLimiter(),
+                         metrics=metrics, trusted_proxies=proxy_nets,
                          sse_keepalive_s=sse_keepalive_s)
         app.state.api = state
+        metrics.hashes_pending.set_function(lambda: state.hashing.pending)
+        watch = StreamWatch(hub, pool, lambda: state.clock(), metrics)
+        watch.start()
         rollups = None
         if rollups_every_s is not None:
             rollups = RollupWorker(pool, state.clock, idle_s=rollups_every_s)
@@ -117,16 +134,21 @@ def create_app(settings: Settings, *, pool_max_size: int = 10,
         finally:
             if rollups is not None:
                 await rollups.stop()
+            await watch.stop()
             await hub.stop()
             await pool.close()
+            state.hashing.close()
 
     app = FastAPI(title="gas-safety operator API", version="1.0.0", description=DESCRIPTION,
                   lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     errors.install(app)
-    # The last added runs first: metrics see every answer, then the gate, then the size
-    # limit (so a stranger gets 401 whatever the body, and public routes are bounded too).
+    # The last added runs first: metrics see every answer, then sign-ins take turns, then
+    # the gate, then the size limit (so a stranger gets 401 whatever the body, and public
+    # routes are bounded too).
     app.add_middleware(BodyLimit)
     app.add_middleware(AuthGate)
+    app.add_middleware(ConcurrencyLimit, paths=("/auth/token",),
+                       refused=lambda: metrics.refuse("login_busy"))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     for module in (service, auth, users, households, devices, readings, alarms, work_orders,
                    valves, notifications, events, upgrades, audit):

@@ -1,5 +1,5 @@
-"""Prometheus metrics of the API: requests by route template and status, latency, and the
-live event stream. One registry per app (not the process-global one), so several apps in
+"""Prometheus metrics of the API: requests by route template and status, latency, the live
+event stream, and every refusal for a security reason (`gas_api_refused_total{reason}`). One registry per app (not the process-global one), so several apps in
 one process (tests, benchmarks) never collide.
 """
 
@@ -9,6 +9,11 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REFUSAL_REASONS = (
+    "no_credential", "token_invalid", "token_expired", "token_revoked", "user_disabled",
+    "api_key_invalid", "login_failed", "login_throttled", "login_busy", "hashing_busy",
+    "password_rejected", "resident_failed", "resident_throttled", "stream_closed")
 
 
 class Metrics:
@@ -32,6 +37,18 @@ class Metrics:
         self.listener_up = Gauge("gas_api_events_listener_up",
                                  "1 while the LISTEN connection is established",
                                  registry=self.registry)
+        self.refused = Counter(
+            "gas_api_refused_total",
+            "Requests and streams refused for a security reason, by reason (" +
+            ", ".join(REFUSAL_REASONS) + ")", ["reason"], registry=self.registry)
+        for reason in REFUSAL_REASONS:
+            self.refused.labels(reason)
+        self.hashes_pending = Gauge("gas_api_password_hashes_pending",
+                                    "Password hashes running or waiting for a worker",
+                                    registry=self.registry)
+
+    def refuse(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
 
 
 class MetricsMiddleware:

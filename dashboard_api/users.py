@@ -1,7 +1,8 @@
 """`gas-safety user create NAME --role ROLE`: the first admin (and any user) from the shell.
 
 The password comes from GAS_SAFETY_NEW_PASSWORD (for scripts) or is asked twice on the
-terminal; it is never a default and never echoed, and only its argon2 hash is stored.
+terminal; it is never a default and never echoed, it must pass dashboard_api.passwords
+(length, common passwords, no username), and only its argon2 hash is stored.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import psycopg
 from psycopg.types.json import Jsonb
 
-from dashboard_api import identity
+from dashboard_api import identity, passwords
 
 USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{2,63}")
 PASSWORD_ENV = "GAS_SAFETY_NEW_PASSWORD"
@@ -42,7 +43,7 @@ def create_user(dsn: str, username: str, role: str, password: str, actor: str = 
         raise ValueError("username: 3-64 of a-z 0-9 _ . - starting with a letter or digit")
     if role not in identity.Role.__members__:
         raise ValueError(f"role: one of {', '.join(identity.Role.__members__)}")
-    problem = identity.password_problem(password)
+    problem = passwords.problem(password, username)
     if problem:
         raise ValueError(f"password: {problem}")
     with psycopg.connect(dsn) as conn, conn.transaction():

@@ -57,7 +57,11 @@ class _ServerThread(threading.Thread):
 def api_settings(dsn: str) -> Settings:
     return Settings(environment="test", db={"dsn": dsn},
                     api={"jwt_secret": JWT_SECRET, "token_ttl_s": 600, "max_points": 1000,
-                         "max_range_days": 400})
+                         "max_range_days": 400,
+                         # every test client is 127.0.0.1: trusting it as a proxy lets a test
+                         # act as other clients with X-Forwarded-For (the sign-in and
+                         # resident limiters count per client)
+                         "trusted_proxies": ["127.0.0.1"]})
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,10 @@ happen (viewer and up).
 Every event is `id: <n>`, `event: <type>`, `data: <the JSON object>`. The stream opens with
 `stream.open`; `stream.gap` says notifications may have been missed (the listener
 reconnected) and `stream.overflow` closes a stream whose client fell behind: in both cases
-reload the lists. Comment lines (`: keepalive`) keep idle connections open through proxies.
-There is no replay: `Last-Event-ID` is ignored.
+reload the lists. `stream.closed` (with a `reason`) ends a stream whose credential ended:
+user disabled, token revoked (password, role or status changed), token or API key expired
+or revoked; sign in again before reconnecting. Comment lines (`: keepalive`) keep idle
+connections open through proxies. There is no replay: `Last-Event-ID` is ignored.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ async def events(who: Viewer, state: State,
     keepalive_s = state.sse_keepalive_s
 
     async def stream() -> AsyncIterator[bytes]:
-        sub = hub.subscribe(wanted)
+        sub = hub.subscribe(wanted, owner=who)
         try:
             yield b"retry: 3000\n" + _control("stream.open", user=who.username,
                                               listening=hub.listening.is_set())
@@ -68,6 +70,8 @@ async def events(who: Viewer, state: State,
                 if event is None:
                     if sub.overflowed:
                         yield _control("stream.overflow", reason="client too slow; reconnect")
+                    elif sub.ended:
+                        yield _control("stream.closed", reason=sub.ended)
                     return
                 yield _frame(event)
         finally:

@@ -4,9 +4,10 @@ community (upgrade_quotas), booked as visit slots (upgrade_bookings).
 Residents have no login. The two `/upgrades/resident/...` routes are public on purpose:
 they are what the programme's letter points residents to. The household id together
 with the owner's phone number on file is the (lightweight) proof; a mismatch answers the
-same 404 as an unknown id (no enumeration), and repeated mismatches for one household are
-refused with 429 for a while. They reveal only the community's place counts and the
-household's own booking.
+same 404 as an unknown id (no enumeration), and repeated mismatches are refused with 429
+for a while, counted per (household, client), per client and per household
+(dashboard_api.attempts), so a stranger's guesses never lock the resident out. They reveal
+only the community's place counts and the household's own booking.
 
 No community is ever overbooked, however many bookings race for its last places: a
 booking takes a place with `UPDATE upgrade_quotas SET booked = booked + 1 WHERE
@@ -18,14 +19,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import logging
 import re
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Request, status
 from psycopg import AsyncConnection
 
 from dashboard_api import pagination
+from dashboard_api.attempts import retry_after_header
+from dashboard_api.clients import client_of
 from dashboard_api.deps import Admin, AppState, Conn, Operator, State, Viewer
 from dashboard_api.errors import Conflict, Invalid, NotFound, TooManyRequests
 from dashboard_api.params import Cursor, IdQuery, LabelQuery, Limit, row_id
@@ -41,6 +45,8 @@ from dashboard_api.schemas import (
     ResidentCheck,
     ResidentView,
 )
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/upgrades", tags=["upgrades"])
 
@@ -58,21 +64,39 @@ def _digits(phone: str) -> str:
     return re.sub(r"\D", "", phone)
 
 
-async def _resident(conn: AsyncConnection[Any], state: AppState,
+_THROTTLED = {
+    "household_client": "too many failed checks for this household from your address",
+    "client": "too many failed checks from your address",
+    "household": "too many failed checks for this household",
+}
+
+
+async def _resident(conn: AsyncConnection[Any], state: AppState, request: Request,
                     check: ResidentCheck) -> dict[str, Any]:
     now = state.clock().timestamp()
+    client = client_of(request.scope, state.trusted_proxies)
     limiter = state.resident_limiter
-    if limiter.blocked(check.household_id, now):
-        raise TooManyRequests("too many failed checks for this household; try again later",
-                              headers={"Retry-After": str(int(limiter.window_s))})
-    row = await (await conn.execute(
-        "SELECT id, community, owner_phone FROM households WHERE id = %s",
-        (check.household_id,))).fetchone()
+    attempt, wait, scope = limiter.begin(check.household_id, client, now)
+    if attempt is None:
+        state.metrics.refuse("resident_throttled")
+        retry = retry_after_header(wait)
+        logger.info("resident check throttled household=%s client=%s scope=%s "
+                    "retry_after_s=%s", check.household_id, client, scope, retry)
+        raise TooManyRequests(f"{_THROTTLED[scope]}; try again in {retry} s",
+                              headers={"Retry-After": retry}, scope=scope,
+                              retry_after_s=int(retry))
+    try:
+        row = await (await conn.execute(
+            "SELECT id, community, owner_phone FROM households WHERE id = %s",
+            (check.household_id,))).fetchone()
+    except BaseException:
+        limiter.abandoned(attempt)
+        raise
     stored = _digits(row["owner_phone"]) if row else "-"
     if row is None or not hmac.compare_digest(stored, _digits(check.phone)):
-        limiter.fail(check.household_id, now)
+        state.metrics.refuse("resident_failed")
         raise NotFound(_NO_MATCH)
-    limiter.succeed(check.household_id)
+    limiter.passed(attempt)
     return row
 
 
@@ -120,8 +144,9 @@ async def _book(conn: AsyncConnection[Any], household: dict[str, Any],
              summary="Resident: my community's remaining places and my booking (public)",
              responses={404: {"description": _NO_MATCH}, 429: {"description": "Too many "
                                                                 "failed checks"}})
-async def resident_lookup(body: ResidentCheck, conn: Conn, state: State) -> dict[str, Any]:
-    household = await _resident(conn, state, body)
+async def resident_lookup(body: ResidentCheck, conn: Conn, state: State,
+                          request: Request) -> dict[str, Any]:
+    household = await _resident(conn, state, request, body)
     quota = await (await conn.execute(f"SELECT {_QUOTA_COLS} FROM upgrade_quotas"
                                       " WHERE community = %s", (household["community"],))
                    ).fetchone()
@@ -139,10 +164,10 @@ async def resident_lookup(body: ResidentCheck, conn: Conn, state: State) -> dict
              responses={404: {"description": _NO_MATCH},
                         409: {"description": "No places left, or already booked"},
                         429: {"description": "Too many failed checks"}})
-async def resident_book(body: ResidentBookingRequest, conn: Conn,
-                        state: State) -> dict[str, Any]:
+async def resident_book(body: ResidentBookingRequest, conn: Conn, state: State,
+                        request: Request) -> dict[str, Any]:
     _check_slot(body.slot_start, state.clock())
-    household = await _resident(conn, state, body)
+    household = await _resident(conn, state, request, body)
     return await _book(conn, household, body.slot_start, f"resident:{household['id']}")
 
 

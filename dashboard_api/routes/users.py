@@ -1,18 +1,25 @@
 """Users and API keys (admin only). A key is shown once at creation, stored as a digest,
-expires, and can be revoked; revocation and expiry take effect on the next request."""
+expires, and can be revoked; revocation and expiry take effect on the next request.
+
+New passwords follow dashboard_api.passwords (422 with the rule broken). Changing a user's
+password, role or disabled flag bumps their token_version (a trigger, migration 0004):
+every access token issued before is refused from the next request, and their open event
+streams end within a second or two; the audit entry records the revocation.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Annotated, Any
 
-import anyio
 import psycopg
 from fastapi import APIRouter, Path, status
 
-from dashboard_api import identity, pagination
-from dashboard_api.deps import Admin, Conn, State
-from dashboard_api.errors import Conflict, NotFound
+from dashboard_api import identity, pagination, passwords
+from dashboard_api.deps import Admin, AppState, Conn, State
+from dashboard_api.errors import ApiError, Conflict, Invalid, NotFound
+from dashboard_api.hashing import HashingBusy
 from dashboard_api.params import Cursor, Limit, row_id
 from dashboard_api.queries import record, where
 from dashboard_api.schemas import (
@@ -24,6 +31,8 @@ from dashboard_api.schemas import (
     UserPublic,
     UserUpdate,
 )
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["users"])
 
@@ -48,10 +57,27 @@ async def list_users(conn: Conn, _: Admin, limit: Limit = pagination.DEFAULT_LIM
     return {"items": items, "next_cursor": nxt}
 
 
+class _Busy(ApiError):
+    status = 503
+
+
+async def _new_hash(state: AppState, password: str, username: str) -> str:
+    reason = passwords.problem(password, username)
+    if reason is not None:
+        state.metrics.refuse("password_rejected")
+        raise Invalid("password", reason, "body")
+    try:
+        return await state.hashing.run(identity.hash_password, password)
+    except HashingBusy:
+        state.metrics.refuse("hashing_busy")
+        raise _Busy("password hashing busy; retry in 1 s", headers={"Retry-After": "1"}) from None
+
+
 @router.post("/users", response_model=UserPublic, status_code=status.HTTP_201_CREATED,
              summary="Create a user")
-async def create_user(body: UserCreate, conn: Conn, admin: Admin) -> dict[str, Any]:
-    password_hash = await anyio.to_thread.run_sync(identity.hash_password, body.password)
+async def create_user(body: UserCreate, conn: Conn, admin: Admin,
+                      state: State) -> dict[str, Any]:
+    password_hash = await _new_hash(state, body.password, body.username)
     async with conn.transaction():
         row = await (await conn.execute(
             f"INSERT INTO users (username, password_hash, role) VALUES (%s, %s, %s)"
@@ -65,30 +91,40 @@ async def create_user(body: UserCreate, conn: Conn, admin: Admin) -> dict[str, A
 
 
 @router.patch("/users/{username}", response_model=UserPublic,
-              summary="Change a user's role, password or disabled flag")
+              summary="Change a user's role, password or disabled flag (ends their sessions)")
 async def update_user(username: UsernamePath, body: UserUpdate, conn: Conn,
-                      admin: Admin) -> dict[str, Any]:
+                      admin: Admin, state: State) -> dict[str, Any]:
     password_hash = None
     if body.password is not None:
-        password_hash = await anyio.to_thread.run_sync(identity.hash_password, body.password)
+        password_hash = await _new_hash(state, body.password, username)
     async with conn.transaction():
         # Serialise admin changes so two of them cannot together remove the last admin.
         await conn.execute("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
+        before = await (await conn.execute(
+            "SELECT token_version FROM users WHERE username = %s", (username,))).fetchone()
+        if before is None:
+            raise NotFound(f"no user {username}")
         row = await (await conn.execute(
             f"UPDATE users SET role = coalesce(%s, role), disabled = coalesce(%s, disabled),"
             f" password_hash = coalesce(%s, password_hash) WHERE username = %s"
-            f" RETURNING {_USER_COLS}",
+            f" RETURNING {_USER_COLS}, token_version",
             (body.role, body.disabled, password_hash, username))).fetchone()
-        if row is None:
-            raise NotFound(f"no user {username}")
+        assert row is not None
         admins = await (await conn.execute(
             "SELECT count(*) AS n FROM users WHERE role = 'admin' AND NOT disabled")).fetchone()
         if admins is None or admins["n"] == 0:
             raise Conflict("refused: this would leave no enabled admin")
-        changes = body.model_dump(exclude_none=True, exclude={"password"})
+        changes: dict[str, Any] = body.model_dump(exclude_none=True, exclude={"password"})
         if body.password is not None:
             changes["password"] = "changed"
+        if row["token_version"] != before["token_version"]:
+            changes["sessions_revoked"] = True
+            changes["token_version"] = row["token_version"]
         await record(conn, admin.username, "user.update", "user", username, changes)
+    if row["token_version"] != before["token_version"]:
+        logger.warning("sessions revoked user=%s token_version=%d by=%s changed=%s", username,
+                       row["token_version"], admin.username,
+                       ",".join(k for k in ("role", "disabled", "password") if k in changes))
     return row
 
 

@@ -1,5 +1,6 @@
 """Authentication and roles: passwords, token expiry, API keys (shown once, expiring,
-revocable), the role ladder, disabled users, the CLI, and the production secret rule."""
+revocable), the role ladder, disabled and demoted users, the CLI, and the production secret
+rule. Throttling, token revocation and the password rules in depth: tests/security."""
 
 from __future__ import annotations
 
@@ -149,9 +150,14 @@ async def test_users_created_disabled_and_demoted(client, as_role, prefix) -> No
     mine = {"Authorization": f"Bearer {token}"}
     assert (await client.get("/alarms", headers=mine)).status_code == 200
 
-    # Demoted: the same token now carries only the new role.
+    # Demoted: tokens issued before are revoked; a new one carries the new role.
     r = await client.patch(f"/users/{name}", json={"role": "viewer"}, headers=admin)
     assert r.json()["role"] == "viewer"
+    r = await client.get("/auth/me", headers=mine)
+    assert r.status_code == 401 and r.json()["detail"].startswith("token revoked")
+    token = (await client.post("/auth/token", data={"username": name, "password": PASSWORD})
+             ).json()["access_token"]
+    mine = {"Authorization": f"Bearer {token}"}
     assert (await client.get("/auth/me", headers=mine)).json()["role"] == "viewer"
     # Disabled: the token stops working at once.
     await client.patch(f"/users/{name}", json={"disabled": True}, headers=admin)
@@ -216,6 +222,9 @@ def test_user_create_cli(monkeypatch, dsn, prefix, capsys) -> None:
     monkeypatch.setenv("GAS_SAFETY_NEW_PASSWORD", "short")
     assert create_user_cli(name, "admin") == 2
     assert "at least 12" in capsys.readouterr().err
+    monkeypatch.setenv("GAS_SAFETY_NEW_PASSWORD", "password1234")
+    assert create_user_cli(name, "admin") == 2
+    assert "password: one of the 20,000 most common passwords" in capsys.readouterr().err
     monkeypatch.setenv("GAS_SAFETY_NEW_PASSWORD", PASSWORD)
     assert create_user_cli(name, "admin") == 0
     assert create_user_cli(name, "admin") == 2  # exists

@@ -1,10 +1,14 @@
 """The upgrade programme: the residents' public check and booking, operators' management,
-and no overbooking under a crowd of concurrent bookings for the last places."""
+and no overbooking under a crowd of concurrent bookings for the last places. Resident
+requests come from this test's own client address (X-Forwarded-For; the test API trusts
+127.0.0.1 as a proxy), so the per-client limits of other tests never bind them."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
+import ipaddress
 
 import psycopg
 import pytest
@@ -18,6 +22,17 @@ def _slot(days: int = 7) -> str:
         minute=0, second=0, microsecond=0).isoformat()
 
 
+def _address(prefix: str, who: str) -> str:
+    n = int.from_bytes(hashlib.sha256(f"{prefix}/{who}".encode()).digest()[:3], "big")
+    return str(ipaddress.IPv4Address(0x64400000 + n))  # in 100.64.0.0/10
+
+
+@pytest.fixture
+def resident(prefix) -> dict[str, str]:
+    """Headers of this test's resident client."""
+    return {"X-Forwarded-For": _address(prefix, "resident")}
+
+
 @pytest.fixture
 def block(dsn, prefix):
     """Twelve households of one community (the first building of the city)."""
@@ -26,7 +41,7 @@ def block(dsn, prefix):
     return houses
 
 
-async def test_resident_lookup_and_booking(client, block, as_role) -> None:
+async def test_resident_lookup_and_booking(client, block, as_role, resident) -> None:
     house = block[0]
     community = house.community
     r = await client.put(f"/upgrades/quotas/{community}", json={"places": 5},
@@ -34,34 +49,39 @@ async def test_resident_lookup_and_booking(client, block, as_role) -> None:
     assert r.status_code == 200 and r.json()["remaining"] == 5
 
     check = {"household_id": house.id, "phone": house.owner_phone}
-    r = await client.post("/upgrades/resident/lookup", json=check)
+    r = await client.post("/upgrades/resident/lookup", json=check, headers=resident)
     assert r.status_code == 200
     assert r.json() == {"community": community, "places": 5, "booked": 0, "remaining": 5,
                         "booking": None}
     # The phone may be written with spaces and dashes.
     spaced = house.owner_phone[:5] + " " + house.owner_phone[5:8] + "-" + house.owner_phone[8:]
     assert (await client.post("/upgrades/resident/lookup",
-                              json={**check, "phone": spaced})).status_code == 200
+                              json={**check, "phone": spaced},
+                              headers=resident)).status_code == 200
 
-    wrong = await client.post("/upgrades/resident/lookup", json={**check, "phone": "+1555999"})
+    wrong = await client.post("/upgrades/resident/lookup", json={**check, "phone": "+1555999"},
+                          headers=resident)
     unknown = await client.post("/upgrades/resident/lookup",
-                                json={"household_id": "nobody", "phone": house.owner_phone})
+                                json={"household_id": "nobody", "phone": house.owner_phone},
+                                headers=resident)
     assert wrong.status_code == unknown.status_code == 404
     assert wrong.json()["detail"] == unknown.json()["detail"]
 
-    r = await client.post("/upgrades/resident/bookings", json={**check, "slot_start": _slot()})
+    r = await client.post("/upgrades/resident/bookings", json={**check, "slot_start": _slot()},
+                          headers=resident)
     assert r.status_code == 201, r.text
     booking = r.json()
     assert booking["created_by"] == f"resident:{house.id}" and booking["status"] == "booked"
-    r = await client.post("/upgrades/resident/bookings", json={**check, "slot_start": _slot(8)})
+    r = await client.post("/upgrades/resident/bookings", json={**check, "slot_start": _slot(8)},
+                          headers=resident)
     assert r.status_code == 409 and "already" in r.json()["detail"]
-    view = (await client.post("/upgrades/resident/lookup", json=check)).json()
+    view = (await client.post("/upgrades/resident/lookup", json=check, headers=resident)).json()
     assert (view["booked"], view["remaining"], view["booking"]["id"]) == (1, 4, booking["id"])
 
     past = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat()
     r = await client.post("/upgrades/resident/bookings",
                           json={"household_id": block[1].id, "phone": block[1].owner_phone,
-                                "slot_start": past})
+                                "slot_start": past}, headers=resident)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "slot_start"
 
     # Operators see and manage bookings; cancelling gives the place back.
@@ -75,7 +95,7 @@ async def test_resident_lookup_and_booking(client, block, as_role) -> None:
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert (await client.post(f"/upgrades/bookings/{booking['id']}/cancel",
                               headers=as_role["operator"])).status_code == 409
-    view = (await client.post("/upgrades/resident/lookup", json=check)).json()
+    view = (await client.post("/upgrades/resident/lookup", json=check, headers=resident)).json()
     assert (view["booked"], view["booking"]) == (0, None)
 
     r = await client.post("/upgrades/bookings", json={"household_id": house.id,
@@ -95,7 +115,8 @@ async def test_resident_lookup_and_booking(client, block, as_role) -> None:
                               headers=as_role["operator"])).status_code == 404
 
 
-async def test_no_overbooking_under_concurrency(client, block, as_role, dsn) -> None:
+async def test_no_overbooking_under_concurrency(client, block, as_role, dsn,
+                                                resident) -> None:
     community = block[0].community
     await client.put(f"/upgrades/quotas/{community}", json={"places": 3},
                      headers=as_role["admin"])
@@ -103,7 +124,8 @@ async def test_no_overbooking_under_concurrency(client, block, as_role, dsn) -> 
     for i, house in enumerate(block):
         if i % 2:
             requests.append(client.post("/upgrades/resident/bookings", json={
-                "household_id": house.id, "phone": house.owner_phone, "slot_start": _slot()}))
+                "household_id": house.id, "phone": house.owner_phone, "slot_start": _slot()},
+                headers=resident))
         else:
             requests.append(client.post("/upgrades/bookings", json={
                 "household_id": house.id, "slot_start": _slot()}, headers=as_role["operator"]))
@@ -119,18 +141,25 @@ async def test_no_overbooking_under_concurrency(client, block, as_role, dsn) -> 
     assert quota == (3, 3, 3)
 
 
-async def test_failed_checks_are_limited(client, block) -> None:
+async def test_failed_checks_are_limited_per_client(client, block, prefix, resident) -> None:
     house = block[5]
+    stranger = {"X-Forwarded-For": _address(prefix, "stranger")}
     for _ in range(5):
         r = await client.post("/upgrades/resident/lookup",
-                              json={"household_id": house.id, "phone": "+10000000"})
+                              json={"household_id": house.id, "phone": "+10000000"},
+                              headers=stranger)
         assert r.status_code == 404
-    r = await client.post("/upgrades/resident/lookup",
-                          json={"household_id": house.id, "phone": house.owner_phone})
+    right = {"household_id": house.id, "phone": house.owner_phone}
+    r = await client.post("/upgrades/resident/lookup", json=right, headers=stranger)
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
-    # Other households are not affected.
+    assert r.json()["detail"].startswith(
+        "too many failed checks for this household from your address; try again in")
+    # The resident, at their own address, is not locked out; other households neither.
+    r = await client.post("/upgrades/resident/lookup", json=right, headers=resident)
+    assert r.status_code == 200
     r = await client.post("/upgrades/resident/lookup",
-                          json={"household_id": block[6].id, "phone": block[6].owner_phone})
+                          json={"household_id": block[6].id, "phone": block[6].owner_phone},
+                          headers=resident)
     assert r.status_code == 200
 
 

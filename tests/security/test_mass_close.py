@@ -64,8 +64,8 @@ async def test_concurrent_closes_of_one_meter_give_one_command(client, city, ope
     assert len(attached) == 5 and all("joined" in a["note"] for a in attached)
     assert len({r.json()["work_order_id"] for r in results}) == 1
     audit = await _sql(dsn, "SELECT action, count(*) FROM audit_log WHERE entity ="
-                            " 'valve_command' AND entity_id = %s GROUP BY action ORDER BY 1",
-                       (cmd_id,))
+                            " 'valve_command' AND entity_id = %s AND action LIKE 'valve.%%'"
+                            " GROUP BY action ORDER BY 1", (cmd_id,))  # (a gateway adds its own)
     assert audit == [("valve.close_attached", 5), ("valve.valve_close", 1)]
 
     # A close the gateway has in flight (sent, not yet acknowledged) is joined too.

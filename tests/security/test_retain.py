@@ -110,6 +110,7 @@ def test_without_yes_the_plan_is_shown_and_nothing_dropped(tmp_path: Path, db: s
 def test_with_yes_only_the_old_chunks_go_and_it_is_audited(tmp_path: Path, db: str) -> None:
     chunks, *_ = _state(db)
     old = {t: c[0] for t, c in chunks.items()}
+    started = dt.datetime.now(dt.UTC)
     r = _cli(tmp_path, db, "--yes", "--actor", "ops-alice")
     assert r.returncode == 0, r.stderr
     assert "no --days: db.retention_days = 365 (default)" in r.stdout
@@ -126,7 +127,7 @@ def test_with_yes_only_the_old_chunks_go_and_it_is_audited(tmp_path: Path, db: s
     assert details["chunks"] == [old["detector_readings"]] and details["days"] == 365
     assert details["rows_estimate"] == 3
     cutoff = dt.datetime.fromisoformat(details["cutoff"])
-    assert abs((NOW - dt.timedelta(days=365) - cutoff).total_seconds()) < 120
+    assert abs((started - dt.timedelta(days=365) - cutoff).total_seconds()) < 120
     again = _cli(tmp_path, db, "--yes")
     assert again.returncode == 0 and "nothing to drop" in again.stdout
 
