@@ -32,6 +32,16 @@ def _address(prefix: str, who: str) -> str:
     return str(ipaddress.IPv4Address(0x64400000 + n))
 
 
+@pytest.fixture(autouse=True)
+async def database_ready(client: httpx.AsyncClient) -> None:
+    """The API's pool is back after the database restarts that fault tests make earlier in
+    a run (it answers 503 until then): these tests count exact answers."""
+    deadline = time.monotonic() + 60
+    while (await client.get("/healthz")).status_code != 200:
+        assert time.monotonic() < deadline, "the API's database did not come back"
+        await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 def address(prefix: str) -> Callable[[str], str]:
     """`address(who)`: `who`'s client address in this test."""
