@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dashboard_api import rollup
 from dashboard_api.users import create_user
-from gateway.provision import Household, generate_city, provision
-from gateway.stack import Stack, free_port
+from gateway.ops.provision import Household, generate_city, provision
+from gateway.ops.stack import Stack, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LIST_P99_MS = 50.0

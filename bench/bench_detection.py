@@ -35,7 +35,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.detection import (  # noqa: E402
+from gateway.core.detection import (
     DeviceKind,
     Effects,
     FleetState,
@@ -155,7 +155,7 @@ def same_state(a: FleetState, b: FleetState) -> bool:
 def warm_up_kernels() -> tuple[float | None, str]:
     """Load (or compile) the compiled engine before anything is measured."""
     try:
-        from gateway import kernels
+        from gateway.core import kernels
     except ImportError:
         return None, "numba not installed: NumPy engine only"
     t = time.perf_counter()

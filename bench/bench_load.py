@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 import psutil
 
-from gateway.metrics import scrape
-from gateway.stack import free_port
+from gateway.ops.stack import free_port
+from gateway.pipeline.metrics import scrape
 
 RESULTS = ROOT / "bench" / "results"
 PROBES_PER_S = 10.0
@@ -106,7 +106,7 @@ def _fast_subscriber(host: str, port: int, account: str, password: str, n: int,
             self.t = transport
 
         def data_received(self, data: bytes) -> None:
-            from gateway.mqtt import parse_packets  # the gateway's own framing
+            from gateway.protocol.packets import parse_packets  # the gateway's own framing
 
             data = bytes(self.buf) + data if self.buf else data
             packets, used = parse_packets(data)
@@ -152,7 +152,7 @@ def _fast_subscriber(host: str, port: int, account: str, password: str, n: int,
 
 
 def relay_ceiling(rt: Any, mq_pid: int, n_per_pub: int, publishers: int) -> dict[str, Any]:
-    from gateway import credentials
+    from gateway.ops import credentials
 
     ctx = mp.get_context("spawn")
     out, ready = ctx.Queue(), ctx.Event()
@@ -391,7 +391,7 @@ def stop_child(p: subprocess.Popen[bytes]) -> None:
 def _fleet_scale(out: Any) -> None:
     import tracemalloc
 
-    from gateway.provision import generate_city
+    from gateway.ops.provision import generate_city
     from simulator import behaviour as bh
     from simulator.fleet import Fleet
     from simulator.scenario import plan
@@ -453,7 +453,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.quick:
         a.duration = a.idle_duration = 8.0
-    from gateway.stack import Stack
+    from gateway.ops.stack import Stack
 
     home = Path(tempfile.mkdtemp(prefix="gas-safety-bench-"))
     os.chmod(home, 0o755)

@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from feed import Harness
 
-from gateway.mqtt import PublishFraming, encode_publish, split_packets
+from gateway.protocol.packets import PublishFraming, encode_publish, split_packets
 
 
 def read_of(packets: int, leaks: int) -> bytes:

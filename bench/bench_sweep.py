@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gateway.service as service  # noqa: E402
-from gateway.service import Gateway  # noqa: E402
+from gateway.pipeline.gateway import Gateway  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
-from gateway.storage import Batch  # noqa: E402
-from gateway.writer_process import frame  # noqa: E402
+from gateway.storage.rows import Batch  # noqa: E402
+from gateway.storage.writer_process import frame  # noqa: E402
 
 PART_LIMIT_MS = 5.0
 T0 = 1_800_000_000.0

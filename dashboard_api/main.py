@@ -216,7 +216,7 @@ def problem_responses(schema: dict[str, Any]) -> dict[str, Any]:
 def main() -> int:
     import uvicorn
 
-    from gateway.logs import setup_logging
+    from gateway.service.logs import setup_logging
     from gateway.settings import load
 
     settings = load()

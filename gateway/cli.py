@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from gateway.logs import setup_logging
+from gateway.service.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _confirm(question: str) -> bool:
 
 
 def _stack_up(args: argparse.Namespace) -> int:
-    from gateway.stack import Stack
+    from gateway.ops.stack import Stack
 
     rt = Stack().up()
     print(f"postgres  127.0.0.1:{rt.pg_port}  (dsn in {rt.home}/runtime.json)")
@@ -67,7 +67,7 @@ def _stack_up(args: argparse.Namespace) -> int:
 
 
 def _stack_down(args: argparse.Namespace) -> int:
-    from gateway.stack import Stack
+    from gateway.ops.stack import Stack
 
     Stack().down()
     print("stack stopped")
@@ -75,7 +75,7 @@ def _stack_down(args: argparse.Namespace) -> int:
 
 
 def _stack_status(args: argparse.Namespace) -> int:
-    from gateway.stack import Stack
+    from gateway.ops.stack import Stack
 
     status = Stack().status()
     print(json.dumps(status, indent=2))
@@ -85,7 +85,8 @@ def _stack_status(args: argparse.Namespace) -> int:
 
 
 def _db_migrate(args: argparse.Namespace) -> int:
-    from gateway import schema, settings
+    from gateway import settings
+    from gateway.storage import schema
 
     applied = schema.migrate(settings.load().db.dsn)
     print("applied: " + (", ".join(applied) or "nothing (schema up to date)"))
@@ -95,7 +96,8 @@ def _db_migrate(args: argparse.Namespace) -> int:
 def _db_retain(args: argparse.Namespace) -> int:
     import psycopg
 
-    from gateway import config_report, retention, settings
+    from gateway import settings
+    from gateway.ops import config_report, retention
 
     s = settings.load()
     days = args.days
@@ -119,7 +121,8 @@ def _db_retain(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from gateway import config_report, settings
+    from gateway import settings
+    from gateway.ops import config_report
 
     s = settings.load()
     sources = settings.sources()
@@ -132,8 +135,9 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _fleet_provision(args: argparse.Namespace) -> int:
-    from gateway import provision, settings
-    from gateway.stack import Stack
+    from gateway import settings
+    from gateway.ops import provision
+    from gateway.ops.stack import Stack
 
     stack = Stack()
     rt = stack.runtime()
@@ -149,9 +153,9 @@ def _fleet_provision(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from gateway import service
+    from gateway.service import app
 
-    return service.main()
+    return app.main()
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -261,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     except settings.SettingsError as err:
         return _refuse(err, args)
     except Exception as err:  # a clear message at the outermost boundary, not a traceback
-        from gateway.retention import RetentionError
-        from gateway.stack import StackError
+        from gateway.ops.retention import RetentionError
+        from gateway.ops.stack import StackError
 
         if isinstance(err, StackError):
             print(f"gas-safety: {err}", file=sys.stderr)

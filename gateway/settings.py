@@ -36,8 +36,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway.credentials import COMMANDS, derive_password
-from gateway.detection import Thresholds
+from gateway.core.detection import Thresholds
+from gateway.ops.credentials import COMMANDS, derive_password
 
 logger = logging.getLogger(__name__)
 

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- shared setup
 def _runtime() -> Any:
-    from gateway.stack import Stack, StackError
+    from gateway.ops.stack import Stack, StackError
 
     rt = Stack().runtime()
     if rt is None:
@@ -109,8 +109,8 @@ def _runtime() -> Any:
 def ensure_fleet(dsn: str, households: int, seed: int, prefix: str) -> Any:
     """The first `households` households with `prefix` from the registry, provisioning
     the missing ones (idempotent) so that a fresh stack works too."""
-    from gateway import provision
-    from gateway.stack import Stack
+    from gateway.ops import provision
+    from gateway.ops.stack import Stack
     from simulator.fleet import Fleet
 
     # generate_city names households `{prefix}h{k:06d}`: other fleets stay out

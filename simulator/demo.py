@@ -102,7 +102,7 @@ def platform_poll(dsn: str, fleet: Any) -> Any:
 
 def main(args: argparse.Namespace) -> int:
     from gateway import settings
-    from gateway.stack import Stack
+    from gateway.ops.stack import Stack
     from simulator import cli
 
     console.print("[bold]gas-safety demo[/bold]: starting the private stack ...")
@@ -115,15 +115,11 @@ def main(args: argparse.Namespace) -> int:
                   f"(mosquitto 127.0.0.1:{rt.mqtt_port}, postgres 127.0.0.1:{rt.pg_port})")
     logs = stack.home / "logs"
     children: list[Child] = []
-    if importlib.util.find_spec("gateway.service") is None:
-        console.print("[yellow]the gateway is not installed yet (gateway/service.py is "
-                      "missing): the fleet runs, but nobody will cut the leaks[/yellow]")
+    gw = Child("gateway", _command("gateway"), logs / "gateway.log")
+    if gw.start():
+        children.append(gw)
     else:
-        gw = Child("gateway", _command("gateway"), logs / "gateway.log")
-        if gw.start():
-            children.append(gw)
-        else:
-            console.print("[yellow]going on without the gateway: leaks will not be cut[/yellow]")
+        console.print("[yellow]going on without the gateway: leaks will not be cut[/yellow]")
     if not args.no_api:
         if importlib.util.find_spec("dashboard_api.main") is None:
             console.print("[yellow]the API is not installed yet (dashboard_api/main.py is "

@@ -15,7 +15,7 @@ import numpy as np
 import psycopg
 
 from gateway import protocol
-from gateway.provision import Household
+from gateway.ops.provision import Household
 
 REFERENCE_DAY = dt.date(2026, 11, 1)
 

@@ -76,7 +76,7 @@ def probe_main(job: ProbeJob, out: Any) -> None:
     # The probes stand in for a detector's and a meter's own hardware: on a machine the
     # load saturates they must not time their own wait for a CPU (real-time as the gateway's
     # event loop; needs root, else nice -10, else as is).
-    from gateway.priority import set_thread_priority
+    from gateway.service.priority import set_thread_priority
 
     set_thread_priority(10, -10, "alarm probe")
     _install_uvloop()
@@ -288,9 +288,8 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
     (each probe uses one household once: a cut valve stays cut)."""
     from rich.live import Live
 
-    from gateway import credentials
+    from gateway.ops import credentials
     from simulator import display, storage
-    from simulator.link import Link
     from simulator.runner import seq_origin
 
     live = (not args.quiet) if live is None else live

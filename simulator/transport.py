@@ -20,7 +20,8 @@ import resource
 import time
 from collections.abc import Callable
 
-from gateway import credentials, protocol
+from gateway import protocol
+from gateway.ops import credentials
 from simulator import wire
 from simulator.fleet import Fleet
 from simulator.link import Link, LinkError

@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from gateway.mqtt import (CONNACK, CONNECT, DISCONNECT, PINGREQ, PINGRESP, PUBACK,  # noqa: F401
-                          PUBLISH, SUBACK, SUBSCRIBE)
-from gateway.mqtt import _CONNACK_REASONS
-from gateway.mqtt import _remaining_length as remaining_length
-from gateway.mqtt import encode_connect as connect  # noqa: F401  (one codec for the project)
-from gateway.mqtt import encode_subscribe as subscribe  # noqa: F401
+from gateway.protocol.packets import (
+    CONNACK_REASONS,
+    PUBLISH,
+    remaining_length,
+)
+from gateway.protocol.packets import encode_subscribe as subscribe  # noqa: F401
 
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
-CONNACK_CODES = {0: "accepted", **_CONNACK_REASONS}
+CONNACK_CODES = {0: "accepted", **CONNACK_REASONS}
 
 
 class ProtocolError(Exception):

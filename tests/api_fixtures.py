@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 
 from dashboard_api.main import create_app
 from dashboard_api.users import create_user
-from gateway.provision import Household, generate_city, provision
+from gateway.ops.provision import Household, generate_city, provision
 from gateway.settings import Settings
 
 JWT_SECRET = "test-secret-" + "x" * 32

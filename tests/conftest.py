@@ -10,9 +10,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from gateway.stack import Runtime, Stack
 from support import Device, GatewayProcess
+
+from gateway.ops.stack import Runtime, Stack
 
 # the operator API under test, for tests/api and tests/security
 pytest_plugins = ["api_fixtures"]
@@ -78,7 +75,7 @@ def gateway(stack: Stack) -> Iterator[GatewayProcess]:
 @pytest.fixture
 def fleet(stack: Stack, runtime: Runtime, prefix: str) -> Any:
     """Provision a small fleet with this test's own ids; returns its households."""
-    from gateway import provision
+    from gateway.ops import provision
 
     def make(households: int = 3, seed: int = 1) -> list[provision.Household]:
         city = provision.generate_city(households, seed=seed, prefix=prefix)

@@ -8,8 +8,8 @@ import datetime as dt
 import json
 from typing import Any
 
-from gateway.mqtt import Message
-from gateway.service import Gateway
+from gateway.pipeline.gateway import Gateway
+from gateway.protocol.packets import Message
 from gateway.settings import Settings
 
 NOW = 1_800_000_000.0

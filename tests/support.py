@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Any
 
-from gateway.metrics import scrape
-from gateway.stack import Runtime, Stack, free_port
+from gateway.ops.stack import Runtime, Stack, free_port
+from gateway.pipeline.metrics import scrape
 
 
 class GatewayProcess:
@@ -84,7 +84,7 @@ class Device:
 
         import paho.mqtt.client as mqtt
 
-        from gateway import credentials
+        from gateway.ops import credentials
 
         self.id = device_id
         self.commands: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()

@@ -11,9 +11,17 @@ from dashboard_api import pagination
 from dashboard_api.deps import Admin, Conn, State, Viewer
 from dashboard_api.errors import NotFound
 from dashboard_api.params import Cursor, IdQuery, LabelQuery, Limit, ident
-from dashboard_api.queries import (DETECTOR_LIFE_YEARS, DEVICE_COLUMNS, DEVICE_FROM,
-                                   METER_LIFE_YEARS, battery_low_v, device_view, given,
-                                   record, where)
+from dashboard_api.queries import (
+    DETECTOR_LIFE_YEARS,
+    DEVICE_COLUMNS,
+    DEVICE_FROM,
+    METER_LIFE_YEARS,
+    battery_low_v,
+    device_view,
+    given,
+    record,
+    where,
+)
 from dashboard_api.schemas import (
     DeviceKind,
     DevicePublic,

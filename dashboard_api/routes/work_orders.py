@@ -38,7 +38,7 @@ from dashboard_api.schemas import (
     WorkOrderStatus,
 )
 from dashboard_api.valve_facts import active_gas_alarms
-from gateway import response
+from gateway.core import response
 from gateway.settings import ResponseSettings
 
 router = APIRouter(prefix="/work-orders", tags=["work orders"])

@@ -7,7 +7,7 @@ import datetime as dt
 
 import psycopg
 
-from gateway.provision import generate_city, provision
+from gateway.ops.provision import generate_city, provision
 
 
 async def _set_state(dsn: str, rows: list[tuple]) -> None:

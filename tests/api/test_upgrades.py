@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from dashboard_api.attempts import AttemptLimiter
-from gateway.provision import generate_city, provision
+from gateway.ops.provision import generate_city, provision
 
 
 def _slot(days: int = 7) -> str:

@@ -7,9 +7,9 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from gateway import credentials
-from gateway.mqtt import ClientConfig, MqttClient
-from gateway.stack import Runtime
+from gateway.ops import credentials
+from gateway.ops.stack import Runtime
+from gateway.service.mqtt_client import ClientConfig, MqttClient
 
 
 @dataclass

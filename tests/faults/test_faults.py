@@ -15,7 +15,6 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from loadgen import Load
 from support import GatewayProcess
 
@@ -223,7 +222,7 @@ def test_broker_restart_sessions_resume_and_queued_command_is_delivered(
         own_gateway, fleet, devices, runtime, dsn, stack) -> None:
     import paho.mqtt.client as mqtt
 
-    from gateway import credentials
+    from gateway.ops import credentials
 
     city = fleet(50)
     ids = [d.id for h in city for d in h.devices]
@@ -285,7 +284,7 @@ def _writer_child(gw: GatewayProcess) -> Any:
 
     assert gw.proc is not None
     kids = [c for c in psutil.Process(gw.proc.pid).children()
-            if "gateway.writer_process" in " ".join(c.cmdline())]
+            if "gateway.storage.writer_process" in " ".join(c.cmdline())]
     assert len(kids) == 1, kids
     return kids[0]
 

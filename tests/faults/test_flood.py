@@ -11,8 +11,8 @@ import time
 import psycopg
 import pytest
 
-from gateway import credentials
-from gateway.mqtt import ClientConfig, MqttClient
+from gateway.ops import credentials
+from gateway.service.mqtt_client import ClientConfig, MqttClient
 
 pytestmark = [pytest.mark.services, pytest.mark.faults]
 

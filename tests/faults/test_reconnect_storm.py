@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from gateway import credentials, provision
-from gateway.mqtt import ClientConfig, Message, MqttClient
+from gateway.ops import credentials, provision
+from gateway.protocol.packets import Message
+from gateway.service.mqtt_client import ClientConfig, MqttClient
 
 pytestmark = [pytest.mark.services, pytest.mark.faults]
 DEVICES = 10_000

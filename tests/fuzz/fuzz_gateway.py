@@ -14,8 +14,8 @@ import atheris
 
 with atheris.instrument_imports():
     from gateway import protocol
-    from gateway.mqtt import Message
-    from gateway.service import Gateway
+    from gateway.pipeline.gateway import Gateway
+    from gateway.protocol.packets import Message
     from gateway.settings import Settings
 
 NOW = 1_800_000_000.0

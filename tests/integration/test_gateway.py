@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway import credentials
+from gateway.ops import credentials
 
 pytestmark = pytest.mark.services
 # A copy of shared/protocol-v1/cases.json, the protocol's conformance vectors.

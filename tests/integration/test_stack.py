@@ -15,8 +15,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from gateway import credentials, schema
-from gateway.stack import Stack, StackError
+from gateway.ops import credentials
+from gateway.ops.stack import Stack, StackError
+from gateway.storage import schema
 
 pytestmark = pytest.mark.services
 
@@ -118,7 +119,7 @@ def test_device_cannot_read_other_devices_commands(runtime, fleet, devices) -> N
 
 
 def test_provisioning_is_idempotent(stack: Stack, runtime, prefix: str) -> None:
-    from gateway import provision
+    from gateway.ops import provision
 
     city = provision.generate_city(5, seed=3, prefix=prefix)
     first = provision.provision(runtime.dsn, city, str(stack.passwd_file), runtime.fleet_key)
@@ -225,7 +226,7 @@ def test_tls_listener_verifies_and_confines_devices(stack: Stack, runtime, fleet
 
 def test_broker_runs_ahead_of_bulk_work(stack: Stack) -> None:
     """Mosquitto is on every leak's path twice: real-time (SCHED_RR) when permitted."""
-    from gateway.stack import BROKER_RT_PRIORITY
+    from gateway.ops.stack import BROKER_RT_PRIORITY
 
     pid = stack._mq_pid()
     assert pid is not None

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway import credentials
+from gateway.ops import credentials
 
 pytestmark = pytest.mark.services
 

@@ -18,7 +18,7 @@ from feed import Harness
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.mqtt import PublishFraming, encode_publish, split_packets
+from gateway.protocol.packets import PublishFraming, encode_publish, split_packets
 
 
 def forged(device_id: str, seq: int, ch4: float = 100.0, qos: int = 1) -> bytes:

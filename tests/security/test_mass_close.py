@@ -18,7 +18,7 @@ from api_fixtures import PASSWORD
 
 from dashboard_api import valve_policy
 from dashboard_api.users import create_user
-from gateway.provision import generate_city, provision
+from gateway.ops.provision import generate_city, provision
 
 pytestmark = pytest.mark.services
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.provision import generate_city, provision
+from gateway.ops.provision import generate_city, provision
 
 pytestmark = pytest.mark.services
 

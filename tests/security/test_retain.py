@@ -19,8 +19,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from gateway import retention, schema
-from gateway.stack import DB_NAME, DB_USER, Runtime
+from gateway.ops import retention
+from gateway.ops.stack import DB_NAME, DB_USER, Runtime
+from gateway.storage import schema
 
 pytestmark = pytest.mark.services
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.provision import generate_city
+from gateway.ops.provision import generate_city
 from simulator import behaviour as bh
 from simulator.behaviour import FaultKind, LeakKind
 from simulator.fleet import Fleet

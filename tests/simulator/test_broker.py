@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway import credentials, protocol, provision
-from gateway.stack import Runtime, Stack
+from gateway import protocol
+from gateway.ops import credentials, provision
+from gateway.ops.stack import Runtime, Stack
 from simulator import wire
 from simulator.fleet import Fleet
 from simulator.link import Link, LinkError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.provision import generate_city
+from gateway.ops.provision import generate_city
 from simulator import behaviour as bh
 from simulator.behaviour import LeakKind
 from simulator.fleet import Fleet

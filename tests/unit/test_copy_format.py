@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway import copy_format
+from gateway.storage import copy_format
 
 
 def test_pieces_concatenate_to_the_whole_payload() -> None:

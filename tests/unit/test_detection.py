@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import detection
-from gateway.detection import (
+from gateway.core import detection
+from gateway.core.detection import (
     AlarmKind,
     DeviceKind,
     Effects,

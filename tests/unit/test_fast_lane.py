@@ -8,7 +8,7 @@ import json
 import pytest
 from feed import Harness
 
-from gateway.mqtt import Message, PublishFraming, encode_publish, split_packets
+from gateway.protocol.packets import Message, PublishFraming, encode_publish, split_packets
 
 
 def msg(h: Harness, did: str, ch4: float, seq: int, dup: bool = False) -> Message:
@@ -152,7 +152,7 @@ def test_a_malformed_stream_stops_the_look_not_the_gateway(h) -> None:
 
 @pytest.mark.parametrize("floor", [40.0, 39.5, 5.0, 100.0, 12.0, 199.0, 0.5])
 def test_the_prefilter_finds_every_value_whose_integer_part_reaches_the_floor(floor) -> None:
-    from gateway.service import at_least
+    from gateway.pipeline.gateway import at_least
 
     pattern = at_least(floor)
     for v in [0, 1, 3.5, 4, 9, 10, 11, 12, 19, 20, 39, 39.9, 40, 40.5, 41, 49, 50, 99, 100,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from feed import NOW, Harness, rows
 
-from gateway.mqtt import Message
+from gateway.protocol.packets import Message
 from gateway.settings import Settings
 
 
@@ -181,7 +181,7 @@ def test_fuzzed_messages_never_escape_and_every_one_is_accounted_for(msgs) -> No
 
 def test_a_mass_offline_sweep_pauses_between_ranges_and_raises_the_same(
         h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import service
+    from gateway.pipeline import gateway as service
 
     monkeypatch.setattr(service, "TICK_SLOTS", 2)
     h.now += 3 * 86400  # every device silent for days
@@ -199,7 +199,7 @@ def _all(h: Harness, name: str) -> list[Any]:
 
 def test_a_sweeps_alarms_are_applied_in_parts_and_a_reading_finishes_them_first(
         h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import service
+    from gateway.pipeline import gateway as service
 
     monkeypatch.setattr(service, "APPLY_STEP", 2)
     h.now += 3 * 86400  # all six devices silent for days: six offline alarms in one range
@@ -219,7 +219,7 @@ def test_a_sweeps_alarms_are_applied_in_parts_and_a_reading_finishes_them_first(
 
 def test_a_sweep_applied_in_parts_raises_what_one_apply_raises(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import service
+    from gateway.pipeline import gateway as service
 
     whole, parted = Harness(), Harness()
     for x in (whole, parted):
@@ -242,10 +242,11 @@ async def test_the_service_holds_judging_while_a_sweep_is_half_applied(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from gateway import service
+    from gateway.pipeline import gateway as service
+    from gateway.service import app
 
     monkeypatch.setattr(service, "APPLY_STEP", 1)
-    svc = service.GatewayService(Settings())
+    svc = app.GatewayService(Settings())
     svc.gw.load_devices(rows())
     svc.gw.publish = lambda t, p: None
     svc.loop = asyncio.get_running_loop()
@@ -265,7 +266,7 @@ async def test_the_service_holds_judging_while_a_sweep_is_half_applied(
 
 
 def test_an_operators_close_attaches_to_the_close_in_flight(h: Harness) -> None:
-    from gateway.response import ValveCommand
+    from gateway.core.response import ValveCommand
 
     h.detector("d1", 45.0)  # the gateway's own close, not yet acked
     assert h.closes() == ["m1"]

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import detection, kernels
-from gateway.detection import (
+from gateway.core import detection, kernels
+from gateway.core.detection import (
     AlarmKind,
     DeviceKind,
     Effects,
@@ -446,7 +446,7 @@ def test_a_second_process_loads_the_kernels_from_the_cache() -> None:
     code = textwrap.dedent("""
         import time
         t0 = time.perf_counter()
-        from gateway import kernels
+        from gateway.core import kernels
         seconds = kernels.warm_up()
         hits = [sum(f.stats.cache_hits.values()) for f in
                 (kernels._detector_kernel, kernels._meter_kernel)]

@@ -6,8 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.mqtt import (MqttError, decode_publish, encode_publish, encode_pubacks,
-                          parse_packets, split_packets)
+from gateway.protocol.packets import (
+    MqttError,
+    decode_publish,
+    encode_pubacks,
+    encode_publish,
+    parse_packets,
+    split_packets,
+)
 
 publishes = st.lists(st.tuples(
     st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=40),

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import protocol
-from gateway.protocol import Channel, RejectReason, Rejected
+from gateway.protocol import Channel, Rejected, RejectReason
 
 CASES = json.loads((Path(__file__).parents[1] / "data/cases.json").read_text())["cases"]
 # What the decoder alone can decide; device-level checks live in the gateway tests.

@@ -6,9 +6,16 @@ import datetime as dt
 
 import pytest
 
-from gateway.detection import AlarmKind
-from gateway.response import (POLICIES, CommandBook, CommandState, Priority, UnknownCommand,
-                              ValveCommand, sla_deadlines)
+from gateway.core.detection import AlarmKind
+from gateway.core.response import (
+    POLICIES,
+    CommandBook,
+    CommandState,
+    Priority,
+    UnknownCommand,
+    ValveCommand,
+    sla_deadlines,
+)
 
 
 def _cmd(cmd_id: str = "c1", meter: str = "m1") -> ValveCommand:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config_report, settings
+from gateway import settings
+from gateway.ops import config_report
 from gateway.settings import SettingsError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ import pytest
 from dashboard_api import valve_policy as vp
 from dashboard_api import workflow
 from dashboard_api.workflow import ActiveAlarm
-from gateway import response
-from gateway.detection import GAS_KINDS
+from gateway.core import response
+from gateway.core.detection import GAS_KINDS
 
 T0 = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.UTC)
 LONG_REASON = "closing the whole riser on the fire brigade's request"

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.storage import Batch, Readings
-from gateway.writer_process import Frames, WriterStats, frame
+from gateway.storage.rows import Batch, Readings
+from gateway.storage.writer_process import Frames, WriterStats, frame
 
 
 def _batch(n: int) -> Batch:
@@ -50,7 +50,7 @@ def test_a_partial_frame_waits_for_the_rest() -> None:
 def test_the_writers_registry_names_slots_as_the_gateways_does() -> None:
     import datetime as dt
 
-    from gateway.registry import DeviceRow, HouseholdInfo, Registry
+    from gateway.core.registry import DeviceRow, HouseholdInfo, Registry
 
     full, ids_only = Registry(), Registry()
     for part in (["m1", "d1"], ["m22", "d22a", "d22b"]):  # grown twice, as on provisioning
@@ -71,8 +71,8 @@ async def test_a_writer_process_that_cannot_start_is_retried_with_a_growing_paus
     import asyncio
     import sys
 
-    from gateway import writer_process as wp
-    from gateway.registry import Registry
+    from gateway.core.registry import Registry
+    from gateway.storage import writer_process as wp
 
     w = wp.WriterProcess(wp.WriterConfig("host=x", str(tmp_path), 1, 1.0), Registry(),
                          lambda b: None)

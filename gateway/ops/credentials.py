@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.stack import Runtime, Stack
+    from gateway.ops.stack import Runtime, Stack
 
 GATEWAY = "gateway"
 # The gateway's second connection, for valve commands only: on the ingest connection a

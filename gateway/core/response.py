@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from gateway.detection import AlarmKind
+from gateway.core.detection import AlarmKind
 
 
 class Priority(StrEnum):

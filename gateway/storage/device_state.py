@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from gateway import copy_format
-from gateway.registry import Registry
+from gateway.core.registry import Registry
+from gateway.storage import copy_format
 
 _DET = np.dtype([("time", np.float64), ("seq", np.int64), ("ch4", np.float32),
                  ("fault", np.uint32)])

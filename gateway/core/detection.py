@@ -777,7 +777,7 @@ def _kernels() -> Any:
     global _KERNELS
     if _KERNELS is False:
         try:
-            from gateway import kernels
+            from gateway.core import kernels
         except ImportError:
             _KERNELS = None
         else:

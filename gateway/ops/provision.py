@@ -16,7 +16,7 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from gateway import credentials
+from gateway.ops import credentials
 
 logger = logging.getLogger(__name__)
 

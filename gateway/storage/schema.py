@@ -17,7 +17,7 @@ _LOCK_KEY = 0x6A5_5AFE
 
 
 def migration_files() -> list[tuple[str, str]]:
-    folder = resources.files("gateway") / "migrations"
+    folder = resources.files("gateway.storage") / "migrations"
     files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
     return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
 

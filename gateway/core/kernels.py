@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from gateway import detection as _d
+from gateway.core import detection as _d
 
 __all__ = ["evaluate_detectors", "evaluate_meters", "warm_up"]
 

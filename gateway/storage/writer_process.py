@@ -37,9 +37,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.latest import Changes
-from gateway.registry import Registry
-from gateway.storage import Batch
+from gateway.core.registry import Registry
+from gateway.storage.device_state import Changes
+from gateway.storage.rows import Batch
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class WriterProcess:
         self._state_seq = 0
         self._state_waiting: dict[int, asyncio.Future[bool]] = {}
         # how the child is started (a test gives one that fails at once)
-        self.command = [sys.executable, "-m", "gateway.writer_process"]
+        self.command = [sys.executable, "-m", "gateway.storage.writer_process"]
         self._started_at = 0.0
         self._respawn_delay = RESPAWN_MIN_S
 
@@ -322,11 +322,11 @@ class WriterProcess:
 
 # ---------------------------------------------------------------- the child
 def _child(down_fd: int, up_fd: int) -> int:
-    from gateway.latest import StateWriter
-    from gateway.logs import setup_logging
-    from gateway.priority import set_thread_priority
-    from gateway.spool import Spool
-    from gateway.storage import Writer
+    from gateway.service.logs import setup_logging
+    from gateway.service.priority import set_thread_priority
+    from gateway.storage.device_state import StateWriter
+    from gateway.storage.spool import Spool
+    from gateway.storage.writer import Writer
 
     frames = Frames()
     inbox: list[Any] = []
@@ -420,6 +420,8 @@ if __name__ == "__main__":
     # in order ("stop", after its last batch); if the gateway dies, the end of the pipe does
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    from gateway import writer_process  # pickled classes must be this module's, not __main__'s
+    from gateway.storage import (
+        writer_process,  # pickled classes must be this module's, not __main__'s
+    )
 
     sys.exit(writer_process._child(int(sys.argv[1]), int(sys.argv[2])))

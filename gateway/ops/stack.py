@@ -274,7 +274,7 @@ class Stack:
     def _tls_listener(self, rt: Runtime) -> str:
         if not rt.mqtt_tls_port:
             return ""
-        from gateway.tls import ensure_certs
+        from gateway.ops.tls import ensure_certs
 
         certs = ensure_certs(self.home / "tls")
         # listener options follow their listener; the plain one above gets the policy's
@@ -291,7 +291,7 @@ class Stack:
             raise StackError(f"port {rt.mqtt_port} (Mosquitto) is used by another program; "
                              f"stop it or delete {self.runtime_file} to choose new ports")
         self.write_mosquitto_conf(rt)
-        from gateway import credentials
+        from gateway.ops import credentials
 
         credentials.ensure_service_accounts(self, rt)
         # The broker is on the leak's path twice (reading in, command out): like the gateway's
@@ -334,7 +334,7 @@ class Stack:
         self._pg_start(rt)
         self._pg_bootstrap_db(rt)
         self._mq_start(rt)
-        from gateway import schema
+        from gateway.storage import schema
 
         schema.migrate(rt.dsn)
         return rt
