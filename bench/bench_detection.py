@@ -12,7 +12,7 @@ on a shared machine both matter. Prints each figure beside its bound and writes 
 to bench/results/detection.json.
 
 Both engines run the same batches on two fleets built alike: the compiled one
-(gateway/kernels.py, numba) is the headline figure, the NumPy one (the specification)
+(gateway/core/compiled.py, numba) is the headline figure, the NumPy one (the specification)
 is printed beside it. Their Effects are compared after every batch, and their states
 byte for byte at the end: "engines agree" must say yes.
 
@@ -35,16 +35,13 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.core.detection import (
-    DeviceKind,
-    Effects,
-    FleetState,
-    Thresholds,
-    ValveCode,
-    evaluate_detectors,
-    evaluate_meters,
-    sweep,
-)
+from gateway.core.alarms import DeviceKind, ValveCode
+from gateway.core.effects import Effects
+from gateway.core.fleet import FleetState
+from gateway.core.gas_rules import evaluate_detectors
+from gateway.core.meter_rules import evaluate_meters
+from gateway.core.sweep import sweep
+from gateway.core.thresholds import Thresholds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MEMORY_LIMIT_MB = 200.0
@@ -147,7 +144,7 @@ def same_effects(a: tuple[Effects, ...], b: tuple[Effects, ...]) -> bool:
 
 
 def same_state(a: FleetState, b: FleetState) -> bool:
-    return (a._hot_bytes.tobytes() == b._hot_bytes.tobytes()
+    return (a.records_bytes.tobytes() == b.records_bytes.tobytes()
             and a.rise_lel.tobytes() == b.rise_lel.tobytes()
             and a.rise_ts.tobytes() == b.rise_ts.tobytes())
 
@@ -155,14 +152,14 @@ def same_state(a: FleetState, b: FleetState) -> bool:
 def warm_up_kernels() -> tuple[float | None, str]:
     """Load (or compile) the compiled engine before anything is measured."""
     try:
-        from gateway.core import kernels
+        from gateway.core import compiled, kernels
     except ImportError:
         return None, "numba not installed: NumPy engine only"
     t = time.perf_counter()
-    kernels.warm_up()
+    compiled.warm_up()
     seconds = time.perf_counter() - t
     hits = sum(sum(f.stats.cache_hits.values())
-               for f in (kernels._detector_kernel, kernels._meter_kernel))
+               for f in (kernels.detector_kernel, kernels.meter_kernel))
     how = "loaded from the cache" if hits == 2 else "compiled"
     return seconds, f"{how} in {seconds:.2f} s"
 

@@ -2,12 +2,12 @@
 
 A whole district going silent (a cell tower down) or the first start over a fleet of old
 meters makes one sweep raise an alarm, a work order or notice per device. The gateway
-applies a sweep in parts (gateway.service: TICK_SLOTS devices swept, APPLY_STEP alarms
+applies a sweep in parts (gateway.pipeline: TICK_SLOTS devices swept, APPLY_STEP alarms
 applied per part, and handed to the writer process per part) and runs the event loop
-between them, so socket reads and instant leaks are not held up for the whole event. This prints the longest part beside the
-time the same sweep takes in one go, and the bound a part must stay under (half the
-10 ms alarm-latency budget). The gateway runs with the collector off (as in service),
-so it is off here too.
+between them, so socket reads and instant leaks are not held up for the whole event. This
+prints the longest part beside the time the same sweep takes in one go, and the bound a
+part must stay under (half the 10 ms alarm-latency budget). The gateway runs with the
+collector off (as in service), so it is off here too.
 
     python bench/bench_sweep.py [--households 192000]
 """
@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import itertools
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import gateway.service as service  # noqa: E402
+import gateway.pipeline.actions as actions  # noqa: E402
 from gateway.pipeline.gateway import Gateway  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from gateway.storage.rows import Batch  # noqa: E402
@@ -46,9 +47,10 @@ def rows(households: int) -> list[tuple]:
 
 def run(households: int, silent: int, step: int) -> dict[str, float]:
     """Sweep after `silent` households' devices went quiet for days; part times in ms."""
-    step, service.APPLY_STEP = service.APPLY_STEP, step
+    step, actions.APPLY_STEP = actions.APPLY_STEP, step
     now = [T0]
-    gw = Gateway(Settings(), clock=lambda: now[0])
+    ids = itertools.count(1)
+    gw = Gateway(Settings(), clock=lambda: now[0], new_id=lambda: f"gw-{next(ids)}")
     gw.load_devices(rows(households))
     gw.publish = lambda t, p: None
     handed: list[int] = []
@@ -76,7 +78,7 @@ def run(households: int, silent: int, step: int) -> dict[str, float]:
     finally:
         gc.enable()
         gc.unfreeze()
-        service.APPLY_STEP = step
+        actions.APPLY_STEP = step
     return {"alarms": sum(handed), "parts": len(parts),
             "max_part_ms": 1000 * max(parts), "total_ms": 1000 * sum(parts)}
 
@@ -86,7 +88,7 @@ def main() -> None:
     ap.add_argument("--households", type=int, default=192_000)
     ap.add_argument("--silent", type=int, default=20_000, help="households gone quiet")
     a = ap.parse_args()
-    step = service.APPLY_STEP
+    step = actions.APPLY_STEP
     whole = run(a.households, a.silent, 10**9)
     parted = run(a.households, a.silent, step)
     assert whole["alarms"] == parted["alarms"]

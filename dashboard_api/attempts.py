@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 
 class AttemptLimiter:
-    def __init__(self, max_failures: int = 5, window_s: float = 900.0,
-                 max_keys: int = 100_000) -> None:
+    def __init__(
+        self, max_failures: int = 5, window_s: float = 900.0, max_keys: int = 100_000
+    ) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
         self.max_keys = max_keys
@@ -98,8 +99,10 @@ class ResidentLimiter:
         """(the check, 0, "") when it may go ahead; (None, retry_after_s, scope) when not,
         scope being "household_client", "client" or "household"."""
         pair_key = self._pair_key(household, client)
-        waits = [(self.pair.retry_after(pair_key, now), "household_client"),
-                 (self.client.retry_after(client, now), "client")]
+        waits = [
+            (self.pair.retry_after(pair_key, now), "household_client"),
+            (self.client.retry_after(client, now), "client"),
+        ]
         known_at = self._known.get(pair_key)
         if known_at is None or now - known_at >= self.known_for_s:
             waits.append((self.household.retry_after(household, now), "household"))

@@ -44,8 +44,7 @@ def _key(address: str) -> str:
     return str(ip)
 
 
-def client_address(peer: str | None, forwarded_for: str | None,
-                   trusted: Sequence[Network]) -> str:
+def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
     """The limiter key of the client of a request whose TCP peer is `peer`."""
     address = peer or "unknown"
     if not trusted or not _trusted(address, trusted) or not forwarded_for:
@@ -66,7 +65,8 @@ def client_of(scope: Mapping[str, Any], trusted: Sequence[Network]) -> str:
     peer = scope.get("client")
     forwarded = None
     if trusted:
-        values = [v.decode("latin-1") for k, v in scope.get("headers", ())
-                  if k == b"x-forwarded-for"]
+        values = [
+            v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-for"
+        ]
         forwarded = ",".join(values) if values else None
     return client_address(peer[0] if peer else None, forwarded, trusted)

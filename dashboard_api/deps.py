@@ -61,15 +61,23 @@ async def get_conn(state: State) -> AsyncIterator[AsyncConnection[Any]]:
 
 Conn = Annotated[AsyncConnection[Any], Depends(get_conn, scope="function")]
 
-_bearer = OAuth2PasswordBearer(tokenUrl="auth/token", auto_error=False,
-                               description="Access token from POST /auth/token, or an API key.")
-_api_key = APIKeyHeader(name="X-API-Key", auto_error=False,
-                        description="An API key created by an admin (POST /api-keys).")
+_bearer = OAuth2PasswordBearer(
+    tokenUrl="auth/token",
+    auto_error=False,
+    description="Access token from POST /auth/token, or an API key.",
+)
+_api_key = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="An API key created by an admin (POST /api-keys).",
+)
 
 
-async def authenticate(request: Request,
-                       bearer: Annotated[str | None, Depends(_bearer)],
-                       api_key: Annotated[str | None, Depends(_api_key)]) -> Principal:
+async def authenticate(
+    request: Request,
+    bearer: Annotated[str | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal:
     # The credential was checked by AuthGate before the request reached any route (so an
     # unauthenticated caller gets 401 even for a malformed body or an unknown path); the
     # two security dependencies above only document the schemes in OpenAPI.
@@ -82,8 +90,10 @@ async def authenticate(request: Request,
 def require(role: Role) -> Callable[..., Awaitable[Principal]]:
     async def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if not principal.may(role):
-            raise Forbidden(f"this needs the {role.name} role (or higher); "
-                            f"{principal.username} is {principal.role.name}")
+            raise Forbidden(
+                f"this needs the {role.name} role (or higher); "
+                f"{principal.username} is {principal.role.name}"
+            )
         return principal
 
     check.__name__ = f"require_{role.name}"

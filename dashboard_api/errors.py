@@ -39,10 +39,18 @@ _TITLES = {
     503: "Service unavailable",
 }
 _SLUGS = {
-    400: "bad-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found",
-    405: "method-not-allowed", 409: "conflict", 413: "payload-too-large",
-    415: "unsupported-media-type", 422: "invalid-request", 429: "too-many-requests",
-    500: "internal-error", 503: "unavailable",
+    400: "bad-request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "invalid-request",
+    429: "too-many-requests",
+    500: "internal-error",
+    503: "unavailable",
 }
 
 
@@ -51,8 +59,7 @@ class ApiError(Exception):
 
     status = 500
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None,
-                 **extra: Any) -> None:
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers
@@ -62,8 +69,11 @@ class ApiError(Exception):
 class Unauthenticated(ApiError):
     status = 401
 
-    def __init__(self, detail: str = "authentication required: send 'Authorization: Bearer "
-                 "<token>' (POST /auth/token) or 'X-API-Key: <key>'") -> None:
+    def __init__(
+        self,
+        detail: str = "authentication required: send 'Authorization: Bearer "
+        "<token>' (POST /auth/token) or 'X-API-Key: <key>'",
+    ) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="gas-safety"'})
 
 
@@ -89,16 +99,21 @@ class Invalid(ApiError):
     status = 422
 
     def __init__(self, field: str, message: str, location: str = "query") -> None:
-        super().__init__(f"{field}: {message}",
-                         errors=[{"field": field, "in": location, "message": message,
-                                  "type": "value_error"}])
+        super().__init__(
+            f"{field}: {message}",
+            errors=[{"field": field, "in": location, "message": message, "type": "value_error"}],
+        )
 
 
-def problem(status: int, detail: str, *, headers: dict[str, str] | None = None,
-            **extra: Any) -> JSONResponse:
-    body: dict[str, Any] = {"type": PROBLEM_BASE + _SLUGS.get(status, str(status)),
-                            "title": _TITLES.get(status, "Error"), "status": status,
-                            "detail": detail}
+def problem(
+    status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + _SLUGS.get(status, str(status)),
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
     body.update(extra)
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
@@ -110,8 +125,14 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
         loc = [str(p) for p in e.get("loc", ())]
         where = loc[0] if loc and loc[0] in ("body", "query", "path", "header", "cookie") else ""
         rest = loc[1:] if where else loc
-        out.append({"field": ".".join(rest) or where or "request", "in": where or "body",
-                    "message": str(e.get("msg", "invalid")), "type": str(e.get("type", ""))})
+        out.append(
+            {
+                "field": ".".join(rest) or where or "request",
+                "in": where or "body",
+                "message": str(e.get("msg", "invalid")),
+                "type": str(e.get("type", "")),
+            }
+        )
     return out
 
 
@@ -130,9 +151,18 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "")
         if exc.status_code == 400:  # FastAPI's "error parsing the body": a malformed body
-            return problem(422, f"body: {detail}", errors=[{
-                "field": "body", "in": "body", "message": "not a UTF-8 JSON document",
-                "type": "json_invalid"}])
+            return problem(
+                422,
+                f"body: {detail}",
+                errors=[
+                    {
+                        "field": "body",
+                        "in": "body",
+                        "message": "not a UTF-8 JSON document",
+                        "type": "json_invalid",
+                    }
+                ],
+            )
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.url.path}"
         return problem(exc.status_code, detail, headers=getattr(exc, "headers", None))

@@ -30,17 +30,19 @@ from dashboard_api.identity import Principal, Role
 
 logger = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/auth/token", "/upgrades/resident/lookup",
-                          "/upgrades/resident/bookings"})
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/auth/token", "/upgrades/resident/lookup", "/upgrades/resident/bookings"}
+)
 
-_USER_BY_NAME = ("SELECT id, username, role, disabled, token_version FROM users"
-                 " WHERE username = %s")
+_USER_BY_NAME = "SELECT id, username, role, disabled, token_version FROM users WHERE username = %s"
 _KEY_BY_PREFIX = """
     SELECT k.id AS key_id, k.key_hash, k.expires_at, k.revoked_at, u.id, u.username, u.role,
            u.disabled
     FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.prefix = %s"""
-REVOKED = ("token revoked: the user's password, role or status changed after it was issued;"
-           " request a new one at POST /auth/token")
+REVOKED = (
+    "token revoked: the user's password, role or status changed after it was issued;"
+    " request a new one at POST /auth/token"
+)
 
 
 class Refused(Unauthenticated):
@@ -54,8 +56,9 @@ class Refused(Unauthenticated):
         self.reason = reason
 
 
-async def _from_api_key(pool: psycopg_pool.AsyncConnectionPool[Any], key: str,
-                        now: dt.datetime) -> Principal:
+async def _from_api_key(
+    pool: psycopg_pool.AsyncConnectionPool[Any], key: str, now: dt.datetime
+) -> Principal:
     prefix = identity.api_key_prefix(key)
     if prefix is None:
         raise Refused("api_key_invalid", "malformed API key")
@@ -69,12 +72,19 @@ async def _from_api_key(pool: psycopg_pool.AsyncConnectionPool[Any], key: str,
         raise Refused("api_key_invalid", "API key expired")
     if row["disabled"]:
         raise Refused("user_disabled", "user disabled")
-    return Principal(row["id"], row["username"], Role[row["role"]], "api_key",
-                     expires_at=row["expires_at"], key_id=row["key_id"])
+    return Principal(
+        row["id"],
+        row["username"],
+        Role[row["role"]],
+        "api_key",
+        expires_at=row["expires_at"],
+        key_id=row["key_id"],
+    )
 
 
-async def _from_token(pool: psycopg_pool.AsyncConnectionPool[Any], secret: str, token: str,
-                      now: dt.datetime) -> Principal:
+async def _from_token(
+    pool: psycopg_pool.AsyncConnectionPool[Any], secret: str, token: str, now: dt.datetime
+) -> Principal:
     try:
         claims = identity.read_token(secret, token, now)
     except identity.TokenError as err:
@@ -85,12 +95,21 @@ async def _from_token(pool: psycopg_pool.AsyncConnectionPool[Any], secret: str, 
     if row is None or row["disabled"]:
         raise Refused("user_disabled", "user unknown or disabled")
     if claims["ver"] != row["token_version"]:
-        logger.warning("token refused reason=revoked user=%s token_version=%s current=%s",
-                       row["username"], claims["ver"], row["token_version"])
+        logger.warning(
+            "token refused reason=revoked user=%s token_version=%s current=%s",
+            row["username"],
+            claims["ver"],
+            row["token_version"],
+        )
         raise Refused("token_revoked", REVOKED)
-    return Principal(row["id"], row["username"], Role[row["role"]], "token",
-                     token_version=claims["ver"],
-                     expires_at=dt.datetime.fromtimestamp(claims["exp"], dt.UTC))
+    return Principal(
+        row["id"],
+        row["username"],
+        Role[row["role"]],
+        "token",
+        token_version=claims["ver"],
+        expires_at=dt.datetime.fromtimestamp(claims["exp"], dt.UTC),
+    )
 
 
 async def principal_from(headers: Headers, state: Any) -> Principal:
@@ -121,12 +140,14 @@ class AuthGate:
         except ApiError as err:
             state.metrics.refuse(getattr(err, "reason", "token_invalid"))
             await problem(err.status, err.detail, headers=err.headers, **err.extra)(
-                scope, receive, send)
+                scope, receive, send
+            )
             return
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as err:
             logger.warning("authentication needs the database: error=%s", err)
-            await problem(503, "database unavailable, retry shortly",
-                          headers={"Retry-After": "5"})(scope, receive, send)
+            await problem(503, "database unavailable, retry shortly", headers={"Retry-After": "5"})(
+                scope, receive, send
+            )
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

@@ -40,21 +40,27 @@ def _lower_priority(niceness: int) -> None:
     # On Linux a nice value belongs to the thread (and the threads it starts).
     with contextlib.suppress(OSError, AttributeError):
         current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
-                       max(current, min(19, niceness)))
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), max(current, min(19, niceness)))
 
 
 class HashPool:
-    def __init__(self, workers: int = DEFAULT_WORKERS, max_pending: int = DEFAULT_MAX_PENDING,
-                 niceness: int = DEFAULT_NICENESS) -> None:
+    def __init__(
+        self,
+        workers: int = DEFAULT_WORKERS,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        niceness: int = DEFAULT_NICENESS,
+    ) -> None:
         if workers < 1 or max_pending < workers:
             raise ValueError("need workers >= 1 and max_pending >= workers")
         self.workers = workers
         self.max_pending = max_pending
         self.pending = 0
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="password-hash",
-                                            initializer=_lower_priority,
-                                            initargs=(niceness,))
+        self._executor = ThreadPoolExecutor(
+            workers,
+            thread_name_prefix="password-hash",
+            initializer=_lower_priority,
+            initargs=(niceness,),
+        )
 
     @property
     def full(self) -> bool:

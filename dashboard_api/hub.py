@@ -53,8 +53,9 @@ class Subscription:
 
 
 class EventHub:
-    def __init__(self, dsn: str, metrics: Metrics, *, queue_size: int = 256,
-                 reconnect_max_s: float = 10.0) -> None:
+    def __init__(
+        self, dsn: str, metrics: Metrics, *, queue_size: int = 256, reconnect_max_s: float = 10.0
+    ) -> None:
         self.dsn = dsn
         self.metrics = metrics
         self.queue_size = queue_size
@@ -87,15 +88,21 @@ class EventHub:
             try:
                 # TCP keepalives: a silent network partition must end notifies() too.
                 async with await psycopg.AsyncConnection.connect(
-                        self.dsn, autocommit=True, keepalives=1, keepalives_idle=30,
-                        keepalives_interval=10, keepalives_count=3) as conn:
+                    self.dsn,
+                    autocommit=True,
+                    keepalives=1,
+                    keepalives_idle=30,
+                    keepalives_interval=10,
+                    keepalives_count=3,
+                ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
                     self.metrics.listener_up.set(1)
                     if not first:
                         logger.info("events listener reconnected")
-                        self._broadcast("stream.gap", {"type": "stream.gap",
-                                                       "reason": "listener reconnected"})
+                        self._broadcast(
+                            "stream.gap", {"type": "stream.gap", "reason": "listener reconnected"}
+                        )
                     first = False
                     delay = 0.2
                     async for notify in conn.notifies():
@@ -140,8 +147,9 @@ class EventHub:
                 continue
             sub.queue.put_nowait(event)
 
-    def subscribe(self, types: frozenset[str] | None = None,
-                  owner: Principal | None = None) -> Subscription:
+    def subscribe(
+        self, types: frozenset[str] | None = None, owner: Principal | None = None
+    ) -> Subscription:
         # One slot more than the limit for the closing marker.
         sub = Subscription(asyncio.Queue(self.queue_size + 1), types, owner)
         self._subs.add(sub)

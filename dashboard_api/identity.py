@@ -85,13 +85,21 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 
 # ---------------------------------------------------------------- access tokens
 
-def issue_token(secret: str, username: str, role: Role, ttl_s: int,
-                now: dt.datetime, version: int = 1) -> tuple[str, dt.datetime]:
+
+def issue_token(
+    secret: str, username: str, role: Role, ttl_s: int, now: dt.datetime, version: int = 1
+) -> tuple[str, dt.datetime]:
     """A signed token for `username` at their current `token_version`."""
     expires = now + dt.timedelta(seconds=ttl_s)
-    claims = {"sub": username, "role": role.name, "iss": TOKEN_ISSUER, "ver": version,
-              "iat": int(now.timestamp()), "exp": int(expires.timestamp()),
-              "jti": secrets.token_hex(8)}
+    claims = {
+        "sub": username,
+        "role": role.name,
+        "iss": TOKEN_ISSUER,
+        "ver": version,
+        "iat": int(now.timestamp()),
+        "exp": int(expires.timestamp()),
+        "jti": secrets.token_hex(8),
+    }
     return jwt.encode(claims, secret, algorithm=TOKEN_ALGORITHM), expires
 
 
@@ -100,8 +108,12 @@ def read_token(secret: str, token: str, now: dt.datetime) -> dict[str, Any]:
     the user's current token_version and re-reads the role and disabled flag."""
     try:
         claims: dict[str, Any] = jwt.decode(
-            token, secret, algorithms=[TOKEN_ALGORITHM], issuer=TOKEN_ISSUER,
-            options={"require": ["exp", "iat", "sub", "iss"], "verify_exp": False})
+            token,
+            secret,
+            algorithms=[TOKEN_ALGORITHM],
+            issuer=TOKEN_ISSUER,
+            options={"require": ["exp", "iat", "sub", "iss"], "verify_exp": False},
+        )
     except jwt.PyJWTError as err:
         raise TokenError(f"invalid token ({err})") from None
     if not isinstance(claims.get("exp"), int) or claims["exp"] <= now.timestamp():
@@ -114,6 +126,7 @@ def read_token(secret: str, token: str, now: dt.datetime) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- API keys
+
 
 def new_api_key() -> tuple[str, str, str]:
     """(the full key shown once, its public prefix, its digest to store)."""

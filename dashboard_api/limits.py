@@ -71,9 +71,15 @@ class BodyLimit:
 
 
 class ConcurrencyLimit:
-    def __init__(self, app: ASGIApp, paths: Iterable[str], concurrent: int = 4,
-                 max_waiting: int = 1024, max_wait_s: float = 10.0,
-                 refused: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        paths: Iterable[str],
+        concurrent: int = 4,
+        max_waiting: int = 1024,
+        max_wait_s: float = 10.0,
+        refused: Callable[[], None] | None = None,
+    ) -> None:
         self.app = app
         self.refused = refused
         self.paths = frozenset(paths)
@@ -121,5 +127,6 @@ class ConcurrencyLimit:
     async def _busy(self, scope: Scope, receive: Receive, send: Send, why: str) -> None:
         if self.refused is not None:
             self.refused()
-        await problem(503, f"{scope['path']} is busy ({why}); retry in 1 s",
-                      headers={"Retry-After": "1"})(scope, receive, send)
+        await problem(
+            503, f"{scope['path']} is busy ({why}); retry in 1 s", headers={"Retry-After": "1"}
+        )(scope, receive, send)

@@ -8,6 +8,7 @@ applied by `gas-safety db migrate` (or `stack up`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import sys
@@ -76,15 +77,21 @@ def jwt_secret(settings: Settings) -> str:
     if configured is not None:
         value = configured.get_secret_value()
         if settings.environment == "production" and len(value) < MIN_SECRET_LEN:
-            raise StartupRefused(f"GAS_SAFETY_API__JWT_SECRET must be at least "
-                                 f"{MIN_SECRET_LEN} characters in production")
+            raise StartupRefused(
+                f"GAS_SAFETY_API__JWT_SECRET must be at least "
+                f"{MIN_SECRET_LEN} characters in production"
+            )
         if value:
             return value
     if settings.environment == "production":
-        raise StartupRefused("refusing to start in production without a JWT secret: set "
-                             "GAS_SAFETY_API__JWT_SECRET (e.g. `openssl rand -hex 32`)")
-    logger.warning("no api.jwt_secret set: using a random one for this process only "
-                   "(tokens die with it; set GAS_SAFETY_API__JWT_SECRET to keep them)")
+        raise StartupRefused(
+            "refusing to start in production without a JWT secret: set "
+            "GAS_SAFETY_API__JWT_SECRET (e.g. `openssl rand -hex 32`)"
+        )
+    logger.warning(
+        "no api.jwt_secret set: using a random one for this process only "
+        "(tokens die with it; set GAS_SAFETY_API__JWT_SECRET to keep them)"
+    )
     return secrets.token_urlsafe(32)
 
 
@@ -97,9 +104,13 @@ def trusted_proxies(settings: Settings) -> tuple[clients.Network, ...]:
         raise StartupRefused(f"api.trusted_proxies: {err}") from None
 
 
-def create_app(settings: Settings, *, pool_max_size: int = 10,
-               sse_keepalive_s: float = 15.0, rollups_every_s: float | None = 300.0,
-               ) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    pool_max_size: int = 10,
+    sse_keepalive_s: float = 15.0,
+    rollups_every_s: float | None = 300.0,
+) -> FastAPI:
     """The API. `rollups_every_s=None` leaves the daily readings rollups to someone else
     (tests drive `dashboard_api.rollup.step` themselves)."""
     secret = jwt_secret(settings)
@@ -109,17 +120,29 @@ def create_app(settings: Settings, *, pool_max_size: int = 10,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            settings.db.dsn, min_size=2, max_size=pool_max_size, open=False, timeout=10,
+            settings.db.dsn,
+            min_size=2,
+            max_size=pool_max_size,
+            open=False,
+            timeout=10,
             kwargs={"autocommit": True, "row_factory": dict_row},
             # a connection is checked as it is handed out (one round trip): after a
             # database restart every idle one is dead, and each would fail a request
-            check=AsyncConnectionPool.check_connection, name="api")
+            check=AsyncConnectionPool.check_connection,
+            name="api",
+        )
         await pool.open(wait=True, timeout=30)
         hub = EventHub(settings.db.dsn, metrics)
         await hub.start()
-        state = AppState(settings=settings, jwt_secret=secret, pool=pool, hub=hub,
-                         metrics=metrics, trusted_proxies=proxy_nets,
-                         sse_keepalive_s=sse_keepalive_s)
+        state = AppState(
+            settings=settings,
+            jwt_secret=secret,
+            pool=pool,
+            hub=hub,
+            metrics=metrics,
+            trusted_proxies=proxy_nets,
+            sse_keepalive_s=sse_keepalive_s,
+        )
         app.state.api = state
         metrics.hashes_pending.set_function(lambda: state.hashing.pending)
         watch = StreamWatch(hub, pool, lambda: state.clock(), metrics)
@@ -139,25 +162,47 @@ def create_app(settings: Settings, *, pool_max_size: int = 10,
             await pool.close()
             state.hashing.close()
 
-    app = FastAPI(title="gas-safety operator API", version="1.0.0", description=DESCRIPTION,
-                  lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="gas-safety operator API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     errors.install(app)
     # The last added runs first: metrics see every answer, then sign-ins take turns, then
     # the gate, then the size limit (so a stranger gets 401 whatever the body, and public
     # routes are bounded too).
     app.add_middleware(BodyLimit)
     app.add_middleware(AuthGate)
-    app.add_middleware(ConcurrencyLimit, paths=("/auth/token",),
-                       refused=lambda: metrics.refuse("login_busy"))
+    app.add_middleware(
+        ConcurrencyLimit, paths=("/auth/token",), refused=lambda: metrics.refuse("login_busy")
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for module in (service, auth, users, households, devices, readings, alarms, work_orders,
-                   valves, notifications, events, upgrades, audit):
+    for module in (
+        service,
+        auth,
+        users,
+        households,
+        devices,
+        readings,
+        alarms,
+        work_orders,
+        valves,
+        notifications,
+        events,
+        upgrades,
+        audit,
+    ):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version,
-                                 description=app.description, routes=app.routes)
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
             app.openapi_schema = problem_responses(schema)
         return app.openapi_schema
 
@@ -167,10 +212,13 @@ def create_app(settings: Settings, *, pool_max_size: int = 10,
 
 _PUBLIC = PUBLIC_PATHS
 _DESCRIPTIONS = {
-    401: "No valid credential", 403: "The caller's role may not do this", 404: "Unknown id",
+    401: "No valid credential",
+    403: "The caller's role may not do this",
+    404: "Unknown id",
     409: "Refused in the current state; the detail says why",
     413: "Request body too large",
-    415: "Unsupported media type", 422: "Invalid input; `errors` names the fields",
+    415: "Unsupported media type",
+    422: "Invalid input; `errors` names the fields",
     503: "Database unavailable; retry",
 }
 
@@ -216,7 +264,7 @@ def problem_responses(schema: dict[str, Any]) -> dict[str, Any]:
 def main() -> int:
     import uvicorn
 
-    from gateway.service.logs import setup_logging
+    from gateway.logs import setup_logging
     from gateway.settings import load
 
     settings = load()
@@ -227,11 +275,16 @@ def main() -> int:
     except StartupRefused as err:
         print(f"gas-safety api: {err}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
-                            log_config=None, proxy_headers=False, server_header=False,
-                            timeout_graceful_shutdown=5)
-    try:
+    config = uvicorn.Config(
+        app,
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    # uvicorn re-raises the Ctrl-C it shut down cleanly on
+    with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run()
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down cleanly on
-        pass
     return 0

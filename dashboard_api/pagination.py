@@ -46,14 +46,22 @@ def decode(cursor: str | None, key_type: type, id_type: type) -> tuple[Any, Any]
             raise ValueError("id range")
         if isinstance(row_id, str) and "\x00" in row_id:
             raise ValueError("id text")
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError,
-            json.JSONDecodeError, OverflowError):
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        binascii.Error,
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        OverflowError,
+    ):
         raise Invalid("cursor", "not a cursor of this list; pass next_cursor unchanged") from None
     return key, row_id
 
 
-def page(rows: Sequence[T], limit: int, key: Callable[[T], tuple[Any, Any]]
-         ) -> tuple[list[T], str | None]:
+def page(
+    rows: Sequence[T], limit: int, key: Callable[[T], tuple[Any, Any]]
+) -> tuple[list[T], str | None]:
     """Rows fetched with LIMIT limit+1 -> (this page, cursor of the next or None)."""
     if len(rows) <= limit:
         return list(rows), None
@@ -61,8 +69,9 @@ def page(rows: Sequence[T], limit: int, key: Callable[[T], tuple[Any, Any]]
     return items, encode(*key(items[-1]))
 
 
-def older_than(cursor: str | None, time_col: str, id_col: str, params: dict[str, Any],
-               id_type: type = int) -> list[str]:
+def older_than(
+    cursor: str | None, time_col: str, id_col: str, params: dict[str, Any], id_type: type = int
+) -> list[str]:
     """The condition of a newest-first list (ORDER BY time_col DESC, id_col DESC; both
     names written in the router, never input) for the rows after `cursor`, its values put
     in `params`; none without a cursor. `Invalid` on a cursor that is not ours."""

@@ -33,13 +33,21 @@ def battery_low_v(settings: Settings) -> float:
     return float(getattr(thresholds, "battery_low_v", BATTERY_LOW_V))
 
 
-async def record(conn: AsyncConnection[Any], actor: str, action: str, entity: str,
-                 entity_id: str | int, details: dict[str, Any],
-                 event: dict[str, Any] | None = None) -> None:
+async def record(
+    conn: AsyncConnection[Any],
+    actor: str,
+    action: str,
+    entity: str,
+    entity_id: str | int,
+    details: dict[str, Any],
+    event: dict[str, Any] | None = None,
+) -> None:
     """The audit row of a change and, when given, its live event on gas_events."""
     await conn.execute(
         "INSERT INTO audit_log (actor, action, entity, entity_id, details)"
-        " VALUES (%s, %s, %s, %s, %s)", (actor, action, entity, str(entity_id), Jsonb(details)))
+        " VALUES (%s, %s, %s, %s, %s)",
+        (actor, action, entity, str(entity_id), Jsonb(details)),
+    )
     if event is not None:
         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(event, default=str)))
 
@@ -60,15 +68,18 @@ def given(filters: Iterable[tuple[str, Any, str]], params: dict[str, Any]) -> li
     return conds
 
 
-def between(column: str, since: dt.datetime | None, until: dt.datetime | None,
-            params: dict[str, Any]) -> list[str]:
+def between(
+    column: str, since: dt.datetime | None, until: dt.datetime | None, params: dict[str, Any]
+) -> list[str]:
     """The conditions `column >= since` and `column < until` of the bounds a caller gave
     (`column` written in the router, never input); `Invalid` on `since` unless it is before
     `until`."""
     if since and until and since >= until:
         raise Invalid("since", "must be before until")
-    return given((("since", since, f"{column} >= %(since)s"),
-                  ("until", until, f"{column} < %(until)s")), params)
+    return given(
+        (("since", since, f"{column} >= %(since)s"), ("until", until, f"{column} < %(until)s")),
+        params,
+    )
 
 
 def where(conditions: list[str]) -> str:
@@ -105,21 +116,36 @@ def device_view(row: dict[str, Any], today: dt.date, battery_low_v: float) -> di
     if not seen:
         last = None
     elif row["kind"] == "meter":
-        last = {"flow_m3h": row["flow_m3h"], "vol_m3": row["vol_m3"], "valve": row["valve"],
-                "batt_v": row["batt_v"], "rssi": row["rssi"]}
+        last = {
+            "flow_m3h": row["flow_m3h"],
+            "vol_m3": row["vol_m3"],
+            "valve": row["valve"],
+            "batt_v": row["batt_v"],
+            "rssi": row["rssi"],
+        }
     else:
         last = {"ch4_lel": row["ch4_lel"], "fault": row["fault"]}
     batt = row["batt_v"]
     return {
-        "id": row["id"], "kind": row["kind"], "model": row["model"],
-        "household_id": row["household_id"], "community": row["community"],
-        "building": row["building"], "installed_on": row["installed_on"],
-        "firmware": row["firmware"], "status": row["status"],
+        "id": row["id"],
+        "kind": row["kind"],
+        "model": row["model"],
+        "household_id": row["household_id"],
+        "community": row["community"],
+        "building": row["building"],
+        "installed_on": row["installed_on"],
+        "firmware": row["firmware"],
+        "status": row["status"],
         "health": {
-            "online": bool(row["online"]), "last_seen": row["last_seen"], "last_reading": last,
-            "battery_v": batt, "battery_low": batt is not None and batt < battery_low_v,
-            "faults": row["fault"] or 0, "service_life_years": life,
-            "service_life_ends": ends, "service_life_remaining_days": remaining,
+            "online": bool(row["online"]),
+            "last_seen": row["last_seen"],
+            "last_reading": last,
+            "battery_v": batt,
+            "battery_low": batt is not None and batt < battery_low_v,
+            "faults": row["fault"] or 0,
+            "service_life_years": life,
+            "service_life_ends": ends,
+            "service_life_remaining_days": remaining,
             "past_service_life": remaining < 0,
         },
     }

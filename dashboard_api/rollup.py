@@ -88,20 +88,23 @@ async def step(conn: AsyncConnection[Any], today: dt.date) -> dt.datetime | None
     process holds the lock)."""
     final_before = midnight(today) - GRACE_DAYS * DAY  # days < this are final
     async with conn.transaction():
-        locked = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok",
-                                           (_LOCK_KEY,))).fetchone()
+        locked = await (
+            await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (_LOCK_KEY,))
+        ).fetchone()
         if not _first(locked):
             return None
-        state = await (await conn.execute(
-            "SELECT lo, hi FROM reading_rollup_state FOR UPDATE")).fetchone()
+        state = await (
+            await conn.execute("SELECT lo, hi FROM reading_rollup_state FOR UPDATE")
+        ).fetchone()
         oldest_row = await (await conn.execute(_OLDEST_CHUNK)).fetchone()
         oldest = _first(oldest_row)
         if state is None:
             if oldest is None:
                 return None
             start = min(day_floor(oldest), final_before)
-            await conn.execute("INSERT INTO reading_rollup_state (lo, hi) VALUES (%s, %s)",
-                               (start, start))
+            await conn.execute(
+                "INSERT INTO reading_rollup_state (lo, hi) VALUES (%s, %s)", (start, start)
+            )
             lo = hi = start
         else:
             lo, hi = (state["lo"], state["hi"]) if isinstance(state, dict) else state
@@ -154,6 +157,5 @@ class RollupWorker:
             except asyncio.CancelledError:
                 raise
             except psycopg.Error as err:
-                logger.warning("reading rollup failed error=%s retry_in_s=%.0f", err,
-                               self.idle_s)
+                logger.warning("reading rollup failed error=%s retry_in_s=%.0f", err, self.idle_s)
                 await asyncio.sleep(self.idle_s)

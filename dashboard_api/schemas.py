@@ -69,10 +69,12 @@ class Body(BaseModel):
 class Page(Model, Generic[T]):
     items: list[T]
     next_cursor: str | None = Field(
-        description="Pass as `cursor` to get the next page; null on the last page.")
+        description="Pass as `cursor` to get the next page; null on the last page."
+    )
 
 
 # ---------------------------------------------------------------- problems
+
 
 class FieldError(Model):
     field: str = Field(examples=["limit"])
@@ -84,9 +86,18 @@ class FieldError(Model):
 class Problem(Model):
     """RFC 9457 problem details; `errors` lists the fields at fault for 422."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "type": "https://gas-safety.example/problems/conflict", "title": "Conflict",
-        "status": 409, "detail": "work order 17 is resolved; 'dispatch' needs status open"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "https://gas-safety.example/problems/conflict",
+                    "title": "Conflict",
+                    "status": 409,
+                    "detail": "work order 17 is resolved; 'dispatch' needs status open",
+                }
+            ]
+        }
+    )
     type: str
     title: str
     status: int
@@ -96,10 +107,20 @@ class Problem(Model):
 
 # ---------------------------------------------------------------- auth and users
 
+
 class Token(Model):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "access_token": "eyJhbGciOiJIUzI1NiIs...", "token_type": "bearer",
-        "expires_in": 3600, "role": "operator"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "access_token": "eyJhbGciOiJIUzI1NiIs...",
+                    "token_type": "bearer",
+                    "expires_in": 3600,
+                    "role": "operator",
+                }
+            ]
+        }
+    )
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int
@@ -113,19 +134,28 @@ class Me(Model):
 
 
 class UserCreate(Body):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "username": "dispatch.li", "password": "correct horse battery", "role": "operator"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"username": "dispatch.li", "password": "correct horse battery", "role": "operator"}
+            ]
+        },
+    )
     username: Username
-    password: Annotated[str, StringConstraints(min_length=12, max_length=256,
-                                               pattern=r"^[^\x00]+$")]
+    password: Annotated[
+        str, StringConstraints(min_length=12, max_length=256, pattern=r"^[^\x00]+$")
+    ]
     role: RoleName
 
 
 class UserUpdate(Body):
     role: RoleName | None = None
     disabled: bool | None = None
-    password: Annotated[str, StringConstraints(min_length=12, max_length=256,
-                                               pattern=r"^[^\x00]+$")] | None = None
+    password: (
+        Annotated[str, StringConstraints(min_length=12, max_length=256, pattern=r"^[^\x00]+$")]
+        | None
+    ) = None
 
 
 class UserPublic(Model):
@@ -137,8 +167,10 @@ class UserPublic(Model):
 
 
 class ApiKeyCreate(Body):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "username": "scada-bridge", "expires_in_days": 90}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"username": "scada-bridge", "expires_in_days": 90}]},
+    )
     username: Username
     expires_in_days: int = Field(default=90, ge=1, le=366)
 
@@ -153,11 +185,14 @@ class ApiKeyPublic(Model):
 
 
 class ApiKeyCreated(ApiKeyPublic):
-    key: str = Field(description="The key itself: shown only now, stored hashed. "
-                                 "Send it as the `X-API-Key` header.")
+    key: str = Field(
+        description="The key itself: shown only now, stored hashed. "
+        "Send it as the `X-API-Key` header."
+    )
 
 
 # ---------------------------------------------------------------- fleet
+
 
 class LastReading(Model):
     ch4_lel: float | None = None
@@ -183,16 +218,42 @@ class DeviceHealth(Model):
 
 
 class DevicePublic(Model):
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
-        "id": "m000042", "kind": "meter", "model": "GM-G2.5", "household_id": "h000042",
-        "community": "C00", "building": "C00-B001", "installed_on": "2019-04-02",
-        "firmware": "1.0.0", "status": "active", "health": {
-            "online": True, "last_seen": "2026-11-01T10:00:00Z",
-            "last_reading": {"flow_m3h": 0.4, "vol_m3": 1234.5, "valve": "open",
-                             "batt_v": 3.55, "rssi": -85},
-            "battery_v": 3.55, "battery_low": False, "faults": 0, "service_life_years": 10,
-            "service_life_ends": "2029-04-02", "service_life_remaining_days": 883,
-            "past_service_life": False}}]})
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "m000042",
+                    "kind": "meter",
+                    "model": "GM-G2.5",
+                    "household_id": "h000042",
+                    "community": "C00",
+                    "building": "C00-B001",
+                    "installed_on": "2019-04-02",
+                    "firmware": "1.0.0",
+                    "status": "active",
+                    "health": {
+                        "online": True,
+                        "last_seen": "2026-11-01T10:00:00Z",
+                        "last_reading": {
+                            "flow_m3h": 0.4,
+                            "vol_m3": 1234.5,
+                            "valve": "open",
+                            "batt_v": 3.55,
+                            "rssi": -85,
+                        },
+                        "battery_v": 3.55,
+                        "battery_low": False,
+                        "faults": 0,
+                        "service_life_years": 10,
+                        "service_life_ends": "2029-04-02",
+                        "service_life_remaining_days": 883,
+                        "past_service_life": False,
+                    },
+                }
+            ]
+        },
+    )
     id: str
     kind: DeviceKind
     model: str
@@ -219,11 +280,26 @@ class DeviceUpdate(Body):
 
 
 class HouseholdPublic(Model):
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
-        "id": "h000042", "address": "2 C00 Road, unit 3-03", "community": "C00",
-        "building": "C00-B001", "unit": "3-03", "owner_name": "Ana Garcia",
-        "owner_phone": "+15550000042", "owner_email": "h000042@example.org",
-        "qmax_m3h": 4.0, "created_at": "2026-11-01T00:00:00Z", "devices": 2}]})
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "h000042",
+                    "address": "2 C00 Road, unit 3-03",
+                    "community": "C00",
+                    "building": "C00-B001",
+                    "unit": "3-03",
+                    "owner_name": "Ana Garcia",
+                    "owner_phone": "+15550000042",
+                    "owner_email": "h000042@example.org",
+                    "qmax_m3h": 4.0,
+                    "created_at": "2026-11-01T00:00:00Z",
+                    "devices": 2,
+                }
+            ]
+        },
+    )
     id: str
     address: str
     community: str
@@ -244,24 +320,49 @@ class HouseholdDetail(HouseholdPublic):
 
 
 class HouseholdCreate(Body):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "id": "h900001", "address": "1 Harbour Road, unit 1-01", "community": "C09",
-        "building": "C09-B001", "unit": "1-01", "owner_name": "Mina Kim",
-        "owner_phone": "+15559000001", "owner_email": None, "qmax_m3h": 4.0,
-        "devices": [{"id": "m900001", "kind": "meter", "model": "GM-G2.5",
-                     "installed_on": "2026-10-01"},
-                    {"id": "d900001a", "kind": "detector", "model": "LD-100",
-                     "installed_on": "2026-10-01"}]}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "h900001",
+                    "address": "1 Harbour Road, unit 1-01",
+                    "community": "C09",
+                    "building": "C09-B001",
+                    "unit": "1-01",
+                    "owner_name": "Mina Kim",
+                    "owner_phone": "+15559000001",
+                    "owner_email": None,
+                    "qmax_m3h": 4.0,
+                    "devices": [
+                        {
+                            "id": "m900001",
+                            "kind": "meter",
+                            "model": "GM-G2.5",
+                            "installed_on": "2026-10-01",
+                        },
+                        {
+                            "id": "d900001a",
+                            "kind": "detector",
+                            "model": "LD-100",
+                            "installed_on": "2026-10-01",
+                        },
+                    ],
+                }
+            ]
+        },
+    )
     id: Ident
-    address: Annotated[str, StringConstraints(min_length=1, max_length=200,
-                                              pattern=LABEL_PATTERN)]
+    address: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=LABEL_PATTERN)]
     community: Label
     building: Label
     unit: Label
     owner_name: Label
     owner_phone: Phone
-    owner_email: Annotated[str, StringConstraints(
-        max_length=200, pattern=r"^[^@\s\x00]+@[^@\s\x00]+$")] | None = None
+    owner_email: (
+        Annotated[str, StringConstraints(max_length=200, pattern=r"^[^@\s\x00]+@[^@\s\x00]+$")]
+        | None
+    ) = None
     qmax_m3h: float = Field(ge=0.1, le=1000)
     devices: list[DeviceCreate] = Field(min_length=1, max_length=8)
 
@@ -272,10 +373,24 @@ class KindCount(Model):
 
 
 class FleetSummary(Model):
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
-        "as_of": "2026-11-01T10:00:00Z", "devices": 10000,
-        "by_kind": {"meter": 4170, "detector": 5830}, "online": 9950, "offline": 40,
-        "never_seen": 10, "past_service_life": 512, "low_battery": 37, "faulted": 3}]})
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "as_of": "2026-11-01T10:00:00Z",
+                    "devices": 10000,
+                    "by_kind": {"meter": 4170, "detector": 5830},
+                    "online": 9950,
+                    "offline": 40,
+                    "never_seen": 10,
+                    "past_service_life": 512,
+                    "low_battery": 37,
+                    "faulted": 3,
+                }
+            ]
+        },
+    )
     as_of: dt.datetime
     devices: int
     by_kind: KindCount
@@ -288,6 +403,7 @@ class FleetSummary(Model):
 
 
 # ---------------------------------------------------------------- readings
+
 
 class DetectorPoint(Model):
     time: dt.datetime
@@ -314,8 +430,7 @@ class RawReadings(Model):
     start: dt.datetime
     end: dt.datetime
     points: list[DetectorPoint] | list[MeterPoint]
-    next_cursor: str | None = Field(
-        description="More readings in the window: pass as `cursor`.")
+    next_cursor: str | None = Field(description="More readings in the window: pass as `cursor`.")
 
 
 class Bucket(Model):
@@ -332,11 +447,31 @@ class Bucket(Model):
 
 
 class BucketedReadings(Model):
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
-        "device_id": "d000042a", "kind": "detector", "value": "ch4_lel",
-        "start": "2026-10-01T00:00:00Z", "end": "2026-10-02T00:00:00Z", "bucket_s": 3600,
-        "buckets": [{"bucket": "2026-10-01T00:00:00Z", "count": 12, "min": 0.0,
-                     "max": 1.5, "avg": 0.4, "fault_any": 0}]}]})
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "device_id": "d000042a",
+                    "kind": "detector",
+                    "value": "ch4_lel",
+                    "start": "2026-10-01T00:00:00Z",
+                    "end": "2026-10-02T00:00:00Z",
+                    "bucket_s": 3600,
+                    "buckets": [
+                        {
+                            "bucket": "2026-10-01T00:00:00Z",
+                            "count": 12,
+                            "min": 0.0,
+                            "max": 1.5,
+                            "avg": 0.4,
+                            "fault_any": 0,
+                        }
+                    ],
+                }
+            ]
+        },
+    )
     device_id: str
     kind: DeviceKind
     value: Literal["ch4_lel", "flow_m3h"]
@@ -348,13 +483,33 @@ class BucketedReadings(Model):
 
 # ---------------------------------------------------------------- alarms
 
+
 class AlarmPublic(Model):
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
-        "id": 7, "device_id": "d000042a", "household_id": "h000042", "community": "C00",
-        "building": "C00-B001", "kind": "leak", "severity": "critical", "state": "active",
-        "value": 42.0, "raised_at": "2026-11-01T10:00:00Z", "cleared_at": None,
-        "flow_at_meter": True, "incident_id": None, "acknowledged_by": None,
-        "acknowledged_at": None, "ack_comment": None}]})
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 7,
+                    "device_id": "d000042a",
+                    "household_id": "h000042",
+                    "community": "C00",
+                    "building": "C00-B001",
+                    "kind": "leak",
+                    "severity": "critical",
+                    "state": "active",
+                    "value": 42.0,
+                    "raised_at": "2026-11-01T10:00:00Z",
+                    "cleared_at": None,
+                    "flow_at_meter": True,
+                    "incident_id": None,
+                    "acknowledged_by": None,
+                    "acknowledged_at": None,
+                    "ack_comment": None,
+                }
+            ]
+        },
+    )
     id: int
     device_id: str
     household_id: str
@@ -374,22 +529,45 @@ class AlarmPublic(Model):
 
 
 class AckRequest(Body):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "comment": "called the owner, crew on the way"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"comment": "called the owner, crew on the way"}]},
+    )
     comment: Text
 
 
 # ---------------------------------------------------------------- work orders
 
+
 class WorkOrderPublic(Model):
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
-        "id": 17, "household_id": "h000042", "community": "C00", "cause": "leak",
-        "priority": "urgent", "status": "dispatched", "title": "Gas leak at h000042",
-        "opened_at": "2026-11-01T10:00:00Z", "arrive_by": "2026-11-01T10:30:00Z",
-        "resolve_by": "2026-11-01T14:00:00Z", "crew": "crew-7", "findings": None,
-        "repeats": 0, "alarm_id": 7, "incident_id": None, "version": 2,
-        "updated_at": "2026-11-01T10:02:00Z", "overdue_arrival": False,
-        "overdue_resolution": False}]})
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 17,
+                    "household_id": "h000042",
+                    "community": "C00",
+                    "cause": "leak",
+                    "priority": "urgent",
+                    "status": "dispatched",
+                    "title": "Gas leak at h000042",
+                    "opened_at": "2026-11-01T10:00:00Z",
+                    "arrive_by": "2026-11-01T10:30:00Z",
+                    "resolve_by": "2026-11-01T14:00:00Z",
+                    "crew": "crew-7",
+                    "findings": None,
+                    "repeats": 0,
+                    "alarm_id": 7,
+                    "incident_id": None,
+                    "version": 2,
+                    "updated_at": "2026-11-01T10:02:00Z",
+                    "overdue_arrival": False,
+                    "overdue_resolution": False,
+                }
+            ]
+        },
+    )
     id: int
     household_id: str
     community: str
@@ -405,8 +583,9 @@ class WorkOrderPublic(Model):
     repeats: int
     alarm_id: int | None
     incident_id: int | None
-    cmd_id: str | None = Field(default=None,
-                               description="The valve cut (close command) it answers for.")
+    cmd_id: str | None = Field(
+        default=None, description="The valve cut (close command) it answers for."
+    )
     version: int
     updated_at: dt.datetime
     overdue_arrival: bool = Field(description="Not on site yet and past arrive_by.")
@@ -429,13 +608,18 @@ class WorkOrderDetail(WorkOrderPublic):
 
 class Transition(Body):
     expected_version: int | None = Field(
-        default=None, ge=1, le=2**31 - 1,
-        description="Optimistic check: refused with 409 when the order changed since.")
+        default=None,
+        ge=1,
+        le=2**31 - 1,
+        description="Optimistic check: refused with 409 when the order changed since.",
+    )
 
 
 class DispatchRequest(Transition):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "crew": "crew-7", "note": "nearest emergency crew"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"crew": "crew-7", "note": "nearest emergency crew"}]},
+    )
     crew: Label
     note: Text | None = None
 
@@ -445,8 +629,12 @@ class OnSiteRequest(Transition):
 
 
 class ResolveRequest(Transition):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "findings": "loose hose clamp at the cooker replaced; leak test passed"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"findings": "loose hose clamp at the cooker replaced; leak test passed"}]
+        },
+    )
     findings: Text
 
 
@@ -456,14 +644,33 @@ class CancelRequest(Transition):
 
 # ---------------------------------------------------------------- valves
 
+
 class ValveCommand(Model):
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
-        "cmd_id": "op-3f2a9c0e7b5d4e3a9f1c2b3a4d5e6f70", "meter_id": "m000042",
-        "household_id": "h000042", "action": "valve_close", "reason": "manual: smell reported",
-        "alarm_id": None, "state": "acked", "attempts": 1, "requested_by": "dispatch.li",
-        "issued_at": "2026-11-01T10:00:00Z", "sent_at": "2026-11-01T10:00:00.01Z",
-        "acked_at": "2026-11-01T10:00:00.3Z", "ack_ok": True, "ack_valve": "closed",
-        "ack_error": None, "updated_at": "2026-11-01T10:00:00.3Z"}]})
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "cmd_id": "op-3f2a9c0e7b5d4e3a9f1c2b3a4d5e6f70",
+                    "meter_id": "m000042",
+                    "household_id": "h000042",
+                    "action": "valve_close",
+                    "reason": "manual: smell reported",
+                    "alarm_id": None,
+                    "state": "acked",
+                    "attempts": 1,
+                    "requested_by": "dispatch.li",
+                    "issued_at": "2026-11-01T10:00:00Z",
+                    "sent_at": "2026-11-01T10:00:00.01Z",
+                    "acked_at": "2026-11-01T10:00:00.3Z",
+                    "ack_ok": True,
+                    "ack_valve": "closed",
+                    "ack_error": None,
+                    "updated_at": "2026-11-01T10:00:00.3Z",
+                }
+            ]
+        },
+    )
     cmd_id: str
     meter_id: str
     household_id: str
@@ -481,33 +688,43 @@ class ValveCommand(Model):
     ack_error: str | None
     updated_at: dt.datetime
     attached_to: str | None = Field(
-        default=None, description="For state 'attached': the close in flight it joined.")
+        default=None, description="For state 'attached': the close in flight it joined."
+    )
 
 
 class ValveRequest(Body):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "reason": "resident reports a smell of gas"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"reason": "resident reports a smell of gas"}]},
+    )
     reason: Text
     confirm_mass_action: bool = Field(
-        default=False, description="Needed once an account has taken more than the mass-action "
-        "threshold of valve actions within a minute, with a reason saying why.")
+        default=False,
+        description="Needed once an account has taken more than the mass-action "
+        "threshold of valve actions within a minute, with a reason saying why.",
+    )
 
 
 class CommandAccepted(Model):
     command: ValveCommand
     note: str
-    attached: bool = Field(default=False, description="True: a command of this meter was "
-                           "already in flight and this request joined it; none was added.")
-    work_order_id: int | None = Field(default=None, description="The inspection order a "
-                                      "manual close opened (or joined).")
+    attached: bool = Field(
+        default=False,
+        description="True: a command of this meter was "
+        "already in flight and this request joined it; none was added.",
+    )
+    work_order_id: int | None = Field(
+        default=None, description="The inspection order a manual close opened (or joined)."
+    )
 
 
 class ReopenRequestPublic(Model):
     id: int
     meter_id: str
     household_id: str
-    cut_cmd_id: str | None = Field(description="The close it reopens; null when the meter "
-                                   "itself reported its valve closed.")
+    cut_cmd_id: str | None = Field(
+        description="The close it reopens; null when the meter itself reported its valve closed."
+    )
     cut_at: dt.datetime
     work_order_id: int = Field(description="The resolved order the reopen rests on.")
     resolved_by: str
@@ -528,30 +745,51 @@ class ReopenPending(Model):
 
 class InspectionOpened(Model):
     work_order: WorkOrderPublic
-    created: bool = Field(description="False: the household's open inspection order was "
-                          "linked to this cut instead.")
+    created: bool = Field(
+        description="False: the household's open inspection order was linked to this cut instead."
+    )
     note: str
 
 
 # ---------------------------------------------------------------- alarms, detail
 
+
 class AlarmDetail(AlarmPublic):
     evidence: Any = Field(description="The readings behind the alarm, as the gateway saw them.")
     readings: list[DetectorPoint] | list[MeterPoint] = Field(
-        description="The device's stored readings around raised_at (see window_s).")
+        description="The device's stored readings around raised_at (see window_s)."
+    )
     work_orders: list[WorkOrderPublic]
     commands: list[ValveCommand]
 
 
 # ---------------------------------------------------------------- notifications
 
+
 class NotificationPublic(Model):
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
-        "id": 3, "household_id": "h000042", "kind": "leak", "channel": "sms",
-        "recipient": "+15550000042", "body": "Gas leak detected: the gas was cut off.",
-        "state": "sent", "attempts": 1, "created_at": "2026-11-01T10:00:00Z",
-        "next_attempt_at": "2026-11-01T10:00:00Z", "delivered_at": "2026-11-01T10:00:01Z",
-        "last_error": None, "alarm_id": 7, "work_order_id": 17}]})
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 3,
+                    "household_id": "h000042",
+                    "kind": "leak",
+                    "channel": "sms",
+                    "recipient": "+15550000042",
+                    "body": "Gas leak detected: the gas was cut off.",
+                    "state": "sent",
+                    "attempts": 1,
+                    "created_at": "2026-11-01T10:00:00Z",
+                    "next_attempt_at": "2026-11-01T10:00:00Z",
+                    "delivered_at": "2026-11-01T10:00:01Z",
+                    "last_error": None,
+                    "alarm_id": 7,
+                    "work_order_id": 17,
+                }
+            ]
+        },
+    )
     id: int
     household_id: str
     kind: str
@@ -570,6 +808,7 @@ class NotificationPublic(Model):
 
 # ---------------------------------------------------------------- upgrades
 
+
 class QuotaPublic(Model):
     community: str
     places: int
@@ -585,16 +824,27 @@ class ResidentCheck(Body):
     """A resident has no login: the household id with the owner's phone number on file is
     the (lightweight) proof, as on the programme's letter."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "household_id": "h000042", "phone": "+15550000042"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"household_id": "h000042", "phone": "+15550000042"}]},
+    )
     household_id: Ident
     phone: Phone
 
 
 class ResidentBookingRequest(ResidentCheck):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "household_id": "h000042", "phone": "+15550000042",
-        "slot_start": "2026-12-03T09:00:00+08:00"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "household_id": "h000042",
+                    "phone": "+15550000042",
+                    "slot_start": "2026-12-03T09:00:00+08:00",
+                }
+            ]
+        },
+    )
     slot_start: Instant
 
 
@@ -618,6 +868,7 @@ class ResidentView(QuotaPublic):
 
 
 # ---------------------------------------------------------------- audit
+
 
 class AuditEntry(Model):
     id: int

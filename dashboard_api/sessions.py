@@ -30,8 +30,12 @@ _USERS = "SELECT id, disabled, token_version FROM users WHERE id = ANY(%s)"
 _KEYS = "SELECT id, revoked_at, expires_at FROM api_keys WHERE id = ANY(%s)"
 
 
-def ended(owner: Principal, user: Mapping[str, Any] | None, key: Mapping[str, Any] | None,
-          now: dt.datetime) -> str | None:
+def ended(
+    owner: Principal,
+    user: Mapping[str, Any] | None,
+    key: Mapping[str, Any] | None,
+    now: dt.datetime,
+) -> str | None:
     """Why a stream opened by `owner` must end now (given the user's and key's rows as they
     are now), or None while the credential is still good."""
     keyed = owner.via == "api_key"
@@ -48,9 +52,14 @@ def ended(owner: Principal, user: Mapping[str, Any] | None, key: Mapping[str, An
 
 
 class StreamWatch:
-    def __init__(self, hub: EventHub, pool: psycopg_pool.AsyncConnectionPool[Any],
-                 clock: Callable[[], dt.datetime], metrics: Metrics,
-                 every_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        hub: EventHub,
+        pool: psycopg_pool.AsyncConnectionPool[Any],
+        clock: Callable[[], dt.datetime],
+        metrics: Metrics,
+        every_s: float = 1.0,
+    ) -> None:
         self.hub = hub
         self.pool = pool
         self.clock = clock
@@ -83,23 +92,28 @@ class StreamWatch:
         user_ids = sorted({s.owner.user_id for s in owned if s.owner})
         key_ids = sorted({s.owner.key_id for s in owned if s.owner and s.owner.key_id})
         async with self.pool.connection() as conn:
-            users = {r["id"]: r for r in await (await conn.execute(
-                _USERS, (user_ids,))).fetchall()}
+            users = {r["id"]: r for r in await (await conn.execute(_USERS, (user_ids,))).fetchall()}
             keys = {}
             if key_ids:
-                keys = {r["id"]: r for r in await (await conn.execute(
-                    _KEYS, (key_ids,))).fetchall()}
+                keys = {
+                    r["id"]: r for r in await (await conn.execute(_KEYS, (key_ids,))).fetchall()
+                }
         now = self.clock()
         closed = 0
         for sub in owned:
             owner = sub.owner
             assert owner is not None
-            reason = ended(owner, users.get(owner.user_id),
-                           keys.get(owner.key_id) if owner.key_id else None, now)
+            reason = ended(
+                owner,
+                users.get(owner.user_id),
+                keys.get(owner.key_id) if owner.key_id else None,
+                now,
+            )
             if reason is None:
                 continue
-            logger.warning("stream ended user=%s via=%s reason=%r", owner.username, owner.via,
-                           reason)
+            logger.warning(
+                "stream ended user=%s via=%s reason=%r", owner.username, owner.via, reason
+            )
             self.metrics.refuse("stream_closed")
             self.hub.end(sub, reason)
             closed += 1

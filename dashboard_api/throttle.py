@@ -165,11 +165,12 @@ class LoginThrottle:
         """Admit the attempt (counting it as a failure until it succeeds) or refuse it with
         the longest wait among the ledgers that hold it back."""
         pair_key = self._pair_key(account, client)
-        waits = [(self.pair.retry_after(pair_key, now), "account_client", self.pair, pair_key),
-                 (self.client.retry_after(client, now), "client", self.client, client)]
+        waits = [
+            (self.pair.retry_after(pair_key, now), "account_client", self.pair, pair_key),
+            (self.client.retry_after(client, now), "client", self.client, client),
+        ]
         if not self.known(account, client, now):
-            waits.append((self.account.retry_after(account, now), "account", self.account,
-                          account))
+            waits.append((self.account.retry_after(account, now), "account", self.account, account))
         wait, scope, ledger, key = max(waits, key=lambda w: w[0])
         if wait > 0:
             return Verdict(None, wait, scope, ledger.refuse(key))

@@ -26,8 +26,9 @@ def _ask_password() -> str | None:
     if from_env is not None:
         return from_env
     if not sys.stdin.isatty():
-        print(f"gas-safety: no terminal to ask for the password; set {PASSWORD_ENV}",
-              file=sys.stderr)
+        print(
+            f"gas-safety: no terminal to ask for the password; set {PASSWORD_ENV}", file=sys.stderr
+        )
         return None
     first = getpass.getpass("password: ")
     second = getpass.getpass("again: ")
@@ -50,12 +51,15 @@ def create_user(dsn: str, username: str, role: str, password: str, actor: str = 
         row = conn.execute(
             "INSERT INTO users (username, password_hash, role) VALUES (%s, %s, %s)"
             " ON CONFLICT (username) DO NOTHING RETURNING id",
-            (username, identity.hash_password(password), role)).fetchone()
+            (username, identity.hash_password(password), role),
+        ).fetchone()
         if row is None:
             raise ValueError(f"user {username} exists already")
-        conn.execute("INSERT INTO audit_log (actor, action, entity, entity_id, details)"
-                     " VALUES (%s, 'user.create', 'user', %s, %s)",
-                     (actor, username, Jsonb({"role": role})))
+        conn.execute(
+            "INSERT INTO audit_log (actor, action, entity, entity_id, details)"
+            " VALUES (%s, 'user.create', 'user', %s, %s)",
+            (actor, username, Jsonb({"role": role})),
+        )
     return int(row[0])
 
 

@@ -62,8 +62,9 @@ def next_status(action: str, current: str) -> str:
     if current in step.from_statuses:
         return step.to_status
     if current in ("resolved", "cancelled"):
-        raise IllegalTransition(f"the work order is {current}: it is closed and takes no "
-                                f"further steps")
+        raise IllegalTransition(
+            f"the work order is {current}: it is closed and takes no further steps"
+        )
     needs = " or ".join(step.from_statuses)
     raise IllegalTransition(f"the work order is {current}; '{action}' needs status {needs}")
 
@@ -76,13 +77,16 @@ class ActiveAlarm:
     raised_at: dt.datetime
 
 
-def resolve_refusal(cause: str, household_id: str,
-                    active_gas_alarms: Sequence[ActiveAlarm]) -> str | None:
+def resolve_refusal(
+    cause: str, household_id: str, active_gas_alarms: Sequence[ActiveAlarm]
+) -> str | None:
     """Why a 'resolve' of an order with this cause is refused now, or None."""
     if cause not in SAFETY_CAUSES or not active_gas_alarms:
         return None
     a = active_gas_alarms[0]
-    return (f"household {household_id} still has an active {a.kind} alarm {a.id} ({a.state}, "
-            f"raised {a.raised_at.isoformat()}): a {cause} order cannot be resolved while gas "
-            "is still detected; ventilate and repair, wait until the gateway clears the alarm "
-            "(readings back below the clear level), then resolve")
+    return (
+        f"household {household_id} still has an active {a.kind} alarm {a.id} ({a.state}, "
+        f"raised {a.raised_at.isoformat()}): a {cause} order cannot be resolved while gas "
+        "is still detected; ventilate and repair, wait until the gateway clears the alarm "
+        "(readings back below the clear level), then resolve"
+    )

@@ -15,11 +15,20 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, NoReturn
 
-from gateway.service.logs import setup_logging
+from gateway.logs import setup_logging
 
 logger = logging.getLogger(__name__)
+
+# Each installed package adds its own commands through this entry-point group (pyproject.toml):
+# the gateway its stack, db, config, fleet, gateway and watch commands (`register` below),
+# dashboard_api `api` and `user`, the simulator `simulate`. So the gateway imports neither its
+# HTTP front nor its test fleet, and a deployment without them offers fewer commands.
+COMMAND_GROUP = "gas_safety.commands"
+# the gateway's own commands come first in --help, the other packages' after, by name
+OWN_ENTRY_POINT = "gateway"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,8 +88,9 @@ def _stack_status(args: argparse.Namespace) -> int:
 
     status = Stack().status()
     print(json.dumps(status, indent=2))
-    healthy = all(isinstance(v, dict) and v.get("healthy")
-                  for k, v in status.items() if k != "home")
+    healthy = all(
+        isinstance(v, dict) and v.get("healthy") for k, v in status.items() if k != "home"
+    )
     return 0 if healthy else 1
 
 
@@ -115,8 +125,10 @@ def _db_retain(args: argparse.Namespace) -> int:
             print("nothing dropped; add --yes", file=sys.stderr)
             return 1
         dropped = retention.drop(conn, plan, args.actor or _os_user())
-    print("dropped: " + ", ".join(f"{table} {len(chunks)} chunk(s)"
-                                  for table, chunks in dropped.items()))
+    print(
+        "dropped: "
+        + ", ".join(f"{table} {len(chunks)} chunk(s)" for table, chunks in dropped.items())
+    )
     return 0
 
 
@@ -141,11 +153,15 @@ def _fleet_provision(args: argparse.Namespace) -> int:
 
     stack = Stack()
     rt = stack.runtime()
-    city = provision.generate_city(args.households, seed=args.seed, prefix=args.prefix,
-                                   start=args.start)
-    result = provision.provision(settings.load().db.dsn, city,
-                                 str(stack.passwd_file) if rt else None,
-                                 rt.fleet_key if rt else None)
+    city = provision.generate_city(
+        args.households, seed=args.seed, prefix=args.prefix, start=args.start
+    )
+    result = provision.provision(
+        settings.load().db.dsn,
+        city,
+        str(stack.passwd_file) if rt else None,
+        rt.fleet_key if rt else None,
+    )
     if rt:
         stack.reload_broker()
     print(json.dumps(result))
@@ -158,60 +174,60 @@ def _gateway(args: argparse.Namespace) -> int:
     return app.main()
 
 
-def _api(args: argparse.Namespace) -> int:
-    from dashboard_api import main as api_main
+def register(subparsers: Any) -> None:
+    """Add the gateway's own commands: stack, db, config, fleet, gateway and watch."""
+    from gateway.ops import watch
 
-    return api_main.main()
-
-
-def _user_create(args: argparse.Namespace) -> int:
-    from dashboard_api import users
-
-    return users.create_user_cli(args.username, args.role)
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from simulator import cli as sim_cli
-
-    return sim_cli.run(args)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="gas-safety", description=__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    stack = sub.add_parser("stack", help="the private Mosquitto and TimescaleDB").add_subparsers(
-        dest="action", required=True)
-    stack.add_parser("up", help="start both (installs nothing; see scripts/bootstrap.sh)"
-                     ).set_defaults(func=_stack_up)
+    stack = subparsers.add_parser(
+        "stack", help="the private Mosquitto and TimescaleDB"
+    ).add_subparsers(dest="action", required=True)
+    stack.add_parser(
+        "up", help="start both (installs nothing; see scripts/bootstrap.sh)"
+    ).set_defaults(func=_stack_up)
     stack.add_parser("down", help="stop both cleanly").set_defaults(func=_stack_down)
-    stack.add_parser("status", help="where each runs and whether it is healthy"
-                     ).set_defaults(func=_stack_status)
+    stack.add_parser("status", help="where each runs and whether it is healthy").set_defaults(
+        func=_stack_status
+    )
 
-    db = sub.add_parser("db", help="schema and retention").add_subparsers(dest="action",
-                                                                         required=True)
+    db = subparsers.add_parser("db", help="schema and retention").add_subparsers(
+        dest="action", required=True
+    )
     db.add_parser("migrate", help="apply pending migrations").set_defaults(func=_db_migrate)
-    retain = db.add_parser("retain", help="drop reading chunks past the retention horizon",
-                           description="Show the reading chunks older than the horizon, "
-                           "then drop them (with --yes) and audit it.")
-    retain.add_argument("--days", type=_days, default=None,
-                        help="keep this many days (at least 1; default: db.retention_days)")
-    retain.add_argument("--yes", action="store_true",
-                        help="drop without asking (otherwise: only at a terminal, after y)")
-    retain.add_argument("--actor", default=None,
-                        help="who to name in the audit log (default: the OS user)")
+    retain = db.add_parser(
+        "retain",
+        help="drop reading chunks past the retention horizon",
+        description="Show the reading chunks older than the horizon, "
+        "then drop them (with --yes) and audit it.",
+    )
+    retain.add_argument(
+        "--days",
+        type=_days,
+        default=None,
+        help="keep this many days (at least 1; default: db.retention_days)",
+    )
+    retain.add_argument(
+        "--yes",
+        action="store_true",
+        help="drop without asking (otherwise: only at a terminal, after y)",
+    )
+    retain.add_argument(
+        "--actor", default=None, help="who to name in the audit log (default: the OS user)"
+    )
     retain.set_defaults(func=_db_retain)
 
-    config = sub.add_parser("config", help="the settings").add_subparsers(dest="action",
-                                                                         required=True)
-    check = config.add_parser("check", help="validate the settings; show each value and "
-                              "where it came from (secrets masked)")
+    config = subparsers.add_parser("config", help="the settings").add_subparsers(
+        dest="action", required=True
+    )
+    check = config.add_parser(
+        "check",
+        help="validate the settings; show each value and where it came from (secrets masked)",
+    )
     check.add_argument("--json", action="store_true", help="one JSON document")
     check.set_defaults(func=_config_check)
 
-    fleet = sub.add_parser("fleet", help="the device registry").add_subparsers(dest="action",
-                                                                              required=True)
+    fleet = subparsers.add_parser("fleet", help="the device registry").add_subparsers(
+        dest="action", required=True
+    )
     prov = fleet.add_parser("provision", help="create households, devices and credentials")
     prov.add_argument("--households", type=int, required=True)
     prov.add_argument("--seed", type=int, default=1)
@@ -219,30 +235,50 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--start", type=int, default=0, help="index of the first household")
     prov.set_defaults(func=_fleet_provision)
 
-    sub.add_parser("gateway", help="run the MQTT gateway").set_defaults(func=_gateway)
-    sub.add_parser("api", help="run the operator API").set_defaults(func=_api)
+    subparsers.add_parser("gateway", help="run the MQTT gateway").set_defaults(func=_gateway)
+    watch.register(subparsers)
 
-    user = sub.add_parser("user", help="API users").add_subparsers(dest="action", required=True)
-    create = user.add_parser("create", help="create a user (asks for the password)")
-    create.add_argument("username")
-    create.add_argument("--role", choices=["viewer", "operator", "engineer", "admin"],
-                        default="admin")
-    create.set_defaults(func=_user_create)
 
-    sim = sub.add_parser("simulate", help="run the simulated fleet (demo, scenario or load)")
-    try:
-        from simulator import cli as sim_cli
+def command_entry_points() -> list[EntryPoint]:
+    """The installed `gas_safety.commands` registrations, the gateway's first, one per name.
 
-        sim_cli.add_arguments(sim)
-    except ImportError:  # the simulator is optional for the gateway's own deployments
-        pass
-    sim.set_defaults(func=_simulate)
+    A source tree and its editable install may both list the same registration; the first
+    on sys.path wins, as for any distribution.
+    """
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=COMMAND_GROUP):
+        found.setdefault(ep.name, ep)
+    return sorted(found.values(), key=lambda ep: (ep.name != OWN_ENTRY_POINT, ep.name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `gas-safety` parser, from every installed package's registration.
+
+    A package whose registration cannot be imported (installed without its dependencies)
+    is left out: its commands are missing, the others work. The gateway's own commands are
+    there even in a source tree that was never installed.
+    """
+    p = _Parser(
+        prog="gas-safety", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    registrations: dict[str, Callable[[Any], None]] = {}
+    for ep in command_entry_points():
+        try:
+            registrations[ep.name] = ep.load()
+        except ImportError:
+            continue
+    if OWN_ENTRY_POINT not in registrations:
+        registrations = {OWN_ENTRY_POINT: register, **registrations}
+    for register_commands in registrations.values():
+        register_commands(sub)
     return p
 
 
 def _refuse(err: Exception, args: argparse.Namespace) -> int:
     """A configuration error: one line, exit 2 (JSON too where JSON was asked for)."""
-    if getattr(args, "json", False) and getattr(args, "func", None) is _config_check:
+    # by name: under `python -m gateway.cli` the registered handler is another module's copy
+    if getattr(args, "json", False) and getattr(args, "command", None) == "config":
         print(json.dumps({"valid": False, "error": str(err)}))
     print(f"gas-safety: {err}", file=sys.stderr)
     return 2

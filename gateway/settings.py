@@ -36,8 +36,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway.core.detection import Thresholds
-from gateway.ops.credentials import COMMANDS, derive_password
+from gateway.accounts import COMMANDS, service_password_from_key
+from gateway.core.thresholds import Thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,15 @@ ENV_PREFIX = "GAS_SAFETY_"
 CONFIG_ENV = "GAS_SAFETY_CONFIG"
 DEFAULT_CONFIG = "gas-safety.toml"
 # The project's own variables that are not settings: where things live, test and tool switches.
-OTHER_ENV = frozenset({
-    "GAS_SAFETY_HOME",  # the private stack's folder
-    CONFIG_ENV,  # the TOML file
-    "GAS_SAFETY_KEEP_TEST_HOME",  # tests: keep the temporary stack for a post-mortem
-    "GAS_SAFETY_NEW_PASSWORD",  # `user create` in scripts (dashboard_api.users)
-    "GAS_SAFETY_FUZZ_DEEP",  # tests/api/test_fuzz.py: the long schemathesis phase
-})
+OTHER_ENV = frozenset(
+    {
+        "GAS_SAFETY_HOME",  # the private stack's folder
+        CONFIG_ENV,  # the TOML file
+        "GAS_SAFETY_KEEP_TEST_HOME",  # tests: keep the temporary stack for a post-mortem
+        "GAS_SAFETY_NEW_PASSWORD",  # `user create` in scripts (dashboard_api.users)
+        "GAS_SAFETY_FUZZ_DEEP",  # tests/api/test_fuzz.py: the long schemathesis phase
+    }
+)
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -128,10 +130,12 @@ class DbSettings(BaseModel):
     writer_process: bool = True
 
 
-_OVERRIDABLE: dict[str, Any] = {f.name: (float | None, None)
-                                for f in dataclasses.fields(Thresholds)}
-ThresholdOverrides: type[BaseModel] = create_model("ThresholdOverrides", __config__=_STRICT,
-                                                   **_OVERRIDABLE)
+_OVERRIDABLE: dict[str, Any] = {
+    f.name: (float | None, None) for f in dataclasses.fields(Thresholds)
+}
+ThresholdOverrides: type[BaseModel] = create_model(
+    "ThresholdOverrides", __config__=_STRICT, **_OVERRIDABLE
+)
 ThresholdOverrides.__doc__ = "Some of Thresholds' numbers, for one device model."
 
 
@@ -200,14 +204,16 @@ class ApiSettings(BaseModel):
     @model_validator(mode="after")
     def _valve_limits(self) -> ApiSettings:
         if self.valve_rate_limit_per_minute <= self.valve_mass_action_threshold:
-            raise ValueError("valve_rate_limit_per_minute must be above "
-                             "valve_mass_action_threshold")
+            raise ValueError(
+                "valve_rate_limit_per_minute must be above valve_mass_action_threshold"
+            )
         return self
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
-                                      extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
+    )
 
     environment: Literal["development", "test", "production"] = "development"
     log_level: str = "INFO"
@@ -226,15 +232,21 @@ class Settings(BaseSettings):
         return v.upper()
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
-                                   init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         check_environment(os.environ)
-        return (init_settings, env_settings, _DictSource(settings_cls, read_file()[1]),
-                _DictSource(settings_cls, read_stack()[1]))
+        return (
+            init_settings,
+            env_settings,
+            _DictSource(settings_cls, read_file()[1]),
+            _DictSource(settings_cls, read_stack()[1]),
+        )
 
 
 class _DictSource(PydanticBaseSettingsSource):
@@ -250,6 +262,7 @@ class _DictSource(PydanticBaseSettingsSource):
 
 
 # ------------------------------------------------------------------ sources, read strictly
+
 
 @dataclass(frozen=True)
 class EnvSetting:
@@ -307,15 +320,20 @@ def read_stack() -> tuple[Path | None, dict[str, Any]]:
     try:
         info = json.loads(runtime.read_text())
         return runtime, {
-            "mqtt": {"host": "127.0.0.1", "port": info["mqtt_port"], "username": "gateway",
-                     "password": info["gateway_password"],
-                     "command_password": derive_password(info["fleet_key"],
-                                                         "service:" + COMMANDS)},
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": info["mqtt_port"],
+                "username": "gateway",
+                "password": info["gateway_password"],
+                "command_password": service_password_from_key(info["fleet_key"], COMMANDS),
+            },
             "db": {"dsn": info["dsn"]},
         }
     except (ValueError, KeyError, TypeError) as err:
-        raise SettingsError(f"{runtime}: not a runtime file of `gas-safety stack up` ({err!r}); "
-                            "run `gas-safety stack up` again or remove it") from None
+        raise SettingsError(
+            f"{runtime}: not a runtime file of `gas-safety stack up` ({err!r}); "
+            "run `gas-safety stack up` again or remove it"
+        ) from None
 
 
 def env_settings(environ: Any = None) -> list[EnvSetting]:
@@ -325,7 +343,7 @@ def env_settings(environ: Any = None) -> list[EnvSetting]:
     for name, value in environ.items():
         upper = name.upper()
         if upper.startswith(ENV_PREFIX) and upper not in OTHER_ENV:
-            path = tuple(name[len(ENV_PREFIX):].lower().split("__"))
+            path = tuple(name[len(ENV_PREFIX) :].lower().split("__"))
             found.append(EnvSetting(name, path, value))
     return sorted(found, key=lambda v: v.name)
 
@@ -335,20 +353,24 @@ def check_environment(environ: Any = None) -> None:
     for var in env_settings(environ):
         target, bad = _walk(var.path)
         if bad is not None:
-            raise SettingsError(f"{var.name}: unknown setting {dotted(var.path[:bad + 1])}"
-                                f"{_env_hint(var, bad, target)}")
+            raise SettingsError(
+                f"{var.name}: unknown setting {dotted(var.path[: bad + 1])}"
+                f"{_env_hint(var, bad, target)}"
+            )
         if table_fields(target) is None and _mapping_item(target) is None:
             continue
         try:  # a whole section or mapping, as JSON (pydantic-settings decodes it so)
             value = json.loads(var.value)
         except ValueError as err:
-            raise SettingsError(f"{var.name}: not valid JSON for {dotted(var.path)} ({err})"
-                                ) from None
+            raise SettingsError(
+                f"{var.name}: not valid JSON for {dotted(var.path)} ({err})"
+            ) from None
         unknown = find_unknown(target, value, var.path)
         if unknown is not None:
             key, candidates, _ = unknown
-            raise SettingsError(f"{var.name}: unknown key {dotted(key)}"
-                                f"{_hint(key[-1], candidates)}")
+            raise SettingsError(
+                f"{var.name}: unknown key {dotted(key)}{_hint(key[-1], candidates)}"
+            )
 
 
 def sources() -> Sources:
@@ -382,19 +404,22 @@ def explain(err: ValidationError) -> str:
         candidates = sorted(table_fields(target) or {})
         return f"{where}: unknown key {dotted(loc)}{_hint(loc[-1], candidates)}{more}"
     got = first.get("input")
-    shown = (f" (got {got!r})" if isinstance(got, (int, float, str)) and not is_secret(loc)
-             else "")
+    shown = f" (got {got!r})" if isinstance(got, (int, float, str)) and not is_secret(loc) else ""
     return f"{where}: {dotted(loc) or 'settings'}: {first['msg']}{shown}{more}"
 
 
 def is_secret(path: Sequence[str]) -> bool:
     """Values never shown: passwords, secrets, keys and tokens (DSNs are shown masked)."""
     name = path[-1].lower() if path else ""
-    return (bool({"password", "secret"} & set(name.split("_")))
-            or name.endswith(("_key", "_token")) or name in ("key", "token"))
+    return (
+        bool({"password", "secret"} & set(name.split("_")))
+        or name.endswith(("_key", "_token"))
+        or name in ("key", "token")
+    )
 
 
 # ------------------------------------------------------------------ the settings' shape
+
 
 def table_fields(tp: Any) -> dict[str, Any] | None:
     """The keys a table of this type may hold, with their types; None: not a table."""
@@ -410,8 +435,9 @@ def _mapping_item(tp: Any) -> Any:
     return get_args(tp)[1] if get_origin(tp) is dict else None
 
 
-def find_unknown(tp: Any, value: Any, path: tuple[str, ...] = ()
-                 ) -> tuple[tuple[str, ...], list[str], Any] | None:
+def find_unknown(
+    tp: Any, value: Any, path: tuple[str, ...] = ()
+) -> tuple[tuple[str, ...], list[str], Any] | None:
     """The first key of `value` that `tp` does not have: (its path, the valid names, value)."""
     if not isinstance(value, dict):
         return None
@@ -459,8 +485,9 @@ def _env_names(tp: Any, path: tuple[str, ...] = ()) -> list[str]:
 
 def dotted(path: Sequence[str]) -> str:
     """A key path as TOML writes it: detection.models."LD 200".leak_lel."""
-    return ".".join(p if p and all(c.isalnum() or c in "_-" for c in p) else json.dumps(p)
-                    for p in path)
+    return ".".join(
+        p if p and all(c.isalnum() or c in "_-" for c in p) else json.dumps(p) for p in path
+    )
 
 
 def _hint(name: str, candidates: Sequence[str]) -> str:
@@ -469,15 +496,20 @@ def _hint(name: str, candidates: Sequence[str]) -> str:
 
 
 def _env_hint(var: EnvSetting, bad: int, target: Any) -> str:
-    level = [ENV_PREFIX + "__".join((*var.path[:bad], key)).upper()
-             for key in (table_fields(target) or {})]
+    level = [
+        ENV_PREFIX + "__".join((*var.path[:bad], key)).upper()
+        for key in (table_fields(target) or {})
+    ]
     everything = [*_env_names(Settings), *sorted(OTHER_ENV)]
     if bad == 0:
         level += sorted(OTHER_ENV)
     # a key of a section named without its section: LEAK_LEL for DETECTION__THRESHOLDS__LEAK_LEL
-    nested = [n for n in everything if n.endswith("__" + var.name.upper()[len(ENV_PREFIX):])]
-    near = (nested[:1] or difflib.get_close_matches(var.name.upper(), level, n=1)
-            or difflib.get_close_matches(var.name.upper(), everything, n=1))
+    nested = [n for n in everything if n.endswith("__" + var.name.upper()[len(ENV_PREFIX) :])]
+    near = (
+        nested[:1]
+        or difflib.get_close_matches(var.name.upper(), level, n=1)
+        or difflib.get_close_matches(var.name.upper(), everything, n=1)
+    )
     return f" (did you mean {near[0]}?)" if near else ""
 
 

@@ -100,7 +100,7 @@ install_venv() {
 # The detection core's compiled engine (numba) is compiled once into gateway/__pycache__;
 # doing it here keeps the first gateway start, test or demo from paying for it (≈ 7 s).
 warm_kernels() {
-  "$root/.venv/bin/python" -c "from gateway.core import kernels; kernels.warm_up()" \
+  "$root/.venv/bin/python" -c "from gateway.core import compiled; compiled.warm_up()" \
     || die "the detection kernels did not compile (see above)"
 }
 

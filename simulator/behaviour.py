@@ -104,8 +104,9 @@ def hour_of_day(t: float | np.ndarray) -> np.ndarray:
     return np.asarray((np.asarray(t, np.float64) % 86400.0) / 3600.0)
 
 
-def demand_m3h(seed: int, households: np.ndarray, qmax: np.ndarray,
-               t: float | np.ndarray) -> np.ndarray:
+def demand_m3h(
+    seed: int, households: np.ndarray, qmax: np.ndarray, t: float | np.ndarray
+) -> np.ndarray:
     """Normal gas flow of `households` at time `t` (one time, or one per household)."""
     t_arr = np.broadcast_to(np.asarray(t, np.float64), households.shape)
     slot = np.floor(t_arr / SLOT_S).astype(np.int64)
@@ -148,15 +149,26 @@ class Injection:
     def empty(cls, households: int, detectors: int) -> Injection:
         nan_d = np.full(detectors, np.nan)
         nan_h = np.full(households, np.nan)
-        return cls(np.zeros(detectors, np.int8), nan_d.copy(), np.zeros(detectors, np.float32),
-                   np.ones(detectors, np.float32), np.ones(detectors, bool), nan_h.copy(),
-                   np.zeros(households, np.float32), np.zeros(detectors, np.int8), nan_d.copy(),
-                   np.zeros(detectors, np.float32), np.ones(detectors, np.float32),
-                   nan_h.copy(), np.zeros(households, np.float32))
+        return cls(
+            np.zeros(detectors, np.int8),
+            nan_d.copy(),
+            np.zeros(detectors, np.float32),
+            np.ones(detectors, np.float32),
+            np.ones(detectors, bool),
+            nan_h.copy(),
+            np.zeros(households, np.float32),
+            np.zeros(detectors, np.int8),
+            nan_d.copy(),
+            np.zeros(detectors, np.float32),
+            np.ones(detectors, np.float32),
+            nan_h.copy(),
+            np.zeros(households, np.float32),
+        )
 
 
-def leak_lel(kind: np.ndarray, start: np.ndarray, peak: np.ndarray, rise_s: np.ndarray,
-             t: float | np.ndarray) -> np.ndarray:
+def leak_lel(
+    kind: np.ndarray, start: np.ndarray, peak: np.ndarray, rise_s: np.ndarray, t: float | np.ndarray
+) -> np.ndarray:
     """Gas at the detector from an ongoing leak, before any valve closes."""
     age = t - start
     active = np.isfinite(start) & (age >= 0)
@@ -175,8 +187,14 @@ class Model:
     `integrate` and `set_valve` so that a replay with the same calls gives the same bytes.
     """
 
-    def __init__(self, seed: int, detector_household: np.ndarray, qmax_m3h: np.ndarray,
-                 meter_age_days: np.ndarray, injection: Injection | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        detector_household: np.ndarray,
+        qmax_m3h: np.ndarray,
+        meter_age_days: np.ndarray,
+        injection: Injection | None = None,
+    ) -> None:
         self.seed = seed
         self.det_house = np.asarray(detector_household, np.int32)
         self.qmax = np.asarray(qmax_m3h, np.float64)
@@ -202,15 +220,21 @@ class Model:
         noise = 0.5 * (uniform(seed, 20, idx, tick) - 0.5)
         base = np.clip(self.background[idx] + noise, 0.0, 2.0)
         harmless = np.minimum(base + cooking_spike_lel(seed, house, t), HARMLESS_CAP_LEL)
-        gas = leak_lel(inj.leak_kind[idx], inj.leak_start[idx], inj.leak_peak[idx],
-                       inj.leak_rise_s[idx], t)
+        gas = leak_lel(
+            inj.leak_kind[idx], inj.leak_start[idx], inj.leak_peak[idx], inj.leak_rise_s[idx], t
+        )
         # Once the valve is shut the gas stops and the room airs out (not for a riser leak).
         closed_at = self.valve_closed_at[house]
         stops = inj.leak_stops_on_close[idx] & np.isfinite(closed_at) & (closed_at <= t)
         if stops.any():
             tc = np.where(stops, closed_at, t)
-            at_close = leak_lel(inj.leak_kind[idx], inj.leak_start[idx], inj.leak_peak[idx],
-                                inj.leak_rise_s[idx], tc)
+            at_close = leak_lel(
+                inj.leak_kind[idx],
+                inj.leak_start[idx],
+                inj.leak_peak[idx],
+                inj.leak_rise_s[idx],
+                tc,
+            )
             gas = np.where(stops, at_close * np.exp(-(t - tc) / 90.0), gas)
         ch4 = harmless + gas
         fault = np.zeros(len(idx), np.uint32)
@@ -254,7 +278,7 @@ class Model:
             for k in range(steps):
                 tk = last + span * (k + 0.5) / steps
                 vol += self.meter_flow(idx, tk) * (span / steps) / 3600.0
-            closed = (self.valve[idx] != VALVE_OPEN)
+            closed = self.valve[idx] != VALVE_OPEN
             self.vol[idx] += np.where(closed, 0.0, vol)
         self.vol_t[idx] = t
 
@@ -271,8 +295,13 @@ class Model:
         tick = np.int64(np.floor(t))
         batt = np.clip(batt + 0.01 * (uniform(seed, 30, idx, tick) - 0.5), 2.0, 3.7)
         rssi = np.round(self.rssi0[idx] + 4.0 * (uniform(seed, 31, idx, tick) - 0.5))
-        return (np.round(self.vol[idx], 3), np.round(flow, 3), valve, np.round(batt, 2),
-                rssi.astype(np.int16))
+        return (
+            np.round(self.vol[idx], 3),
+            np.round(flow, 3),
+            valve,
+            np.round(batt, 2),
+            rssi.astype(np.int16),
+        )
 
     def set_valve(self, household: int, state: int, t: float) -> None:
         self.integrate(np.array([household]), t)
@@ -295,8 +324,9 @@ class RuleMirror:
         self.streak = np.zeros(detectors, np.int16)
         self.qmax = np.asarray(qmax_m3h, np.float64)
 
-    def detectors(self, idx: np.ndarray, ch4: np.ndarray, fault: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def detectors(
+        self, idx: np.ndarray, ch4: np.ndarray, fault: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(dangerous, cut_due) masks for these readings; updates the streaks."""
         ok = fault == 0
         high = ok & (ch4 >= CUT_LEL)

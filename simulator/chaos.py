@@ -50,17 +50,26 @@ EXPECTED_REJECT: dict[Chaos, str | None] = {
     Chaos.FOREIGN_TOPIC: None,  # the broker refuses it (ACL): the platform never sees it
 }
 
-PAYLOAD_KINDS = (Chaos.MALFORMED_JSON, Chaos.NOT_UTF8, Chaos.NOT_OBJECT, Chaos.MISSING_FIELD,
-                 Chaos.WRONG_TYPE, Chaos.OUT_OF_RANGE, Chaos.UNKNOWN_VALVE_STATE,
-                 Chaos.UNKNOWN_DEVICE, Chaos.OVERSIZED)
+PAYLOAD_KINDS = (
+    Chaos.MALFORMED_JSON,
+    Chaos.NOT_UTF8,
+    Chaos.NOT_OBJECT,
+    Chaos.MISSING_FIELD,
+    Chaos.WRONG_TYPE,
+    Chaos.OUT_OF_RANGE,
+    Chaos.UNKNOWN_VALVE_STATE,
+    Chaos.UNKNOWN_DEVICE,
+    Chaos.OVERSIZED,
+)
 STREAM_KINDS = (Chaos.SEQ_GAP, Chaos.SEQ_REPEAT, Chaos.CLOCK_SKEW, Chaos.FLOOD)
 MAX_OVERSIZED = 1_000_000
 FLOOD_BURST = 50
 SKEW_S = 86_400.0
 
 
-def bad_payload(kind: Chaos, is_meter: bool, seq: int, ts: float,
-                rng: np.random.Generator) -> bytes:
+def bad_payload(
+    kind: Chaos, is_meter: bool, seq: int, ts: float, rng: np.random.Generator
+) -> bytes:
     """A payload that must be rejected for `kind` (one of PAYLOAD_KINDS)."""
     if kind is Chaos.MALFORMED_JSON:
         return b'{"seq": %d, "ts": %d' % (seq, int(ts))
@@ -74,17 +83,23 @@ def bad_payload(kind: Chaos, is_meter: bool, seq: int, ts: float,
         return b'{"seq":%d,"ts":%.3f,"fault":0}' % (seq, ts)
     if kind is Chaos.WRONG_TYPE:
         if is_meter:
-            return (b'{"seq":%d,"ts":%.3f,"vol":"12.5","flow":0.1,"valve":"open","batt":3.5,'
-                    b'"rssi":-80}' % (seq, ts))
+            return (
+                b'{"seq":%d,"ts":%.3f,"vol":"12.5","flow":0.1,"valve":"open","batt":3.5,'
+                b'"rssi":-80}' % (seq, ts)
+            )
         return b'{"seq":%d,"ts":%.3f,"ch4":"3.2","fault":0}' % (seq, ts)
     if kind is Chaos.OUT_OF_RANGE:
         if is_meter:
-            return (b'{"seq":%d,"ts":%.3f,"vol":12.5,"flow":-0.5,"valve":"open","batt":3.5,'
-                    b'"rssi":-80}' % (seq, ts))
+            return (
+                b'{"seq":%d,"ts":%.3f,"vol":12.5,"flow":-0.5,"valve":"open","batt":3.5,'
+                b'"rssi":-80}' % (seq, ts)
+            )
         return b'{"seq":%d,"ts":%.3f,"ch4":140.0,"fault":0}' % (seq, ts)
     if kind is Chaos.UNKNOWN_VALVE_STATE:
-        return (b'{"seq":%d,"ts":%.3f,"vol":12.5,"flow":0.1,"valve":"half","batt":3.5,'
-                b'"rssi":-80}' % (seq, ts))
+        return (
+            b'{"seq":%d,"ts":%.3f,"vol":12.5,"flow":0.1,"valve":"half","batt":3.5,'
+            b'"rssi":-80}' % (seq, ts)
+        )
     if kind is Chaos.UNKNOWN_DEVICE:
         return b'{"seq":%d,"ts":%.3f,"ch4":1.0,"fault":0}' % (seq, ts)
     if kind is Chaos.OVERSIZED:
@@ -96,8 +111,9 @@ def bad_payload(kind: Chaos, is_meter: bool, seq: int, ts: float,
 
 def choose(rng: np.random.Generator, per_device: bool, is_meter: bool) -> Chaos:
     """Pick a kind; meters only get the valve fault, per-device mode adds foreign topics."""
-    kinds = [k for k in (*PAYLOAD_KINDS, *STREAM_KINDS)
-             if k is not Chaos.UNKNOWN_VALVE_STATE or is_meter]
+    kinds = [
+        k for k in (*PAYLOAD_KINDS, *STREAM_KINDS) if k is not Chaos.UNKNOWN_VALVE_STATE or is_meter
+    ]
     if per_device:
         kinds.append(Chaos.FOREIGN_TOPIC)
     return kinds[int(rng.integers(len(kinds)))]

@@ -1,108 +1,37 @@
-"""`gas-safety simulate demo | run | load`: the simulated fleet from the command line.
+"""The scenario steps behind `gas-safety simulate`: find the stack, provision the fleet, run,
+score and judge a scenario.
 
-- `demo`: the stack, a provisioned city, the gateway and the API as subprocesses, and a
-  scenario with leaks shown live (valve cuts with their latency, work orders and
-  notifications read from the database); Ctrl-C stops everything cleanly.
-- `run`: a scenario against the running stack and gateway; exits 1 if a leak whose cut was
-  due was not cut, a valve was cut in a household without a leak, or readings were lost.
-- `load`: N devices at R readings/s for T seconds over several publisher processes, with
-  alarm probes; exits 1 on lost readings.
+`simulate run` is `run_scenario` here; `simulate demo` (simulator.demo) and `simulate load`
+(simulator.load) reuse the same steps. The parsers live in simulator.commands, which imports
+this module and never the other way round, so the steps import no command that uses them.
+A run exits 1 if a leak whose cut was due was not cut, a valve was cut in a household
+without a leak, or readings were lost.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import math
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="sim_command", required=True)
-
-    def scenario_args(p: argparse.ArgumentParser, households: int, leaks: int, duration: float,
-                      speed: float) -> None:
-        p.add_argument("--households", type=int, default=households)
-        p.add_argument("--prefix", default="", help="id prefix of the simulated households (as in `fleet provision --prefix`)")
-        p.add_argument("--seed", type=int, default=1)
-        p.add_argument("--leaks", type=int, default=leaks, help="leak events to inject")
-        p.add_argument("--faults", type=int, default=max(1, leaks // 2))
-        p.add_argument("--duration", type=float, default=duration, help="wall seconds")
-        p.add_argument("--speed", type=float, default=speed,
-                       help="simulated seconds per wall second")
-        p.add_argument("--interval", type=float, default=5.0,
-                       help="wall seconds between a device's routine readings")
-        p.add_argument("--per-device", action="store_true",
-                       help="one MQTT connection per device (default: fleet bridges)")
-        p.add_argument("--chaos", type=float, default=0.0,
-                       help="share of readings followed by a misbehaving message")
-        p.add_argument("--slow", type=float, default=0.05, help="share of slow-acking meters")
-        p.add_argument("--lossy", type=float, default=0.05,
-                       help="share of meters dropping half their commands")
-        p.add_argument("--never-ack", type=float, default=0.02,
-                       help="share of meters that close but never ack")
-        p.add_argument("--slow-delay", type=float, default=8.0)
-        p.add_argument("--resident-press", type=float, default=0.5,
-                       help="share of reopen requests the resident confirms at the meter")
-        p.add_argument("--start-hour", type=float, default=None,
-                       help="simulated time of day at the start (UTC hours)")
-        p.add_argument("--bridge", type=int, nargs="+", default=[0, 1],
-                       help="fleet-bridge accounts to use (bridge mode)")
-        p.add_argument("--grace", type=float, default=30.0,
-                       help="after the run, wait this long at most for due cuts")
-        p.add_argument("--kinds", default="seep,rupture,hose_off,rupture,seep,riser",
-                       help="leak kinds to inject, in turn")
-        p.add_argument("--truth-out", type=Path, default=None)
-        p.add_argument("--quiet", action="store_true", help="no live display")
-
-    demo = sub.add_parser("demo", help="everything, live: stack, gateway, API, leaks")
-    scenario_args(demo, 200, 8, 180.0, 20.0)
-    demo.add_argument("--no-api", action="store_true")
-    demo.set_defaults(sim_func=_demo)
-
-    run = sub.add_parser("run", help="a scenario against the running stack and gateway")
-    scenario_args(run, 1000, 20, 120.0, 10.0)
-    run.set_defaults(sim_func=_run)
-
-    load = sub.add_parser("load", help="N devices at R readings/s for T seconds")
-    load.add_argument("--devices", type=int, default=20_000)
-    load.add_argument("--rate", type=float, default=20_000.0, help="readings/s in total")
-    load.add_argument("--duration", type=float, default=30.0)
-    load.add_argument("--processes", type=int, default=2, help="publisher processes (<= 7)")
-    load.add_argument("--prefix", default="L", help="id prefix of the load fleet")
-    load.add_argument("--seed", type=int, default=1)
-    load.add_argument("--probes", type=float, default=2.0, help="leak probes per second")
-    load.add_argument("--settle", type=float, default=60.0,
-                      help="wait at most this long for storage to catch up")
-    load.add_argument("--no-store-check", action="store_true")
-    load.add_argument("--json-out", type=Path, default=None)
-    load.add_argument("--quiet", action="store_true")
-    load.set_defaults(sim_func=_load)
-
-
-def run(args: argparse.Namespace) -> int:
-    if not getattr(args, "sim_command", None):
-        print("usage: gas-safety simulate demo|run|load ...", file=sys.stderr)
-        return 2
-    return int(args.sim_func(args))
-
-
 # ---------------------------------------------------------------- shared setup
-def _runtime() -> Any:
+def stack_runtime() -> Any:
+    """The running private stack, or a StackError naming the command that starts it."""
     from gateway.ops.stack import Stack, StackError
 
     rt = Stack().runtime()
     if rt is None:
-        raise StackError("no private stack found (runtime.json): run `gas-safety stack up`"
-                         " first, or `gas-safety simulate demo` which starts it")
+        raise StackError(
+            "no private stack found (runtime.json): run `gas-safety stack up`"
+            " first, or `gas-safety simulate demo` which starts it"
+        )
     return rt
 
 
@@ -119,8 +48,9 @@ def ensure_fleet(dsn: str, households: int, seed: int, prefix: str) -> Any:
         stack = Stack()
         rt = stack.runtime()
         city = provision.generate_city(households, seed=seed, prefix=prefix)
-        result = provision.provision(dsn, city, str(stack.passwd_file) if rt else None,
-                                     rt.fleet_key if rt else None)
+        result = provision.provision(
+            dsn, city, str(stack.passwd_file) if rt else None, rt.fleet_key if rt else None
+        )
         if rt:
             stack.reload_broker()
             time.sleep(0.3)  # Mosquitto re-reads its password file on SIGHUP
@@ -137,14 +67,23 @@ def options_from(args: argparse.Namespace) -> Any:
     try:
         kinds = tuple(LeakKind[k.strip().upper()] for k in args.kinds.split(",") if k.strip())
     except KeyError as err:
-        raise SystemExit(f"unknown leak kind {err}; choose from seep, rupture, hose_off, riser")
+        raise SystemExit(
+            f"unknown leak kind {err}; choose from seep, rupture, hose_off, riser"
+        ) from None
     return RunOptions(
         leak_kinds=kinds or (LeakKind.SEEP,),
-        duration_s=args.duration, speed=args.speed, interval_s=args.interval,
-        leaks=args.leaks, faults=args.faults, seed=args.seed, chaos=args.chaos,
+        duration_s=args.duration,
+        speed=args.speed,
+        interval_s=args.interval,
+        leaks=args.leaks,
+        faults=args.faults,
+        seed=args.seed,
+        chaos=args.chaos,
         responders=ResponderShares(args.slow, args.lossy, args.never_ack, args.slow_delay),
-        grace_s=args.grace, start_hour=args.start_hour,
-        resident_press_share=args.resident_press)
+        grace_s=args.grace,
+        start_hour=args.start_hour,
+        resident_press_share=args.resident_press,
+    )
 
 
 def make_transport(fleet: Any, rt: Any, per_device: bool, bridges: list[int]) -> Any:
@@ -157,9 +96,15 @@ def make_transport(fleet: Any, rt: Any, per_device: bool, bridges: list[int]) ->
     return BridgeTransport(fleet, mq.host, mq.port, rt, tuple(bridges))
 
 
-async def scenario(args: argparse.Namespace, fleet: Any, rt: Any, dsn: str,
-                   on_event: Any = None, platform_poll: Any = None,
-                   stop: asyncio.Event | None = None) -> dict[str, Any]:
+async def scenario(
+    args: argparse.Namespace,
+    fleet: Any,
+    rt: Any,
+    dsn: str,
+    on_event: Any = None,
+    platform_poll: Any = None,
+    stop: asyncio.Event | None = None,
+) -> dict[str, Any]:
     """Run one scenario to its end and score it; the shared core of `run` and `demo`."""
     from rich.live import Live
 
@@ -179,12 +124,22 @@ async def scenario(args: argparse.Namespace, fleet: Any, rt: Any, dsn: str,
     seq_start = storage.last_seqs(dsn, fleet.all_device_ids())
     busy, closed = storage.platform_state(dsn, fleet.household_ids, fleet.meter_ids)
     transport = make_transport(fleet, rt, args.per_device, args.bridge)
-    fr = FleetRun(fleet, transport, options_from(args), event, seq_start, args.per_device,
-                  {fleet.household_index[h] for h in busy},
-                  {fleet.meter_index[m] for m in closed})
+    fr = FleetRun(
+        fleet,
+        transport,
+        options_from(args),
+        event,
+        seq_start,
+        args.per_device,
+        {fleet.household_index[h] for h in busy},
+        {fleet.meter_index[m] for m in closed},
+    )
     if busy:
-        event("info", f"{len(busy)} households still have open alarms, orders or commands:"
-                      " no leaks injected there")
+        event(
+            "info",
+            f"{len(busy)} households still have open alarms, orders or commands:"
+            " no leaks injected there",
+        )
     await fr.start()
     stop = stop or asyncio.Event()
     platform: dict[str, Any] = {}
@@ -212,13 +167,19 @@ async def scenario(args: argparse.Namespace, fleet: Any, rt: Any, dsn: str,
     await transport.close()
     ids, lo, hi, n = fr.sent_ranges()
     expected = int(n.sum())
-    stored, waited = await asyncio.to_thread(storage.wait_stored, dsn, ids, lo, hi,
-                                             fr.started_at, expected, 5.0, 30.0)
-    db = await asyncio.to_thread(truth_mod.read_platform, dsn, fleet, fr.started_at,
-                                 list(fr.truth.commands))
+    stored, waited = await asyncio.to_thread(
+        storage.wait_stored, dsn, ids, lo, hi, fr.started_at, expected, 5.0, 30.0
+    )
+    db = await asyncio.to_thread(
+        truth_mod.read_platform, dsn, fleet, fr.started_at, list(fr.truth.commands)
+    )
     scores = fr.truth.score(db)
-    scores["readings"] = {"sent": expected, "stored": stored, "lost": expected - stored,
-                          "waited_s": round(waited, 1)}
+    scores["readings"] = {
+        "sent": expected,
+        "stored": stored,
+        "lost": expected - stored,
+        "waited_s": round(waited, 1),
+    }
     scores["mqtt"] = fr.summary()
     if args.truth_out:
         fr.truth.to_json(args.truth_out, scores)
@@ -233,8 +194,10 @@ def print_scores(scores: dict[str, Any]) -> None:
     r = scores["readings"]
     rows = [
         ("readings sent / stored / lost", f"{r['sent']:,} / {r['stored']:,} / {r['lost']:,}"),
-        ("leaks planned / cut due / cut",
-         f"{scores['leaks']} / {scores['cut_due']} / {scores['cut']}"),
+        (
+            "leaks planned / cut due / cut",
+            f"{scores['leaks']} / {scores['cut_due']} / {scores['cut']}",
+        ),
         ("missed (cut due, no valve_close)", ", ".join(scores["missed"]) or "none"),
         ("false cuts", ", ".join(c["household_id"] for c in scores["false_cuts"]) or "none"),
         ("cuts not required (warning-level leaks)", len(scores["cut_not_required"])),
@@ -246,11 +209,13 @@ def print_scores(scores: dict[str, Any]) -> None:
     ]
     plat = scores.get("platform")
     if plat:
-        rows += [("valve_commands states", plat["valve_commands"] or "none"),
-                 ("due -> acked in db (ms)", _pct(plat["latency_to_acked_in_db_ms"])),
-                 ("alarms by kind", plat["alarms_by_kind"] or "none"),
-                 ("faults with an alarm", f"{plat['faults_with_alarm']} / {len(plat['faults'])}"),
-                 ("rejects expected vs found", plat["rejects_vs_expected"] or "none")]
+        rows += [
+            ("valve_commands states", plat["valve_commands"] or "none"),
+            ("due -> acked in db (ms)", _pct(plat["latency_to_acked_in_db_ms"])),
+            ("alarms by kind", plat["alarms_by_kind"] or "none"),
+            ("faults with an alarm", f"{plat['faults_with_alarm']} / {len(plat['faults'])}"),
+            ("rejects expected vs found", plat["rejects_vs_expected"] or "none"),
+        ]
     Console().print(summary_table("run summary", rows))
 
 
@@ -276,10 +241,11 @@ def verdict(scores: dict[str, Any]) -> int:
 
 
 # ---------------------------------------------------------------- run
-def _run(args: argparse.Namespace) -> int:
+def run_scenario(args: argparse.Namespace) -> int:
+    """`simulate run`: one scored scenario against the running stack and gateway."""
     from gateway import settings
 
-    rt = _runtime()
+    rt = stack_runtime()
     dsn = settings.load().db.dsn
     fleet = ensure_fleet(dsn, args.households, args.seed, args.prefix)
     if fleet.households == 0:
@@ -301,22 +267,3 @@ async def _with_sigint(make: Any) -> Any:
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGTERM)
-
-
-# ---------------------------------------------------------------- demo
-def _demo(args: argparse.Namespace) -> int:
-    from simulator import demo
-
-    return demo.main(args)
-
-
-# ---------------------------------------------------------------- load
-def _load(args: argparse.Namespace) -> int:
-    from simulator import load
-
-    result = load.main(args)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(result, indent=1))
-    lost = result.get("lost")
-    return 1 if (lost is not None and lost > 0) or not math.isfinite(result.get("sent", 0)) else 0

@@ -35,16 +35,22 @@ class Child:
 
     def start(self, wait_s: float = 2.5) -> bool:
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        fh.close()
+        with open(self.log, "ab") as fh:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.time() + wait_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 tail = self.log.read_text(errors="replace").splitlines()[-5:]
-                console.print(f"[red]{self.name} exited at start (code {self.proc.returncode})"
-                              f"; last lines of {self.log}:[/red]\n" + "\n".join(tail))
+                console.print(
+                    f"[red]{self.name} exited at start (code {self.proc.returncode})"
+                    f"; last lines of {self.log}:[/red]\n" + "\n".join(tail)
+                )
                 return False
             time.sleep(0.1)
         console.print(f"[green]{self.name}[/green] running (pid {self.proc.pid}, log {self.log})")
@@ -66,7 +72,11 @@ def _command(sub: str) -> list[str]:
     exe = Path(sys.executable).parent / "gas-safety"
     if exe.exists():
         return [str(exe), sub]
-    return [sys.executable, "-c", f"import sys; from gateway.cli import main; sys.exit(main(['{sub}']))"]
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; from gateway.cli import main; sys.exit(main(['{sub}']))",
+    ]
 
 
 def platform_poll(dsn: str, fleet: Any) -> Any:
@@ -84,17 +94,28 @@ def platform_poll(dsn: str, fleet: Any) -> Any:
                     "SELECT meter_id, action, state,"
                     " extract(epoch FROM acked_at - issued_at)::float8"
                     " FROM valve_commands WHERE issued_at >= %s AND household_id = ANY(%s)"
-                    " ORDER BY issued_at DESC LIMIT 8", (since, fleet.household_ids))]
+                    " ORDER BY issued_at DESC LIMIT 8",
+                    (since, fleet.household_ids),
+                )
+            ]
             out["work_orders"] = [
-                f"{h} {c} [{p}] {s}" for h, c, p, s in conn.execute(
+                f"{h} {c} [{p}] {s}"
+                for h, c, p, s in conn.execute(
                     "SELECT household_id, cause, priority, status FROM work_orders"
                     " WHERE opened_at >= %s AND household_id = ANY(%s)"
-                    " ORDER BY opened_at DESC LIMIT 8", (since, fleet.household_ids))]
+                    " ORDER BY opened_at DESC LIMIT 8",
+                    (since, fleet.household_ids),
+                )
+            ]
             out["notifications"] = [
-                f"{h} {k} via {c}: {s}" for h, k, c, s in conn.execute(
+                f"{h} {k} via {c}: {s}"
+                for h, k, c, s in conn.execute(
                     "SELECT household_id, kind, channel, state FROM notifications"
                     " WHERE created_at >= %s AND household_id = ANY(%s)"
-                    " ORDER BY created_at DESC LIMIT 8", (since, fleet.household_ids))]
+                    " ORDER BY created_at DESC LIMIT 8",
+                    (since, fleet.household_ids),
+                )
+            ]
         return out
 
     return poll
@@ -111,8 +132,10 @@ def main(args: argparse.Namespace) -> int:
     os.environ.setdefault("GAS_SAFETY_HOME", str(stack.home))
     s = settings.load()
     fleet = cli.ensure_fleet(s.db.dsn, args.households, args.seed, args.prefix)
-    console.print(f"fleet: {fleet.households} households, {fleet.devices} devices "
-                  f"(mosquitto 127.0.0.1:{rt.mqtt_port}, postgres 127.0.0.1:{rt.pg_port})")
+    console.print(
+        f"fleet: {fleet.households} households, {fleet.devices} devices "
+        f"(mosquitto 127.0.0.1:{rt.mqtt_port}, postgres 127.0.0.1:{rt.pg_port})"
+    )
     logs = stack.home / "logs"
     children: list[Child] = []
     gw = Child("gateway", _command("gateway"), logs / "gateway.log")
@@ -122,18 +145,31 @@ def main(args: argparse.Namespace) -> int:
         console.print("[yellow]going on without the gateway: leaks will not be cut[/yellow]")
     if not args.no_api:
         if importlib.util.find_spec("dashboard_api.main") is None:
-            console.print("[yellow]the API is not installed yet (dashboard_api/main.py is "
-                          "missing): no dashboard[/yellow]")
+            console.print(
+                "[yellow]the API is not installed yet (dashboard_api/main.py is "
+                "missing): no dashboard[/yellow]"
+            )
         else:
             api = Child("api", _command("api"), logs / "api.log")
             if api.start():
                 children.append(api)
-                console.print(f"API on http://{s.api.host}:{s.api.port}/ (create a user with "
-                              "`gas-safety user create NAME`)")
+                console.print(
+                    f"API on http://{s.api.host}:{s.api.port}/ (create a user with "
+                    "`gas-safety user create NAME`)"
+                )
     try:
-        scores = asyncio.run(cli._with_sigint(lambda stop: cli.scenario(
-            args, fleet, rt, s.db.dsn, platform_poll=platform_poll(s.db.dsn, fleet),
-            stop=stop)))
+        scores = asyncio.run(
+            cli._with_sigint(
+                lambda stop: cli.scenario(
+                    args,
+                    fleet,
+                    rt,
+                    s.db.dsn,
+                    platform_poll=platform_poll(s.db.dsn, fleet),
+                    stop=stop,
+                )
+            )
+        )
     finally:
         for child in reversed(children):
             child.stop()

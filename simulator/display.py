@@ -11,8 +11,16 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-STYLE = {"leak": "bold red", "alarm": "yellow", "command": "bold green", "valve": "green",
-         "fault": "magenta", "plan": "dim", "platform": "cyan", "info": "white"}
+STYLE = {
+    "leak": "bold red",
+    "alarm": "yellow",
+    "command": "bold green",
+    "valve": "green",
+    "fault": "magenta",
+    "plan": "dim",
+    "platform": "cyan",
+    "info": "white",
+}
 
 
 class EventLog:
@@ -38,8 +46,11 @@ def run_view(run: Any, log: EventLog, platform: dict[str, Any] | None = None) ->
     tr = run.truth
     due = sum(1 for lk in tr.leaks if lk.cut_due_publish is not None)
     cut = sum(1 for lk in tr.leaks if lk.close_received_at is not None)
-    lat = sorted(1000 * (lk.close_received_at - lk.cut_due_publish) for lk in tr.leaks
-                 if lk.close_received_at is not None and lk.cut_due_publish is not None)
+    lat = sorted(
+        1000 * (lk.close_received_at - lk.cut_due_publish)
+        for lk in tr.leaks
+        if lk.close_received_at is not None and lk.cut_due_publish is not None
+    )
     head = Table.grid(padding=(0, 3))
     head.add_row(
         f"[b]elapsed[/b] {now - run.started_at:6.1f}s",
@@ -47,16 +58,20 @@ def run_view(run: Any, log: EventLog, platform: dict[str, Any] | None = None) ->
         f" (x{run.opts.speed:g})",
         f"[b]published[/b] {run.published:,}",
         f"[b]broker acked[/b] {run.transport.acked:,}",
-        f"[b]in flight[/b] {run.transport.inflight:,}")
+        f"[b]in flight[/b] {run.transport.inflight:,}",
+    )
     head.add_row(
         f"[b]leaks[/b] {len(tr.leaks)} planned",
         f"[b]cut due[/b] {due}",
         f"[b]cut[/b] [green]{cut}[/green]",
-        "[b]latency[/b] " + (f"p50 {lat[len(lat) // 2]:.1f} ms max {lat[-1]:.1f} ms"
-                              if lat else "-"),
-        f"[b]chaos[/b] {sum(tr.chaos.values()):,}")
-    parts: list[Any] = [Panel(head, title="gas-safety simulated fleet"),
-                        Panel(log.render(run.started_at), title="what happens")]
+        "[b]latency[/b] "
+        + (f"p50 {lat[len(lat) // 2]:.1f} ms max {lat[-1]:.1f} ms" if lat else "-"),
+        f"[b]chaos[/b] {sum(tr.chaos.values()):,}",
+    )
+    parts: list[Any] = [
+        Panel(head, title="gas-safety simulated fleet"),
+        Panel(log.render(run.started_at), title="what happens"),
+    ]
     if platform:
         parts.append(platform_table(platform))
     return Group(*parts)
@@ -67,25 +82,42 @@ def platform_table(p: dict[str, Any]) -> Panel:
     t.add_column("valve commands")
     t.add_column("work orders")
     t.add_column("notifications")
-    rows = max(len(p.get("valve_commands", [])), len(p.get("work_orders", [])),
-               len(p.get("notifications", [])), 1)
+    rows = max(
+        len(p.get("valve_commands", [])),
+        len(p.get("work_orders", [])),
+        len(p.get("notifications", [])),
+        1,
+    )
     for i in range(min(rows, 8)):
-        t.add_row(*(p.get(k, [])[i] if i < len(p.get(k, [])) else ""
-                    for k in ("valve_commands", "work_orders", "notifications")))
+        t.add_row(
+            *(
+                p.get(k, [])[i] if i < len(p.get(k, [])) else ""
+                for k in ("valve_commands", "work_orders", "notifications")
+            )
+        )
     return Panel(t, title="the platform (from the database)")
 
 
 def load_view(s: dict[str, Any]) -> Panel:
     t = Table.grid(padding=(0, 3))
-    t.add_row(f"[b]elapsed[/b] {s['elapsed']:6.1f}s / {s['duration']:.0f}s",
-              f"[b]rate[/b] {s['rate']:,.0f}/s (target {s['target']:,.0f})",
-              f"[b]sent[/b] {s['sent']:,}", f"[b]PUBACKed[/b] {s['acked']:,}")
-    t.add_row(f"[b]backlog[/b] {s['behind']:,} unsent, {s['inflight']:,} in flight",
-              f"[b]PUBACK rtt[/b] p50 {s['rtt_p50']:.1f} ms p99 {s['rtt_p99']:.1f} ms",
-              f"[b]stored[/b] {s['stored']:,}" if s.get("stored") is not None else "",
-              f"[b]alarm latency[/b] {s['alarm']}")
-    t.add_row(f"[b]probes[/b] {s['probes_cut']}/{s['probes']} cut",
-              f"[b]processes[/b] {s['processes']}", f"[b]reconnects[/b] {s['reconnects']}", "")
+    t.add_row(
+        f"[b]elapsed[/b] {s['elapsed']:6.1f}s / {s['duration']:.0f}s",
+        f"[b]rate[/b] {s['rate']:,.0f}/s (target {s['target']:,.0f})",
+        f"[b]sent[/b] {s['sent']:,}",
+        f"[b]PUBACKed[/b] {s['acked']:,}",
+    )
+    t.add_row(
+        f"[b]backlog[/b] {s['behind']:,} unsent, {s['inflight']:,} in flight",
+        f"[b]PUBACK rtt[/b] p50 {s['rtt_p50']:.1f} ms p99 {s['rtt_p99']:.1f} ms",
+        f"[b]stored[/b] {s['stored']:,}" if s.get("stored") is not None else "",
+        f"[b]alarm latency[/b] {s['alarm']}",
+    )
+    t.add_row(
+        f"[b]probes[/b] {s['probes_cut']}/{s['probes']} cut",
+        f"[b]processes[/b] {s['processes']}",
+        f"[b]reconnects[/b] {s['reconnects']}",
+        "",
+    )
     return Panel(t, title="gas-safety load")
 
 

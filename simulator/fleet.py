@@ -41,10 +41,12 @@ class Fleet:
         self.meter_index = {m: i for i, m in enumerate(self.meter_ids)}
         self.detector_index = {d: i for i, d in enumerate(self.detector_ids)}
         self.household_index = {h: i for i, h in enumerate(self.household_ids)}
-        self.meter_topics = [protocol.topic(m, "telemetry", self.prefix).encode()
-                             for m in self.meter_ids]
-        self.detector_topics = [protocol.topic(d, "telemetry", self.prefix).encode()
-                                for d in self.detector_ids]
+        self.meter_topics = [
+            protocol.topic(m, "telemetry", self.prefix).encode() for m in self.meter_ids
+        ]
+        self.detector_topics = [
+            protocol.topic(d, "telemetry", self.prefix).encode() for d in self.detector_ids
+        ]
 
     @property
     def households(self) -> int:
@@ -65,8 +67,9 @@ class Fleet:
         return np.flatnonzero(self.detector_household == household)
 
     @classmethod
-    def from_households(cls, households: Sequence[Household],
-                        today: dt.date = REFERENCE_DAY) -> Fleet:
+    def from_households(
+        cls, households: Sequence[Household], today: dt.date = REFERENCE_DAY
+    ) -> Fleet:
         buildings: dict[str, int] = {}
         b_idx = np.empty(len(households), np.int32)
         qmax = np.empty(len(households), np.float32)
@@ -86,12 +89,24 @@ class Fleet:
                 dh.append(i)
                 dmodels.append(d.model)
                 dages.append((today - d.installed_on).days)
-        return cls(hids, b_idx, list(buildings), qmax, mids, mmodels, m_age, dids,
-                   np.asarray(dh, np.int32), dmodels, np.asarray(dages, np.int32))
+        return cls(
+            hids,
+            b_idx,
+            list(buildings),
+            qmax,
+            mids,
+            mmodels,
+            m_age,
+            dids,
+            np.asarray(dh, np.int32),
+            dmodels,
+            np.asarray(dages, np.int32),
+        )
 
     @classmethod
-    def from_db(cls, dsn: str, id_prefix: str = "", limit: int | None = None,
-                today: dt.date | None = None) -> Fleet:
+    def from_db(
+        cls, dsn: str, id_prefix: str = "", limit: int | None = None, today: dt.date | None = None
+    ) -> Fleet:
         """Read households whose id starts with `id_prefix` (all when empty) and their devices."""
         today = today or dt.date.today()
         like = id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -101,7 +116,9 @@ class Fleet:
                 " FROM households h JOIN devices d ON d.household_id = h.id"
                 " WHERE h.id LIKE %s AND d.status = 'active'"
                 " AND h.id IN (SELECT id FROM households WHERE id LIKE %s ORDER BY id LIMIT %s)"
-                " ORDER BY h.id, d.kind DESC, d.id", (like, like, limit)).fetchall()
+                " ORDER BY h.id, d.kind DESC, d.id",
+                (like, like, limit),
+            ).fetchall()
         buildings: dict[str, int] = {}
         hids: list[str] = []
         b_idx: list[int] = []
@@ -143,6 +160,16 @@ class Fleet:
             mids = [mids[i] for i in keep]
             mmodels = [mmodels[i] for i in keep]
             m_age = [m_age[i] for i in keep]
-        return cls(hids, np.asarray(b_idx, np.int32), list(buildings),
-                   np.asarray(qmax, np.float32), mids, mmodels, np.asarray(m_age, np.int32),
-                   dids, np.asarray(dh, np.int32), dmodels, np.asarray(dages, np.int32))
+        return cls(
+            hids,
+            np.asarray(b_idx, np.int32),
+            list(buildings),
+            np.asarray(qmax, np.float32),
+            mids,
+            mmodels,
+            np.asarray(m_age, np.int32),
+            dids,
+            np.asarray(dh, np.int32),
+            dmodels,
+            np.asarray(dages, np.int32),
+        )

@@ -11,6 +11,7 @@ QoS 1 messages, pings, and reconnects resending what was still unacknowledged (D
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -69,12 +70,21 @@ class _Protocol(asyncio.Protocol):
 class Link:
     """A connection to the broker; `publish` is synchronous and never blocks."""
 
-    def __init__(self, host: str, port: int, client_id: str, username: str | None = None,
-                 password: str | None = None, *, keepalive_s: int = 60,
-                 will: tuple[str, bytes, int, bool] | None = None,
-                 on_message: Callable[[wire.Message], None] | None = None,
-                 max_inflight: int = 20_000, reconnect: bool = False,
-                 sample_every: int = 16) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        keepalive_s: int = 60,
+        will: tuple[str, bytes, int, bool] | None = None,
+        on_message: Callable[[wire.Message], None] | None = None,
+        max_inflight: int = 20_000,
+        reconnect: bool = False,
+        sample_every: int = 16,
+    ) -> None:
         assert max_inflight < 65_000, "packet ids are 16 bits"
         self.host, self.port = host, port
         self.client_id, self.username, self.password = client_id, username, password
@@ -109,14 +119,18 @@ class Link:
         self._lost = loop.create_future()
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(self), self.host, self.port),
-                timeout_s)
+                loop.create_connection(lambda: _Protocol(self), self.host, self.port), timeout_s
+            )
         except OSError as err:
-            raise LinkError(self.client_id, f"cannot reach {self.host}:{self.port}: {err}") \
-                from None
+            raise LinkError(
+                self.client_id, f"cannot reach {self.host}:{self.port}: {err}"
+            ) from None
         assert self._transport is not None
-        self._transport.write(wire.connect(self.client_id, self.username, self.password,
-                                           self.keepalive_s, True, self.will))
+        self._transport.write(
+            wire.connect(
+                self.client_id, self.username, self.password, self.keepalive_s, True, self.will
+            )
+        )
         try:
             code = await asyncio.wait_for(asyncio.shield(self._connack), timeout_s)
         except TimeoutError:
@@ -124,8 +138,11 @@ class Link:
             raise LinkError(self.client_id, "no CONNACK") from None
         if code != 0:
             self._abort_transport()
-            reason = "connection closed before CONNACK" if code == 255 else \
-                wire.CONNACK_CODES.get(code, str(code))
+            reason = (
+                "connection closed before CONNACK"
+                if code == 255
+                else wire.CONNACK_CODES.get(code, str(code))
+            )
             raise LinkError(self.client_id, f"refused: {reason}")
         self.connected = True
         if self._ping_task is None:
@@ -197,13 +214,22 @@ class Link:
                     if nid not in inflight and nid not in self._subacks:
                         break
                 length = 4 + len(topic) + len(payload)
-                pkt = b"".join((bytes((pub,)), rl(length), len(topic).to_bytes(2, "big"), topic,
-                                nid.to_bytes(2, "big"), payload))
+                pkt = b"".join(
+                    (
+                        bytes((pub,)),
+                        rl(length),
+                        len(topic).to_bytes(2, "big"),
+                        topic,
+                        nid.to_bytes(2, "big"),
+                        payload,
+                    )
+                )
                 inflight[nid] = (now, pkt)
             else:
                 length = 2 + len(topic) + len(payload)
-                pkt = b"".join((bytes((pub,)), rl(length), len(topic).to_bytes(2, "big"), topic,
-                                payload))
+                pkt = b"".join(
+                    (bytes((pub,)), rl(length), len(topic).to_bytes(2, "big"), topic, payload)
+                )
             parts.append(pkt)
             n += 1
         self._next_id = nid
@@ -284,8 +310,9 @@ class Link:
                 try:
                     self.on_message(msg)
                 except Exception:  # one bad handler call must not kill the connection
-                    logger.exception("message handler failed client=%s topic=%s",
-                                     self.client_id, msg.topic)
+                    logger.exception(
+                        "message handler failed client=%s topic=%s", self.client_id, msg.topic
+                    )
         elif p.type == wire.PUBACK:
             pid = int.from_bytes(p.body[:2], "big")
             if self.inflight.pop(pid, None) is not None:
@@ -349,10 +376,8 @@ class Link:
             self._transport.write(wire.DISCONNECT_PACKET)
             self._transport.close()
         if self._lost is not None:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._lost), 2.0)
-            except TimeoutError:
-                pass
 
     def abort(self) -> None:
         """Drop the socket without DISCONNECT, as a dead battery would: the will fires."""

@@ -76,7 +76,7 @@ def probe_main(job: ProbeJob, out: Any) -> None:
     # The probes stand in for a detector's and a meter's own hardware: on a machine the
     # load saturates they must not time their own wait for a CPU (real-time as the gateway's
     # event loop; needs root, else nice -10, else as is).
-    from gateway.service.priority import set_thread_priority
+    from gateway.priority import set_thread_priority
 
     set_thread_priority(10, -10, "alarm probe")
     _install_uvloop()
@@ -113,8 +113,15 @@ async def _probe(job: ProbeJob) -> dict[str, Any]:
         ack = protocol.Ack(cmd.cmd_id, True, round(time.time(), 3), "closed", None)
         link.publish(protocol.topic(device, "ack", job.prefix).encode(), protocol.encode(ack))
 
-    link = Link(job.host, job.port, job.account, job.account, job.password,
-                on_message=on_message, reconnect=True)
+    link = Link(
+        job.host,
+        job.port,
+        job.account,
+        job.account,
+        job.password,
+        on_message=on_message,
+        reconnect=True,
+    )
     await link.connect()
     await link.subscribe([(f"{job.prefix}/+/cmd", 1)])
     await asyncio.sleep(max(0.0, job.start_at - time.time()) + 1.0)
@@ -136,9 +143,13 @@ async def _probe(job: ProbeJob) -> dict[str, Any]:
     await asyncio.sleep(0.3)
     await link.wait_acked(5.0)
     await link.disconnect()
-    return {"sent": {job.households[i]: t for i, t in sent.items()},
-            "lat": {job.households[i]: t for i, t in lat.items()},
-            "seqs": seqs, "bad": bad, "acked": link.stats.acked}
+    return {
+        "sent": {job.households[i]: t for i, t in sent.items()},
+        "lat": {job.households[i]: t for i, t in lat.items()},
+        "seqs": seqs,
+        "bad": bad,
+        "acked": link.stats.acked,
+    }
 
 
 def _install_uvloop() -> str:
@@ -166,8 +177,16 @@ async def _worker(job: WorkerJob, out: Any) -> dict[str, Any]:
     from simulator import behaviour as bh
     from simulator.link import Link
 
-    link = Link(job.host, job.port, job.account, job.account, job.password,
-                max_inflight=job.max_inflight, reconnect=True, keepalive_s=30)
+    link = Link(
+        job.host,
+        job.port,
+        job.account,
+        job.account,
+        job.password,
+        max_inflight=job.max_inflight,
+        reconnect=True,
+        keepalive_s=30,
+    )
     await link.connect()
     n = len(job.device_ids)
     is_meter = np.asarray(job.is_meter, bool)
@@ -178,8 +197,9 @@ async def _worker(job: WorkerJob, out: Any) -> dict[str, Any]:
     kind_idx = np.empty(n, np.int64)
     kind_idx[meters] = np.arange(len(meters))
     kind_idx[dets] = np.arange(len(dets))
-    model = bh.Model(job.seed, house[dets], np.asarray(job.qmax)[house[meters]],
-                     np.zeros(len(meters), np.int32))
+    model = bh.Model(
+        job.seed, house[dets], np.asarray(job.qmax)[house[meters]], np.zeros(len(meters), np.int32)
+    )
     topics = [f"{job.prefix}/{d}/telemetry".encode() for d in job.device_ids]
     seq = np.asarray(job.seq0, np.int64)
     first = seq.copy()
@@ -213,17 +233,27 @@ async def _worker(job: WorkerJob, out: Any) -> dict[str, Any]:
             payload: dict[int, bytes] = {}
             if len(d_sel):
                 ch4, fault = model.detector_lel(kind_idx[d_sel], t)
-                for i, s, c, f in zip(d_sel.tolist(), seq[d_sel].tolist(), ch4.tolist(),
-                                      fault.tolist()):
+                for i, s, c, f in zip(
+                    d_sel.tolist(), seq[d_sel].tolist(), ch4.tolist(), fault.tolist(), strict=True
+                ):
                     payload[i] = b'{"seq":%d,"ts":%.3f,"ch4":%.2f,"fault":%d}' % (s, t, c, f)
             if len(m_sel):
                 # a device appears once per round, so a batch never repeats a meter
                 vol, flow, valve, batt, rssi = model.meter_reading(kind_idx[m_sel], t)
-                for i, s, v, fl, vs, b, r in zip(m_sel.tolist(), seq[m_sel].tolist(),
-                                                 vol.tolist(), flow.tolist(), valve.tolist(),
-                                                 batt.tolist(), rssi.tolist()):
-                    payload[i] = (b'{"seq":%d,"ts":%.3f,"vol":%.3f,"flow":%.3f,"valve":"%s",'
-                                  b'"batt":%.2f,"rssi":%d}' % (s, t, v, fl, names[vs], b, r))
+                for i, s, v, fl, vs, b, r in zip(
+                    m_sel.tolist(),
+                    seq[m_sel].tolist(),
+                    vol.tolist(),
+                    flow.tolist(),
+                    valve.tolist(),
+                    batt.tolist(),
+                    rssi.tolist(),
+                    strict=True,
+                ):
+                    payload[i] = (
+                        b'{"seq":%d,"ts":%.3f,"vol":%.3f,"flow":%.3f,"valve":"%s",'
+                        b'"batt":%.2f,"rssi":%d}' % (s, t, v, fl, names[vs], b, r)
+                    )
             plist = pos.tolist()
             link.publish_many((topics[i], payload[i]) for i in plist)
             seq[pos] += 1
@@ -233,11 +263,21 @@ async def _worker(job: WorkerJob, out: Any) -> dict[str, Any]:
             t_stats = now
             rtts = link.stats.ack_rtt_s[rtt_mark:]
             rtt_mark = len(link.stats.ack_rtt_s)
-            out.put(("stats", job.index, {
-                "sent": sent, "acked": link.stats.acked, "inflight": len(link.inflight),
-                "behind": behind, "reconnects": link.stats.reconnects,
-                "rtt_p50": float(np.percentile(rtts, 50)) if rtts else 0.0,
-                "rtt_p99": float(np.percentile(rtts, 99)) if rtts else 0.0}))
+            out.put(
+                (
+                    "stats",
+                    job.index,
+                    {
+                        "sent": sent,
+                        "acked": link.stats.acked,
+                        "inflight": len(link.inflight),
+                        "behind": behind,
+                        "reconnects": link.stats.reconnects,
+                        "rtt_p50": float(np.percentile(rtts, 50)) if rtts else 0.0,
+                        "rtt_p99": float(np.percentile(rtts, 99)) if rtts else 0.0,
+                    },
+                )
+            )
         if link.free <= 0:
             await link.wait_space()  # the broker is behind: wait for PUBACKs
         elif job.rate <= 0 or k < want:
@@ -251,12 +291,20 @@ async def _worker(job: WorkerJob, out: Any) -> dict[str, Any]:
     await link.disconnect()
     rtt_all = link.stats.ack_rtt_s
     return {
-        "sent": sent, "acked": link.stats.acked, "unacked": len(link.inflight),
-        "all_acked": all_acked, "seconds": t_end - t0, "acked_by_s": t_acked - t0,
-        "rate": sent / max(t_end - t0, 1e-9), "reconnects": link.stats.reconnects,
-        "resent": link.stats.resent, "cpu_s": cpu_s,
+        "sent": sent,
+        "acked": link.stats.acked,
+        "unacked": len(link.inflight),
+        "all_acked": all_acked,
+        "seconds": t_end - t0,
+        "acked_by_s": t_acked - t0,
+        "rate": sent / max(t_end - t0, 1e-9),
+        "reconnects": link.stats.reconnects,
+        "resent": link.stats.resent,
+        "cpu_s": cpu_s,
         "rtt_ms": percentiles(rtt_all),
-        "first_seq": first, "last_seq": seq - 1, "sent_per_device": sent_per,
+        "first_seq": first,
+        "last_seq": seq - 1,
+        "sent_per_device": sent_per,
     }
 
 
@@ -271,10 +319,10 @@ def plan_fleet(args: argparse.Namespace, dsn: str) -> Any:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from gateway import settings
-    from simulator.cli import _runtime
+    from simulator.cli import stack_runtime
 
     s = settings.load()
-    rt = _runtime()
+    rt = stack_runtime()
     if not 1 <= args.processes <= 7:
         raise SystemExit("--processes must be 1..7 (fleet-bridge-0..6; 7 runs the probes)")
     fleet, n_probes = plan_fleet(args, s.db.dsn)
@@ -282,19 +330,26 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return asyncio.run(run_load(args, fleet, pool, rt, s.mqtt.host, s.mqtt.port, s.db.dsn))
 
 
-async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], rt: Any,
-                   host: str, port: int, dsn: str, live: bool | None = None) -> dict[str, Any]:
+async def run_load(
+    args: argparse.Namespace,
+    fleet: Any,
+    probe_pool: list[int],
+    rt: Any,
+    host: str,
+    port: int,
+    dsn: str,
+    live: bool | None = None,
+) -> dict[str, Any]:
     """One load run; `probe_pool` households are kept out of the load for the alarm probes
     (each probe uses one household once: a cut valve stays cut)."""
     from rich.live import Live
 
-    from gateway.ops import credentials
+    from gateway import accounts
     from simulator import display, storage
     from simulator.runner import seq_origin
 
     live = (not args.quiet) if live is None else live
     probe_h = list(probe_pool)
-    n_probes = len(probe_h)
     reserved = set(probe_h)
     # devices of the load households, households kept whole, trimmed to --devices
     det_of: dict[int, list[int]] = {}
@@ -314,8 +369,9 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
             jobs_dev[w].append((fleet.detector_ids[d], False, h))
             count += 1
     all_ids = [dev for job in jobs_dev for dev, _, _ in job]
-    known = storage.last_seqs(dsn, all_ids + [fleet.detector_ids[det_of[h][0]] for h in probe_h
-                                              if h in det_of])
+    known = storage.last_seqs(
+        dsn, all_ids + [fleet.detector_ids[det_of[h][0]] for h in probe_h if h in det_of]
+    )
     origin = seq_origin(time.time())
     start_at = time.time() + 3.0
     ctx = mp.get_context("spawn")
@@ -326,19 +382,31 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
         for _, _, h in devs:
             local_h.setdefault(h, len(local_h))
         hs = sorted(local_h, key=local_h.get)  # type: ignore[arg-type]
-        account = f"{credentials.BRIDGE_PREFIX}{w}"
+        account = f"{accounts.BRIDGE_PREFIX}{w}"
+        password = accounts.service_password_from_key(rt.fleet_key, account)
         job = WorkerJob(
-            w, host, port, account, credentials.service_password(rt, account), fleet.prefix,
-            [d for d, _, _ in devs], [m for _, m, _ in devs], [local_h[h] for _, _, h in devs],
+            w,
+            host,
+            port,
+            account,
+            password,
+            fleet.prefix,
+            [d for d, _, _ in devs],
+            [m for _, m, _ in devs],
+            [local_h[h] for _, _, h in devs],
             [float(fleet.qmax_m3h[h]) for h in hs],
             [max(origin, known.get(d, 0)) for d, _, _ in devs],
-            args.rate / args.processes, start_at, args.duration, args.seed)
+            args.rate / args.processes,
+            start_at,
+            args.duration,
+            args.seed,
+        )
         p = ctx.Process(target=worker_main, args=(job, out), name=f"publisher-{w}", daemon=True)
         p.start()
         procs.append(p)
 
     # probes on their own bridge account, in their own process
-    probe_account = f"{credentials.BRIDGE_PREFIX}7"
+    probe_account = f"{accounts.BRIDGE_PREFIX}7"
     probe_sent: dict[int, float] = {}
     probe_lat: dict[int, float] = {}
     probe_seq: dict[str, tuple[int, int, int]] = {}  # device -> (first, last, n)
@@ -346,12 +414,22 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
     probe_done: dict[str, Any] = {}
     ph = [h for h in probe_h if det_of.get(h)] if args.probes > 0 else []
     if ph:
+        probe_password = accounts.service_password_from_key(rt.fleet_key, probe_account)
         pjob = ProbeJob(
-            host, port, probe_account, credentials.service_password(rt, probe_account),
-            fleet.prefix, ph, [fleet.detector_topics[det_of[h][0]] for h in ph],
-            [fleet.detector_ids[det_of[h][0]] for h in ph], [fleet.meter_ids[h] for h in ph],
+            host,
+            port,
+            probe_account,
+            probe_password,
+            fleet.prefix,
+            ph,
+            [fleet.detector_topics[det_of[h][0]] for h in ph],
+            [fleet.detector_ids[det_of[h][0]] for h in ph],
+            [fleet.meter_ids[h] for h in ph],
             [max(origin, known.get(fleet.detector_ids[det_of[h][0]], 0)) for h in ph],
-            args.probes, start_at, args.duration)
+            args.probes,
+            start_at,
+            args.duration,
+        )
         pp = ctx.Process(target=probe_main, args=(pjob, out), name="probes", daemon=True)
         pp.start()
         procs.append(pp)
@@ -370,7 +448,7 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
                 " AND received_at >= %(s)s AND device_id LIKE %(p)s)"
                 " + (SELECT count(*) FROM meter_readings WHERE time >= %(s)s"
                 " AND received_at >= %(s)s AND device_id LIKE %(p)s)",
-                {"s": dt.datetime.fromtimestamp(start_at - 1, dt.UTC), "p": args.prefix + "%"}
+                {"s": dt.datetime.fromtimestamp(start_at - 1, dt.UTC), "p": args.prefix + "%"},
             ).fetchone()
         return int(row[0]) if row else 0
 
@@ -398,19 +476,26 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
         sent = sum(s_["sent"] for s_ in stats.values())
         lat = sorted(probe_lat.values())
         return {
-            "elapsed": max(0.0, now - start_at), "duration": args.duration,
+            "elapsed": max(0.0, now - start_at),
+            "duration": args.duration,
             "rate": sum(s_["sent"] for s_ in stats.values()) / max(now - start_at, 1e-9)
-            if now > start_at else 0.0,
-            "target": args.rate, "sent": sent,
+            if now > start_at
+            else 0.0,
+            "target": args.rate,
+            "sent": sent,
             "acked": sum(s_["acked"] for s_ in stats.values()),
             "inflight": sum(s_["inflight"] for s_ in stats.values()),
             "behind": sum(s_["behind"] for s_ in stats.values()),
             "rtt_p50": max((s_["rtt_p50"] for s_ in stats.values()), default=0.0) * 1000,
             "rtt_p99": max((s_["rtt_p99"] for s_ in stats.values()), default=0.0) * 1000,
             "stored": stored_live,
-            "alarm": (f"p50 {1000 * lat[len(lat) // 2]:.1f} ms max {1000 * lat[-1]:.1f} ms"
-                      if lat else "-"),
-            "probes": len(probe_sent), "probes_cut": len(probe_lat),
+            "alarm": (
+                f"p50 {1000 * lat[len(lat) // 2]:.1f} ms max {1000 * lat[-1]:.1f} ms"
+                if lat
+                else "-"
+            ),
+            "probes": len(probe_sent),
+            "probes_cut": len(probe_lat),
             "processes": args.processes,
             "reconnects": sum(s_["reconnects"] for s_ in stats.values()),
         }
@@ -420,8 +505,7 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
         last_poll = 0.0
         while True:
             drain()
-            if not args.no_store_check and time.time() - last_poll > 3.0 \
-                    and time.time() > start_at:
+            if not args.no_store_check and time.time() - last_poll > 3.0 and time.time() > start_at:
                 last_poll = time.time()
                 try:
                     stored_live = await asyncio.to_thread(poll_stored)
@@ -473,24 +557,34 @@ async def run_load(args: argparse.Namespace, fleet: Any, probe_pool: list[int], 
     sent = int(sum(n_sent))
     acked = sum(f["acked"] for f in finals.values()) + probe_done.get("acked", 0)
     result: dict[str, Any] = {
-        "devices": len(all_ids), "processes": args.processes, "target_rate": args.rate,
-        "duration_s": args.duration, "sent": sent, "acked_by_broker": acked,
+        "devices": len(all_ids),
+        "processes": args.processes,
+        "target_rate": args.rate,
+        "duration_s": args.duration,
+        "sent": sent,
+        "acked_by_broker": acked,
         "publish_rate": sum(f["rate"] for f in finals.values()),
-        "per_process": [{k: v for k, v in f.items()
-                         if k not in ("first_seq", "last_seq", "sent_per_device")}
-                        for _, f in sorted(finals.items())],
-        "probes": len(probe_sent), "probes_cut": len(probe_lat),
+        "per_process": [
+            {k: v for k, v in f.items() if k not in ("first_seq", "last_seq", "sent_per_device")}
+            for _, f in sorted(finals.items())
+        ],
+        "probes": len(probe_sent),
+        "probes_cut": len(probe_lat),
         "malformed_commands": len(bad_commands),
         "alarm_latency_ms": percentiles(list(probe_lat.values())),
         # in send order, seconds since the load started: where in the run the tail comes from
-        "alarm_latency_series": [(round(probe_sent[h] - start_at, 2), round(probe_lat[h] * 1000, 1))
-                                 for h in sorted(probe_lat, key=probe_sent.__getitem__)],
-        "stored": None, "lost": None,
+        "alarm_latency_series": [
+            (round(probe_sent[h] - start_at, 2), round(probe_lat[h] * 1000, 1))
+            for h in sorted(probe_lat, key=probe_sent.__getitem__)
+        ],
+        "stored": None,
+        "lost": None,
     }
     if not args.no_store_check:
         lo_a, hi_a = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
-        stored, waited = await asyncio.to_thread(storage.wait_stored, dsn, ids, lo_a, hi_a,
-                                                 start_at, sent, 5.0, args.settle)
+        stored, waited = await asyncio.to_thread(
+            storage.wait_stored, dsn, ids, lo_a, hi_a, start_at, sent, 5.0, args.settle
+        )
         result["stored"] = stored
         result["lost"] = sent - stored
         result["store_wait_s"] = round(waited, 1)
@@ -513,7 +607,8 @@ def _received_span(dsn: str, prefix: str, start_at: float) -> float | None:
             " WHERE time >= %(s)s AND received_at >= %(s)s AND device_id LIKE %(p)s),"
             " (SELECT extract(epoch FROM max(received_at)) FROM meter_readings"
             " WHERE time >= %(s)s AND received_at >= %(s)s AND device_id LIKE %(p)s))",
-            {"s": since, "p": prefix + "%"}).fetchone()
+            {"s": since, "p": prefix + "%"},
+        ).fetchone()
     return float(row[0]) if row and row[0] is not None else None
 
 
@@ -525,20 +620,28 @@ def print_load(r: dict[str, Any]) -> None:
     lat = r["alarm_latency_ms"]
     rows = [
         ("devices / publisher processes", f"{r['devices']:,} / {r['processes']}"),
-        ("sent (QoS 1)", (f"{r['sent']:,} at {r['publish_rate']:,.0f}/s "
-                          f"(target {r['target_rate']:,.0f}/s)")),
+        (
+            "sent (QoS 1)",
+            (f"{r['sent']:,} at {r['publish_rate']:,.0f}/s (target {r['target_rate']:,.0f}/s)"),
+        ),
         ("per process", ", ".join(f"{p['rate']:,.0f}/s" for p in r["per_process"])),
         ("acknowledged by the broker", f"{r['acked_by_broker']:,}"),
         ("stored", "-" if r["stored"] is None else f"{r['stored']:,}"),
         ("lost (sent - stored)", "-" if r["lost"] is None else f"{r['lost']:,}"),
-        ("stored readings/s end to end", f"{r['stored_rate']:,.0f}" if r.get("stored_rate")
-         else "-"),
+        (
+            "stored readings/s end to end",
+            f"{r['stored_rate']:,.0f}" if r.get("stored_rate") else "-",
+        ),
         ("alarm probes cut", f"{r['probes_cut']} / {r['probes']}"),
-        ("alarm latency (publish -> valve_close)", "-" if not lat["n"] else
-         f"p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} max {lat['max']} ms"),
+        (
+            "alarm latency (publish -> valve_close)",
+            "-"
+            if not lat["n"]
+            else f"p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} max {lat['max']} ms",
+        ),
     ]
     Console().print(summary_table("load summary", rows))
     if r["stored"] == 0:
-        Console().print("[yellow]nothing stored: is the gateway running "
-                        "(`gas-safety gateway`)?[/yellow]")
-
+        Console().print(
+            "[yellow]nothing stored: is the gateway running (`gas-safety gateway`)?[/yellow]"
+        )

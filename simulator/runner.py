@@ -76,11 +76,17 @@ def seq_origin(now: float) -> int:
 
 
 class FleetRun:
-    def __init__(self, fleet: Fleet, transport: Transport, opts: RunOptions,
-                 on_event: Callable[[str, str], None] | None = None,
-                 seq_start: dict[str, int] | None = None, per_device: bool = False,
-                 busy_households: set[int] | None = None,
-                 closed_meters: set[int] | None = None) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        transport: Transport,
+        opts: RunOptions,
+        on_event: Callable[[str, str], None] | None = None,
+        seq_start: dict[str, int] | None = None,
+        per_device: bool = False,
+        busy_households: set[int] | None = None,
+        closed_meters: set[int] | None = None,
+    ) -> None:
         self.fleet, self.transport, self.opts = fleet, transport, opts
         self.per_device = per_device
         self.on_event = on_event or (lambda kind, text: None)
@@ -90,12 +96,22 @@ class FleetRun:
             day = now - now % 86400
             sim0 = day + opts.start_hour * 3600
         self.clock = Clock(now, sim0, opts.speed)
-        self.model = bh.Model(opts.seed, fleet.detector_household, fleet.qmax_m3h,
-                              fleet.meter_age_days)
+        self.model = bh.Model(
+            opts.seed, fleet.detector_household, fleet.qmax_m3h, fleet.meter_age_days
+        )
         span = opts.duration_s * opts.speed
-        self.plan = plan_scenario(fleet, self.model.background, opts.seed, opts.leaks,
-                                  opts.faults, sim0, span, opts.leak_window, opts.leak_kinds,
-                                  busy_households)
+        self.plan = plan_scenario(
+            fleet,
+            self.model.background,
+            opts.seed,
+            opts.leaks,
+            opts.faults,
+            sim0,
+            span,
+            opts.leak_window,
+            opts.leak_kinds,
+            busy_households,
+        )
         self.model.inj = self.plan.injection
         self.truth = Truth(fleet, self.plan, self.clock.wall)
         self.mirror = bh.RuleMirror(fleet.households, fleet.detectors, fleet.qmax_m3h)
@@ -111,8 +127,9 @@ class FleetRun:
         self.det_due = now + opts.interval_s * bh.uniform(opts.seed, 51, np.arange(d))
         origin = seq_origin(now)
         seq_start = seq_start or {}
-        self.seq = np.array([max(origin, seq_start.get(i, 0))
-                             for i in fleet.all_device_ids()], np.int64)
+        self.seq = np.array(
+            [max(origin, seq_start.get(i, 0)) for i in fleet.all_device_ids()], np.int64
+        )
         self.first_seq = self.seq.copy()
         self.readings_sent = np.zeros(h + d, np.int64)
         self.det_online = np.ones(d, bool)
@@ -124,16 +141,26 @@ class FleetRun:
         self.published = 0
         self.started_at = now
         self.ended_at: float | None = None
-        self.truth.meta.update({
-            "seed": opts.seed, "speed": opts.speed, "duration_s": opts.duration_s,
-            "households": h, "devices": h + d, "mode": "per-device" if per_device else "bridge",
-            "chaos": opts.chaos, "started_at": now, "sim_start": sim0,
-            "responders": {r.value: sum(1 for x in self.responders if x.kind is r)
-                           for r in vv.Responder},
-        })
+        self.truth.meta.update(
+            {
+                "seed": opts.seed,
+                "speed": opts.speed,
+                "duration_s": opts.duration_s,
+                "households": h,
+                "devices": h + d,
+                "mode": "per-device" if per_device else "bridge",
+                "chaos": opts.chaos,
+                "started_at": now,
+                "sim_start": sim0,
+                "responders": {
+                    r.value: sum(1 for x in self.responders if x.kind is r) for r in vv.Responder
+                },
+            }
+        )
         for lk in self.truth.leaks:
-            self.on_event("plan", f"{lk.id} {lk.kind} in {lk.household_id} at "
-                          f"+{lk.start_wall - now:.0f}s")
+            self.on_event(
+                "plan", f"{lk.id} {lk.kind} in {lk.household_id} at +{lk.start_wall - now:.0f}s"
+            )
 
     # ------------------------------------------------------------ commands
     def _on_command(self, h: int, msg: Message, received_at: float) -> None:
@@ -146,21 +173,26 @@ class FleetRun:
         # A resend of a command issued before this run (the platform's retries outlive a
         # simulator run) is obeyed, but is not this run's cut.
         stale = cmd.ts < self.started_at - 2.0
-        self.truth.command_received(h, cmd.cmd_id, cmd.action, profile.kind.value, received_at,
-                                    stale)
+        self.truth.command_received(
+            h, cmd.cmd_id, cmd.action, profile.kind.value, received_at, stale
+        )
         leak = self.truth._leak_of_household.get(h)
         lat = ""
         if leak is not None and leak.cut_due_publish is not None and cmd.action == "valve_close":
             lat = f" {1000 * (received_at - leak.cut_due_publish):.1f} ms after the cut was due"
-        self.on_event("command", f"{self.fleet.meter_ids[h]} got {cmd.action} {cmd.cmd_id}"
-                      f" ({profile.kind.value}){lat}")
+        self.on_event(
+            "command",
+            f"{self.fleet.meter_ids[h]} got {cmd.action} {cmd.cmd_id} ({profile.kind.value}){lat}",
+        )
         state = self.valves.setdefault(h, vv.ValveState())
         for eff in vv.on_command(state, profile, cmd, received_at, self.opts.seed):
             self._apply(h, eff, cmd.cmd_id)
-        if (cmd.action == "valve_open" and state.awaiting_press
-                and bh.uniform(self.opts.seed, 60, h) < self.opts.resident_press_share):
-            self._schedule(received_at + self.opts.resident_press_after_s,
-                           lambda: self._press(h))
+        if (
+            cmd.action == "valve_open"
+            and state.awaiting_press
+            and bh.uniform(self.opts.seed, 60, h) < self.opts.resident_press_share
+        ):
+            self._schedule(received_at + self.opts.resident_press_after_s, lambda: self._press(h))
 
     def _apply(self, h: int, eff: vv.Effect, cmd_id: str) -> None:
         if isinstance(eff, vv.Dropped):
@@ -216,12 +248,14 @@ class FleetRun:
         seqs = self.seq[g]
         ts = round(t, 3)
         topics = self.fleet.detector_topics
-        payloads = [b'{"seq":%d,"ts":%.3f,"ch4":%.2f,"fault":%d}' % (s, ts, c, f)
-                    for s, c, f in zip(seqs.tolist(), ch4.tolist(), fault.tolist())]
+        payloads = [
+            b'{"seq":%d,"ts":%.3f,"ch4":%.2f,"fault":%d}' % (s, ts, c, f)
+            for s, c, f in zip(seqs.tolist(), ch4.tolist(), fault.tolist(), strict=False)
+        ]
         tr = self.transport
         # Stamped before the writes: a latency measured from here is never flattered.
         at = time.time()
-        for d, p in zip(due.tolist(), payloads):
+        for d, p in zip(due.tolist(), payloads, strict=False):
             tr.publish(DETECTOR, d, topics[d], p)
         self.seq[g] = (seqs + 1) % protocol.U32
         self.readings_sent[g] += 1
@@ -248,14 +282,23 @@ class FleetRun:
         seqs = self.seq[due]
         ts = round(t, 3)
         names = [n.encode() for n in bh.VALVE_NAMES]
-        payloads = [b'{"seq":%d,"ts":%.3f,"vol":%.3f,"flow":%.3f,"valve":"%s","batt":%.2f,'
-                    b'"rssi":%d}' % (s, ts, v, fl, names[vs], b, r)
-                    for s, v, fl, vs, b, r in zip(seqs.tolist(), vol.tolist(), flow.tolist(),
-                                                   valve.tolist(), batt.tolist(), rssi.tolist())]
+        payloads = [
+            b'{"seq":%d,"ts":%.3f,"vol":%.3f,"flow":%.3f,"valve":"%s","batt":%.2f,'
+            b'"rssi":%d}' % (s, ts, v, fl, names[vs], b, r)
+            for s, v, fl, vs, b, r in zip(
+                seqs.tolist(),
+                vol.tolist(),
+                flow.tolist(),
+                valve.tolist(),
+                batt.tolist(),
+                rssi.tolist(),
+                strict=False,
+            )
+        ]
         topics = self.fleet.meter_topics
         tr = self.transport
         at = time.time()
-        for h, p in zip(due.tolist(), payloads):
+        for h, p in zip(due.tolist(), payloads, strict=False):
             tr.publish(METER, h, topics[h], p)
         self.seq[due] = (seqs + 1) % protocol.U32
         self.readings_sent[due] += 1
@@ -271,8 +314,9 @@ class FleetRun:
         dev = (self.fleet.detector_ids if kind == DETECTOR else self.fleet.meter_ids)[i]
         payload = b'{"seq":%d,"ts":%.3f%s}' % (self.seq[g], t, body)
         self.seq[g] = (self.seq[g] + 1) % protocol.U32
-        self.transport.publish(kind, i, protocol.topic(dev, "event", self.fleet.prefix).encode(),
-                               payload)
+        self.transport.publish(
+            kind, i, protocol.topic(dev, "event", self.fleet.prefix).encode(), payload
+        )
 
     def _chaos(self, kind: int, due: np.ndarray, payloads: list[bytes], t: float) -> None:
         n = int(self.rng.binomial(len(due), self.opts.chaos))
@@ -286,23 +330,28 @@ class FleetRun:
             tr = self.transport
             if c is ch.Chaos.UNKNOWN_DEVICE:
                 ghost = f"ghost-{next(self._ghosts)}"
-                tr.ghost_link().publish(protocol.topic(ghost, "telemetry",
-                                                       self.fleet.prefix).encode(),
-                                        ch.bad_payload(c, False, 1, t, self.rng))
+                tr.ghost_link().publish(
+                    protocol.topic(ghost, "telemetry", self.fleet.prefix).encode(),
+                    ch.bad_payload(c, False, 1, t, self.rng),
+                )
             elif c in ch.PAYLOAD_KINDS:
-                tr.publish(kind, i, topics[i],
-                           ch.bad_payload(c, is_meter, int(self.seq[g]), t, self.rng))
+                tr.publish(
+                    kind, i, topics[i], ch.bad_payload(c, is_meter, int(self.seq[g]), t, self.rng)
+                )
             elif c is ch.Chaos.SEQ_GAP:
                 self.seq[g] = (self.seq[g] + int(self.rng.integers(2, 50))) % protocol.U32
             elif c is ch.Chaos.SEQ_REPEAT:
                 tr.publish(kind, i, topics[i], payloads[j])
             elif c in (ch.Chaos.CLOCK_SKEW, ch.Chaos.FLOOD):
                 burst = ch.FLOOD_BURST if c is ch.Chaos.FLOOD else 1
-                skew = ch.SKEW_S * (1 if self.rng.random() < 0.5 else -1) \
-                    if c is ch.Chaos.CLOCK_SKEW else 0.0
+                skew = (
+                    ch.SKEW_S * (1 if self.rng.random() < 0.5 else -1)
+                    if c is ch.Chaos.CLOCK_SKEW
+                    else 0.0
+                )
                 base = payloads[j]
                 ts_at = base.index(b',"ts":')
-                rest = base[base.index(b",", ts_at + 1):]
+                rest = base[base.index(b",", ts_at + 1) :]
                 for k in range(burst):
                     p = b'{"seq":%d,"ts":%.3f%s' % (self.seq[g], t + skew + k * 0.001, rest)
                     tr.publish(kind, i, topics[i], p)
@@ -319,21 +368,27 @@ class FleetRun:
         await self.transport.start(self._on_command)
         if self.opts.status_on_start and not self.per_device:
             f = self.fleet
-            for kind, ids, models in ((METER, f.meter_ids, f.meter_models),
-                                      (DETECTOR, f.detector_ids, f.detector_models)):
-                for i, (dev, model) in enumerate(zip(ids, models)):
+            for kind, ids, models in (
+                (METER, f.meter_ids, f.meter_models),
+                (DETECTOR, f.detector_ids, f.detector_models),
+            ):
+                for i, (dev, model) in enumerate(zip(ids, models, strict=False)):
                     self.transport.publish(
-                        kind, i, protocol.topic(dev, "status", f.prefix).encode(),
+                        kind,
+                        i,
+                        protocol.topic(dev, "status", f.prefix).encode(),
                         b'{"online":true,"fw":"1.4.2","model":"%s"}' % model.encode(),
-                        retain=True)
+                        retain=True,
+                    )
 
     async def run(self, stop: asyncio.Event | None = None) -> Truth:
         """Publish until the duration ends (or `stop`), then wait for due cuts and acks."""
         stop = stop or asyncio.Event()
         opts = self.opts
         end = self.started_at + opts.duration_s
-        leak_starts = sorted((lk.start_wall, lk.id, lk.kind, lk.household_id)
-                             for lk in self.truth.leaks)
+        leak_starts = sorted(
+            (lk.start_wall, lk.id, lk.kind, lk.household_id) for lk in self.truth.leaks
+        )
         announced = 0
         grace_end: float | None = None
         while True:
@@ -361,9 +416,14 @@ class FleetRun:
             await asyncio.sleep(opts.tick_s)
         self.ended_at = time.time()
         await self.transport.wait_acked(10.0)
-        self.truth.meta.update({"ended_at": self.ended_at, "published": self.published,
-                                "mqtt_sent": self.transport.sent,
-                                "mqtt_acked": self.transport.acked})
+        self.truth.meta.update(
+            {
+                "ended_at": self.ended_at,
+                "published": self.published,
+                "mqtt_sent": self.transport.sent,
+                "mqtt_acked": self.transport.acked,
+            }
+        )
         return self.truth
 
     def sent_ranges(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -371,9 +431,12 @@ class FleetRun:
         ids = self.fleet.all_device_ids()
         sent = np.flatnonzero(self.readings_sent)
         last = (self.seq - 1) % protocol.U32
-        return ([ids[i] for i in sent], self.first_seq[sent], last[sent],
-                self.readings_sent[sent])
+        return ([ids[i] for i in sent], self.first_seq[sent], last[sent], self.readings_sent[sent])
 
     def summary(self) -> dict[str, Any]:
-        return {"published": self.published, "mqtt_sent": self.transport.sent,
-                "mqtt_acked": self.transport.acked, "inflight": self.transport.inflight}
+        return {
+            "published": self.published,
+            "mqtt_sent": self.transport.sent,
+            "mqtt_acked": self.transport.acked,
+            "inflight": self.transport.inflight,
+        }

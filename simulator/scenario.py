@@ -14,10 +14,21 @@ import numpy as np
 from simulator.behaviour import FAULT_SENSOR, FaultKind, Injection, LeakKind
 from simulator.fleet import Fleet
 
-LEAK_MIX = (LeakKind.SEEP, LeakKind.RUPTURE, LeakKind.HOSE_OFF, LeakKind.RUPTURE,
-            LeakKind.SEEP, LeakKind.RISER)
-FAULT_MIX = (FaultKind.STUCK, FaultKind.FAULT_BITS, FaultKind.LASER, FaultKind.OFFLINE,
-             FaultKind.BATTERY)
+LEAK_MIX = (
+    LeakKind.SEEP,
+    LeakKind.RUPTURE,
+    LeakKind.HOSE_OFF,
+    LeakKind.RUPTURE,
+    LeakKind.SEEP,
+    LeakKind.RISER,
+)
+FAULT_MIX = (
+    FaultKind.STUCK,
+    FaultKind.FAULT_BITS,
+    FaultKind.LASER,
+    FaultKind.OFFLINE,
+    FaultKind.BATTERY,
+)
 
 
 @dataclass
@@ -49,12 +60,22 @@ class Plan:
     @property
     def households(self) -> set[int]:
         return {lk.household for lk in self.leaks} | {
-            f.device if f.is_meter else -1 for f in self.faults}
+            f.device if f.is_meter else -1 for f in self.faults
+        }
 
 
-def plan(fleet: Fleet, model_background: np.ndarray, seed: int, leaks: int, faults: int,
-         sim_start: float, sim_span: float, leak_window: tuple[float, float] = (0.05, 0.6),
-         kinds: tuple[LeakKind, ...] = LEAK_MIX, exclude: set[int] | None = None) -> Plan:
+def plan(
+    fleet: Fleet,
+    model_background: np.ndarray,
+    seed: int,
+    leaks: int,
+    faults: int,
+    sim_start: float,
+    sim_span: float,
+    leak_window: tuple[float, float] = (0.05, 0.6),
+    kinds: tuple[LeakKind, ...] = LEAK_MIX,
+    exclude: set[int] | None = None,
+) -> Plan:
     """Inject `leaks` leak events and `faults` faults into the window [start, start + span];
     households in `exclude` (the platform still deals with them) get nothing."""
     rng = np.random.default_rng([seed, 7])
@@ -90,8 +111,9 @@ def plan(fleet: Fleet, model_background: np.ndarray, seed: int, leaks: int, faul
                     peak = float(rng.uniform(14.0, 38.0))
                     s = start + float(rng.uniform(0, 0.05 * sim_span))
                     _set_leak(inj, dets, LeakKind.RISER, s, peak, seep_rise * 0.8, stops=False)
-                    out.leaks.append(LeakPlan(f"{lid}{'abcdefgh'[j]}", kind, h, dets.tolist(), s,
-                                              peak, incident))
+                    out.leaks.append(
+                        LeakPlan(f"{lid}{'abcdefgh'[j]}", kind, h, dets.tolist(), s, peak, incident)
+                    )
                 continue
         got = take()
         if got is None:
@@ -140,8 +162,15 @@ def plan(fleet: Fleet, model_background: np.ndarray, seed: int, leaks: int, faul
     return out
 
 
-def _set_leak(inj: Injection, dets: np.ndarray, kind: LeakKind, start: float, peak: float,
-              rise_s: float, stops: bool) -> None:
+def _set_leak(
+    inj: Injection,
+    dets: np.ndarray,
+    kind: LeakKind,
+    start: float,
+    peak: float,
+    rise_s: float,
+    stops: bool,
+) -> None:
     if len(dets) == 0:
         return
     inj.leak_kind[dets] = kind
@@ -151,12 +180,14 @@ def _set_leak(inj: Injection, dets: np.ndarray, kind: LeakKind, start: float, pe
     inj.leak_stops_on_close[dets] = stops
 
 
-def _riser_flats(fleet: Fleet, rng: np.random.Generator, used: set[int],
-                 has_det: np.ndarray) -> list[int] | None:
+def _riser_flats(
+    fleet: Fleet, rng: np.random.Generator, used: set[int], has_det: np.ndarray
+) -> list[int] | None:
     """3–5 free flats with detectors in one building, or None if no building has three."""
     for b in rng.permutation(len(fleet.buildings)):
-        flats = [int(h) for h in np.flatnonzero(fleet.building == b)
-                 if int(h) not in used and has_det[h]]
+        flats = [
+            int(h) for h in np.flatnonzero(fleet.building == b) if int(h) not in used and has_det[h]
+        ]
         if len(flats) >= 3:
             k = int(rng.integers(3, min(5, len(flats)) + 1))
             return sorted(rng.choice(flats, size=k, replace=False).tolist())

@@ -20,8 +20,8 @@ import resource
 import time
 from collections.abc import Callable
 
-from gateway import protocol
-from gateway.ops import credentials
+from gateway import accounts, protocol
+from gateway.ops.stack import Runtime
 from simulator import wire
 from simulator.fleet import Fleet
 from simulator.link import Link, LinkError
@@ -45,8 +45,9 @@ class Transport:
     def ghost_link(self) -> Link:
         raise NotImplementedError
 
-    def publish(self, kind: int, i: int, topic: bytes, payload: bytes, retain: bool = False
-                ) -> float:
+    def publish(
+        self, kind: int, i: int, topic: bytes, payload: bytes, retain: bool = False
+    ) -> float:
         """Publish for a device now; returns the wall time of the socket write."""
         self.link_for(kind, i).publish(topic, payload, 1, retain)
         return time.time()
@@ -74,8 +75,9 @@ class Transport:
         return True
 
     async def close(self) -> None:
-        await asyncio.gather(*(lk.disconnect() for lk in self.links if not lk.closing),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(lk.disconnect() for lk in self.links if not lk.closing), return_exceptions=True
+        )
 
 
 def command_router(fleet: Fleet, on_command: CommandSink) -> Callable[[wire.Message], None]:
@@ -94,8 +96,15 @@ def command_router(fleet: Fleet, on_command: CommandSink) -> Callable[[wire.Mess
 
 
 class BridgeTransport(Transport):
-    def __init__(self, fleet: Fleet, host: str, port: int, rt: object,
-                 bridges: tuple[int, ...] = (0,), subscribe: bool = True) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        host: str,
+        port: int,
+        rt: Runtime,
+        bridges: tuple[int, ...] = (0,),
+        subscribe: bool = True,
+    ) -> None:
         self.fleet = fleet
         self.host, self.port = host, port
         self.rt = rt
@@ -106,10 +115,17 @@ class BridgeTransport(Transport):
     async def start(self, on_command: CommandSink) -> None:
         route = command_router(self.fleet, on_command)
         for n, b in enumerate(self.bridges):
-            name = f"{credentials.BRIDGE_PREFIX}{b}"
-            link = Link(self.host, self.port, name, name,
-                        credentials.service_password(self.rt, name),  # type: ignore[arg-type]
-                        on_message=route if n == 0 else None, reconnect=True, keepalive_s=30)
+            name = f"{accounts.BRIDGE_PREFIX}{b}"
+            link = Link(
+                self.host,
+                self.port,
+                name,
+                name,
+                accounts.service_password_from_key(self.rt.fleet_key, name),
+                on_message=route if n == 0 else None,
+                reconnect=True,
+                keepalive_s=30,
+            )
             await link.connect()
             if n == 0 and self.subscribe:
                 granted = await link.subscribe([(f"{self.fleet.prefix}/+/cmd", 1)])
@@ -126,8 +142,16 @@ class BridgeTransport(Transport):
 
 
 class PerDeviceTransport(Transport):
-    def __init__(self, fleet: Fleet, host: str, port: int, fleet_key: str, rt: object,
-                 firmware: str = "1.4.2", connect_concurrency: int = 100) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        host: str,
+        port: int,
+        fleet_key: str,
+        rt: Runtime,
+        firmware: str = "1.4.2",
+        connect_concurrency: int = 100,
+    ) -> None:
         self.fleet = fleet
         self.host, self.port = host, port
         self.fleet_key = fleet_key
@@ -148,13 +172,22 @@ class PerDeviceTransport(Transport):
 
         def make(device: str, model: str) -> Link:
             status = protocol.topic(device, "status", f.prefix)
-            return Link(self.host, self.port, device, device,
-                        credentials.derive_password(self.fleet_key, device),
-                        will=(status, b'{"online":false}', 1, True),
-                        on_message=route, keepalive_s=60, max_inflight=1000)
+            return Link(
+                self.host,
+                self.port,
+                device,
+                device,
+                accounts.derive_password(self.fleet_key, device),
+                will=(status, b'{"online":false}', 1, True),
+                on_message=route,
+                keepalive_s=60,
+                max_inflight=1000,
+            )
 
-        self.meter_links = [make(d, m) for d, m in zip(f.meter_ids, f.meter_models)]
-        self.detector_links = [make(d, m) for d, m in zip(f.detector_ids, f.detector_models)]
+        self.meter_links = [make(d, m) for d, m in zip(f.meter_ids, f.meter_models, strict=False)]
+        self.detector_links = [
+            make(d, m) for d, m in zip(f.detector_ids, f.detector_models, strict=False)
+        ]
         self.links = [*self.meter_links, *self.detector_links]
         models = [*f.meter_models, *f.detector_models]
 
@@ -168,19 +201,32 @@ class PerDeviceTransport(Transport):
                 if i < f.households:
                     await link.subscribe([(protocol.topic(link.client_id, "cmd", f.prefix), 1)])
                 status = b'{"online":true,"fw":"%s","model":"%s"}' % (
-                    self.firmware.encode(), models[i].encode())
-                link.publish(protocol.topic(link.client_id, "status", f.prefix).encode(),
-                             status, 1, retain=True)
+                    self.firmware.encode(),
+                    models[i].encode(),
+                )
+                link.publish(
+                    protocol.topic(link.client_id, "status", f.prefix).encode(),
+                    status,
+                    1,
+                    retain=True,
+                )
 
         await asyncio.gather(*(up(i, lk) for i, lk in enumerate(self.links)))
         if self.refused:
-            raise LinkError(self.refused[0].split(":")[0],
-                            f"{len(self.refused)} devices refused, first: {self.refused[0]}")
+            raise LinkError(
+                self.refused[0].split(":")[0],
+                f"{len(self.refused)} devices refused, first: {self.refused[0]}",
+            )
         # Unknown device ids cannot log in; a fleet bridge publishes them, as a network
         # server forwarding a stranger's uplink would.
-        name = f"{credentials.BRIDGE_PREFIX}7"
-        self._ghost = Link(self.host, self.port, name, name,
-                           credentials.service_password(self.rt, name))  # type: ignore[arg-type]
+        name = f"{accounts.BRIDGE_PREFIX}7"
+        self._ghost = Link(
+            self.host,
+            self.port,
+            name,
+            name,
+            accounts.service_password_from_key(self.rt.fleet_key, name),
+        )
         await self._ghost.connect()
         self.links.append(self._ghost)
 

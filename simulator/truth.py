@@ -91,26 +91,36 @@ class Truth:
         self._fault_of_meter: dict[int, FaultRecord] = {}
         for lp in plan.leaks:
             h = lp.household
-            rec = LeakRecord(lp.id, lp.kind.name.lower(), fleet.household_ids[h],
-                             fleet.meter_ids[h], [fleet.detector_ids[d] for d in lp.detectors],
-                             fleet.buildings[fleet.building[h]], lp.incident, lp.start_sim,
-                             sim_to_wall(lp.start_sim), lp.peak_lel)
+            rec = LeakRecord(
+                lp.id,
+                lp.kind.name.lower(),
+                fleet.household_ids[h],
+                fleet.meter_ids[h],
+                [fleet.detector_ids[d] for d in lp.detectors],
+                fleet.buildings[fleet.building[h]],
+                lp.incident,
+                lp.start_sim,
+                sim_to_wall(lp.start_sim),
+                lp.peak_lel,
+            )
             self.leaks.append(rec)
             self._leak_of_household[h] = rec
             for d in lp.detectors:
                 self._leak_of_detector[d] = rec
         for fp in plan.faults:
             dev = fleet.meter_ids[fp.device] if fp.is_meter else fleet.detector_ids[fp.device]
-            frec = FaultRecord(fp.id, fp.kind.name.lower(), dev, fp.start_sim,
-                               sim_to_wall(fp.start_sim))
+            frec = FaultRecord(
+                fp.id, fp.kind.name.lower(), dev, fp.start_sim, sim_to_wall(fp.start_sim)
+            )
             self.faults.append(frec)
             (self._fault_of_meter if fp.is_meter else self._fault_of_detector)[fp.device] = frec
         self.leak_detectors = np.fromiter(self._leak_of_detector, np.int64)
         self.fault_detectors = np.fromiter(self._fault_of_detector, np.int64)
 
     # ------------------------------------------------------------ observations
-    def detectors_published(self, idx: np.ndarray, t_sim: float, dangerous: np.ndarray,
-                            cut_due: np.ndarray, at: float) -> None:
+    def detectors_published(
+        self, idx: np.ndarray, t_sim: float, dangerous: np.ndarray, cut_due: np.ndarray, at: float
+    ) -> None:
         """Stamp the first dangerous / cut-due publish of leaking detectors."""
         hits = np.flatnonzero(dangerous | cut_due)
         for j in hits:
@@ -118,8 +128,9 @@ class Truth:
             rec = self._leak_of_detector.get(d)
             if rec is None:
                 if cut_due[j]:
-                    self.unexpected_cut_due.append({"device_id": self.fleet.detector_ids[d],
-                                                    "at": at})
+                    self.unexpected_cut_due.append(
+                        {"device_id": self.fleet.detector_ids[d], "at": at}
+                    )
                 continue
             if rec.first_dangerous_publish is None:
                 rec.first_dangerous_publish = at
@@ -137,8 +148,9 @@ class Truth:
         if frec is not None and frec.first_publish is None:
             frec.first_publish = last_publish
 
-    def meters_published(self, idx: np.ndarray, t_sim: float, overflow: np.ndarray,
-                         at: float) -> None:
+    def meters_published(
+        self, idx: np.ndarray, t_sim: float, overflow: np.ndarray, at: float
+    ) -> None:
         for j in np.flatnonzero(overflow):
             h = int(idx[j])
             rec = self._leak_of_household.get(h)
@@ -156,13 +168,19 @@ class Truth:
                 if frec is not None and frec.first_publish is None and t_sim >= frec.start_sim:
                     frec.first_publish = at
 
-    def command_received(self, h: int, cmd_id: str, action: str, responder: str,
-                         at: float, stale: bool = False) -> None:
+    def command_received(
+        self, h: int, cmd_id: str, action: str, responder: str, at: float, stale: bool = False
+    ) -> None:
         rec = self.commands.get(cmd_id)
         if rec is None:
             rec = self.commands[cmd_id] = CommandRecord(
-                cmd_id, self.fleet.meter_ids[h], self.fleet.household_ids[h], action, responder,
-                stale=stale)
+                cmd_id,
+                self.fleet.meter_ids[h],
+                self.fleet.household_ids[h],
+                action,
+                responder,
+                stale=stale,
+            )
         rec.received_at.append(at)
         leak = self._leak_of_household.get(h)
         if leak is not None and action == "valve_close" and not stale:
@@ -198,15 +216,19 @@ class Truth:
     # ------------------------------------------------------------ results
     def pending_cuts(self) -> int:
         """Leaks whose cut is due but not yet received: a run waits for them (bounded)."""
-        return sum(1 for lk in self.leaks
-                   if lk.cut_due_publish is not None and lk.close_received_at is None)
+        return sum(
+            1
+            for lk in self.leaks
+            if lk.cut_due_publish is not None and lk.close_received_at is None
+        )
 
     def service_life(self) -> dict[str, list[str]]:
         f = self.fleet
         return {
             "meters": [f.meter_ids[i] for i in np.flatnonzero(f.meter_age_days > METER_LIFE_DAYS)],
-            "detectors": [f.detector_ids[i]
-                          for i in np.flatnonzero(f.detector_age_days > DETECTOR_LIFE_DAYS)],
+            "detectors": [
+                f.detector_ids[i] for i in np.flatnonzero(f.detector_age_days > DETECTOR_LIFE_DAYS)
+            ],
         }
 
     def score(self, db: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -223,8 +245,11 @@ class Truth:
         due = [lk for lk in self.leaks if lk.cut_due_publish is not None]
         cut = [lk for lk in due if lk.close_received_at is not None]
         missed = [lk.id for lk in due if lk.close_received_at is None]
-        not_required = [lk.id for lk in self.leaks
-                        if lk.cut_due_publish is None and lk.close_received_at is not None]
+        not_required = [
+            lk.id
+            for lk in self.leaks
+            if lk.cut_due_publish is None and lk.close_received_at is not None
+        ]
         false_cuts, incident_cuts = [], []
         for c in self.commands.values():
             if c.action != "valve_close" or c.household_id in leak_houses or c.stale:
@@ -233,13 +258,25 @@ class Truth:
             if self.fleet.buildings[self.fleet.building[h]] in riser_buildings:
                 incident_cuts.append(c.household_id)
             else:
-                false_cuts.append({"cmd_id": c.cmd_id, "household_id": c.household_id,
-                                   "meter_id": c.meter_id, "at": c.received_at[0]})
+                false_cuts.append(
+                    {
+                        "cmd_id": c.cmd_id,
+                        "household_id": c.household_id,
+                        "meter_id": c.meter_id,
+                        "at": c.received_at[0],
+                    }
+                )
         lat_cmd = [lk.close_received_at - lk.cut_due_publish for lk in cut]  # type: ignore[operator]
-        lat_closed = [lk.valve_closed_at - lk.cut_due_publish for lk in cut  # type: ignore[operator]
-                      if lk.valve_closed_at is not None]
-        lat_ack = [lk.ack_published_at - lk.cut_due_publish for lk in cut  # type: ignore[operator]
-                   if lk.ack_published_at is not None]
+        lat_closed = [
+            lk.valve_closed_at - lk.cut_due_publish  # type: ignore[operator]
+            for lk in cut
+            if lk.valve_closed_at is not None
+        ]
+        lat_ack = [
+            lk.ack_published_at - lk.cut_due_publish  # type: ignore[operator]
+            for lk in cut
+            if lk.ack_published_at is not None
+        ]
         out: dict[str, Any] = {
             "leaks": len(self.leaks),
             "cut_due": len(due),
@@ -285,8 +322,10 @@ class Truth:
             "faults_with_alarm": sum(1 for v in faults_seen.values() if v),
             "faults": faults_seen,
             "rejects_by_reason": rejects,
-            "rejects_vs_expected": {r: {"expected": n, "found": rejects.get(r, 0)}
-                                    for r, n in self.expected_rejects.items()},
+            "rejects_vs_expected": {
+                r: {"expected": n, "found": rejects.get(r, 0)}
+                for r, n in self.expected_rejects.items()
+            },
         }
 
     def to_json(self, path: Path, scores: dict[str, Any] | None = None) -> None:
@@ -310,8 +349,13 @@ def percentiles(values_s: list[float]) -> dict[str, float | int | None]:
         return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
     a = np.maximum(np.asarray(values_s, np.float64), 0.0) * 1000.0
     p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {"n": len(a), "p50": round(float(p50), 2), "p95": round(float(p95), 2),
-            "p99": round(float(p99), 2), "max": round(float(a.max()), 2)}
+    return {
+        "n": len(a),
+        "p50": round(float(p50), 2),
+        "p95": round(float(p95), 2),
+        "p99": round(float(p99), 2),
+        "max": round(float(a.max()), 2),
+    }
 
 
 def _json_default(o: Any) -> Any:
@@ -326,8 +370,9 @@ def _json_default(o: Any) -> Any:
     raise TypeError(type(o))
 
 
-def read_platform(dsn: str, fleet: Fleet, since_wall: float,
-                  cmd_ids: list[str] | None = None) -> dict[str, Any]:
+def read_platform(
+    dsn: str, fleet: Fleet, since_wall: float, cmd_ids: list[str] | None = None
+) -> dict[str, Any]:
     """What the platform recorded for this fleet since `since_wall` (epoch seconds), and
     when it issued the commands `cmd_ids` the meters received."""
     import psycopg
@@ -342,19 +387,27 @@ def read_platform(dsn: str, fleet: Fleet, since_wall: float,
             " extract(epoch FROM sent_at)::float8 AS sent_at,"
             " extract(epoch FROM acked_at)::float8 AS acked_at"
             " FROM valve_commands WHERE meter_id = ANY(%s) AND issued_at >= %s",
-            (fleet.meter_ids, since)).fetchall()
+            (fleet.meter_ids, since),
+        ).fetchall()
         out["valve_commands"] = rows
-        out["issued_at"] = {r["cmd_id"]: r["issued"] for r in conn.execute(
-            "SELECT cmd_id, extract(epoch FROM issued_at)::float8 AS issued FROM valve_commands"
-            " WHERE cmd_id = ANY(%s)", (cmd_ids or [],)).fetchall()}
+        out["issued_at"] = {
+            r["cmd_id"]: r["issued"]
+            for r in conn.execute(
+                "SELECT cmd_id, extract(epoch FROM issued_at)::float8 AS issued FROM valve_commands"
+                " WHERE cmd_id = ANY(%s)",
+                (cmd_ids or [],),
+            ).fetchall()
+        }
         out["alarms"] = conn.execute(
             "SELECT device_id, household_id, kind, extract(epoch FROM raised_at)::float8"
             " AS raised_at FROM alarms WHERE household_id = ANY(%s) AND raised_at >= %s",
-            (fleet.household_ids, since)).fetchall()
+            (fleet.household_ids, since),
+        ).fetchall()
         devices = fleet.all_device_ids()
         rej = conn.execute(
             "SELECT reason, count(*) AS n FROM rejects WHERE time >= %s"
             " AND (device_id = ANY(%s) OR device_id LIKE 'ghost-%%') GROUP BY reason",
-            (since, devices)).fetchall()
+            (since, devices),
+        ).fetchall()
         out["rejects"] = {r["reason"]: r["n"] for r in rej}
     return out

@@ -94,8 +94,9 @@ class Dropped:
 Effect = SendAck | MoveValve | Dropped
 
 
-def on_command(state: ValveState, profile: Responsiveness, cmd: Command, now: float,
-               seed: int = 0) -> list[Effect]:
+def on_command(
+    state: ValveState, profile: Responsiveness, cmd: Command, now: float, seed: int = 0
+) -> list[Effect]:
     """Handle one delivery of `cmd`; mutates `state`, returns what must happen and when."""
     n = state.deliveries.get(cmd.cmd_id, 0)
     state.deliveries[cmd.cmd_id] = n + 1
@@ -109,8 +110,13 @@ def on_command(state: ValveState, profile: Responsiveness, cmd: Command, now: fl
     if previous is not None:  # a resend: answer again, do nothing again
         ok, valve, error, first_done = previous
         if profile.kind is not Responder.NEVER:
-            effects.append(SendAck(max(now, first_done), Ack(
-                cmd.cmd_id, ok, max(now, first_done), cast(Valve, valve), error), True))
+            effects.append(
+                SendAck(
+                    max(now, first_done),
+                    Ack(cmd.cmd_id, ok, max(now, first_done), cast(Valve, valve), error),
+                    True,
+                )
+            )
         return effects
     if cmd.action == "valve_close":
         if state.valve != "closed":
@@ -128,8 +134,13 @@ def on_command(state: ValveState, profile: Responsiveness, cmd: Command, now: fl
         answer = (True, state.valve, None)
     state.answers[cmd.cmd_id] = (*answer, done_at)
     if profile.kind is not Responder.NEVER:
-        effects.append(SendAck(done_at, Ack(cmd.cmd_id, answer[0], done_at,
-                                            cast(Valve, answer[1]), answer[2]), False))
+        effects.append(
+            SendAck(
+                done_at,
+                Ack(cmd.cmd_id, answer[0], done_at, cast(Valve, answer[1]), answer[2]),
+                False,
+            )
+        )
     return effects
 
 

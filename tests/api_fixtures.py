@@ -1,7 +1,8 @@
 """API test fixtures, a pytest plugin for tests/api and tests/security: the operator API
-served by a real uvicorn (in a thread, with its own event loop and pool) over the session's private TimescaleDB, one user per role, and a small
-stand-in for the gateway: `raise_alarm` inserts what the gateway would (an alarm, its work
-order) and NOTIFYs gas_events, as the real gateway will.
+served by a real uvicorn (in a thread, with its own event loop and pool) over the session's
+private TimescaleDB, one user per role, and a small stand-in for the gateway: `raise_alarm`
+inserts what the gateway would (an alarm, its work order) and NOTIFYs gas_events, as the real
+gateway will.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import functools
 import json
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +22,7 @@ import psycopg
 import pytest
 import uvicorn
 from psycopg.types.json import Jsonb
+from support import wait_until
 
 from dashboard_api.main import create_app
 from dashboard_api.users import create_user
@@ -69,11 +70,10 @@ def api(api_settings: Settings) -> Iterator[Api]:
     app = create_app(api_settings, sse_keepalive_s=0.5, rollups_every_s=None)
     thread = _ServerThread(app)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not thread.server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API under test did not start")
-        time.sleep(0.02)
+    wait_until(lambda: thread.server.started or not thread.is_alive(), 30, interval_s=0.02,
+               what="the API under test to start")
+    if not thread.server.started:
+        raise RuntimeError("the API under test did not start")
     try:
         yield Api(f"http://127.0.0.1:{thread.port}", api_settings, app)
     finally:

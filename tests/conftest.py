@@ -11,13 +11,12 @@ import itertools
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Device, GatewayProcess
+from support import Device, GatewayProcess, reload_broker
 
 from gateway.ops.stack import Runtime, Stack
 
@@ -25,6 +24,24 @@ from gateway.ops.stack import Runtime, Stack
 pytest_plugins = ["api_fixtures"]
 
 _prefix_counter = itertools.count()
+
+# fixtures that start or reach the private Mosquitto and TimescaleDB; every fixture built on
+# them (gateway, fleet, devices, client, city, ...) reaches them through these
+SERVICE_FIXTURES = frozenset({"stack", "runtime", "dsn", "api"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: every collected test is checked
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test that needs the services without `pytest.mark.services`, so that
+    `-m "not services"` runs exactly the tests that start nothing."""
+    unmarked = [item.nodeid for item in items
+                if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("services") is None]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use the private stack (fixtures " + ", ".join(sorted(SERVICE_FIXTURES))
+            + ", directly or through others) but are not marked pytest.mark.services:\n  "
+            + "\n  ".join(unmarked))
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +97,7 @@ def fleet(stack: Stack, runtime: Runtime, prefix: str) -> Any:
     def make(households: int = 3, seed: int = 1) -> list[provision.Household]:
         city = provision.generate_city(households, seed=seed, prefix=prefix)
         provision.provision(runtime.dsn, city, str(stack.passwd_file), runtime.fleet_key)
-        stack.reload_broker()
-        time.sleep(0.2)  # SIGHUP: the broker re-reads its password file
+        reload_broker(stack, runtime, city[-1].devices[-1].id)
         return city
 
     return make

@@ -5,6 +5,7 @@ its devices would."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from typing import Any
 
@@ -28,7 +29,10 @@ def rows() -> list[tuple]:
 class Harness:
     def __init__(self) -> None:
         self.now = NOW
-        self.gw = Gateway(Settings(), clock=lambda: self.now)
+        ids = itertools.count(1)
+        # the clock is the harness's `now`; command ids count up: runs repeat exactly
+        self.gw = Gateway(Settings(), clock=lambda: self.now,
+                          new_id=lambda: f"gw-{next(ids)}")
         self.gw.load_devices(rows())
         self.published: list[tuple[str, dict[str, Any]]] = []
         self.gw.publish = lambda t, p: self.published.append((t, json.loads(p)))

@@ -17,22 +17,36 @@ router = APIRouter(prefix="/audit", tags=["audit"])
 
 
 @router.get("", response_model=Page[AuditEntry], summary="The audit trail, newest first")
-async def list_audit(conn: Conn, _: Admin, entity: LabelQuery = None,
-                     entity_id: LabelQuery = None, actor: LabelQuery = None,
-                     action: LabelQuery = None,
-                     since: Annotated[Instant | None, Query()] = None,
-                     until: Annotated[Instant | None, Query()] = None,
-                     limit: Limit = pagination.DEFAULT_LIMIT,
-                     cursor: Cursor = None) -> dict[str, Any]:
+async def list_audit(
+    conn: Conn,
+    _: Admin,
+    entity: LabelQuery = None,
+    entity_id: LabelQuery = None,
+    actor: LabelQuery = None,
+    action: LabelQuery = None,
+    since: Annotated[Instant | None, Query()] = None,
+    until: Annotated[Instant | None, Query()] = None,
+    limit: Limit = pagination.DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
     params: dict[str, Any] = {"n": limit + 1}
     conds = between("at", since, until, params)
-    conds += given((("entity", entity, "entity = %(entity)s"),
-                    ("entity_id", entity_id, "entity_id = %(entity_id)s"),
-                    ("actor", actor, "actor = %(actor)s"),
-                    ("action", action, "action = %(action)s")), params)
+    conds += given(
+        (
+            ("entity", entity, "entity = %(entity)s"),
+            ("entity_id", entity_id, "entity_id = %(entity_id)s"),
+            ("actor", actor, "actor = %(actor)s"),
+            ("action", action, "action = %(action)s"),
+        ),
+        params,
+    )
     conds += pagination.older_than(cursor, "at", "id", params)
-    rows = await (await conn.execute(
-        f"SELECT id, at, actor, action, entity, entity_id, details FROM audit_log"
-        f" {where(conds)} ORDER BY at DESC, id DESC LIMIT %(n)s", params)).fetchall()
+    rows = await (
+        await conn.execute(
+            f"SELECT id, at, actor, action, entity, entity_id, details FROM audit_log"
+            f" {where(conds)} ORDER BY at DESC, id DESC LIMIT %(n)s",
+            params,
+        )
+    ).fetchall()
     items, nxt = pagination.page(rows, limit, lambda r: (r["at"], r["id"]))
     return {"items": items, "next_cursor": nxt}

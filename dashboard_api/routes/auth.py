@@ -34,8 +34,7 @@ _FORM_MAX_BYTES = 4096
 
 class _TokenForm(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    username: Annotated[str, StringConstraints(min_length=1, max_length=64,
-                                               pattern=LABEL_PATTERN)]
+    username: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=LABEL_PATTERN)]
     password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     grant_type: Literal["password"] | None = None
 
@@ -51,19 +50,30 @@ class _Busy(ApiError):
 _FORM_SCHEMA = {
     "requestBody": {
         "required": True,
-        "content": {"application/x-www-form-urlencoded": {
-            "schema": {
-                "type": "object", "required": ["username", "password"],
-                "properties": {
-                    "username": {"type": "string", "minLength": 1, "maxLength": 64,
-                                 "pattern": LABEL_PATTERN,
-                                 "examples": ["dispatch.li"]},
-                    "password": {"type": "string", "minLength": 1, "maxLength": 256,
-                                 "format": "password"},
-                    "grant_type": {"type": "string", "enum": ["password"]},
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["username", "password"],
+                    "properties": {
+                        "username": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 64,
+                            "pattern": LABEL_PATTERN,
+                            "examples": ["dispatch.li"],
+                        },
+                        "password": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 256,
+                            "format": "password",
+                        },
+                        "grant_type": {"type": "string", "enum": ["password"]},
+                    },
                 },
-            },
-        }},
+            }
+        },
     },
 }
 
@@ -95,13 +105,14 @@ def _form_invalid(errors: list[dict[str, str]]) -> Invalid:
     return exc
 
 
-_USER = ("SELECT username, password_hash, role, disabled, token_version FROM users"
-         " WHERE username = %s")
+_USER = (
+    "SELECT username, password_hash, role, disabled, token_version FROM users WHERE username = %s"
+)
 _WHY = {
     "account_client": "too many failed sign-ins for this account from your address",
     "client": "too many failed sign-ins from your address",
     "account": "too many failed sign-ins for this account from new addresses (an address"
-               " that signed in to it before is not held back)",
+    " that signed in to it before is not held back)",
 }
 
 
@@ -109,17 +120,31 @@ def _throttled(state: AppState, verdict: Verdict, account: str, client: str) -> 
     state.metrics.refuse("login_throttled")
     retry = verdict.retry_after_header
     if verdict.first_refusal:
-        logger.warning("login throttled user=%s client=%s scope=%s retry_after_s=%s",
-                       account, client, verdict.scope, retry)
-    return TooManyRequests(f"{_WHY[verdict.scope]}; retry in {retry} s",
-                           headers={"Retry-After": retry}, scope=verdict.scope,
-                           retry_after_s=int(retry))
+        logger.warning(
+            "login throttled user=%s client=%s scope=%s retry_after_s=%s",
+            account,
+            client,
+            verdict.scope,
+            retry,
+        )
+    return TooManyRequests(
+        f"{_WHY[verdict.scope]}; retry in {retry} s",
+        headers={"Retry-After": retry},
+        scope=verdict.scope,
+        retry_after_s=int(retry),
+    )
 
 
-@router.post("/token", response_model=Token, openapi_extra=_FORM_SCHEMA,
-             summary="Exchange a username and password for an access token",
-             responses={429: {"description": "Too many failed sign-ins; see Retry-After"},
-                        503: {"description": "Sign-in busy or database unavailable; retry"}})
+@router.post(
+    "/token",
+    response_model=Token,
+    openapi_extra=_FORM_SCHEMA,
+    summary="Exchange a username and password for an access token",
+    responses={
+        429: {"description": "Too many failed sign-ins; see Retry-After"},
+        503: {"description": "Sign-in busy or database unavailable; retry"},
+    },
+)
 async def token(request: Request, state: State) -> Token:
     form = await _read_form(request)
     client = client_of(request.scope, state.trusted_proxies)
@@ -142,8 +167,10 @@ async def token(request: Request, state: State) -> Token:
     except HashingBusy:
         throttle.abandoned(attempt)
         state.metrics.refuse("hashing_busy")
-        raise _Busy("sign-in busy: too many password checks in progress; retry in 1 s",
-                    headers={"Retry-After": "1"}) from None
+        raise _Busy(
+            "sign-in busy: too many password checks in progress; retry in 1 s",
+            headers={"Retry-After": "1"},
+        ) from None
     except BaseException:
         throttle.abandoned(attempt)
         raise
@@ -154,12 +181,14 @@ async def token(request: Request, state: State) -> Token:
     throttle.succeeded(attempt, state.clock().timestamp())
     role = Role[row["role"]]
     ttl = state.settings.api.token_ttl_s
-    access, _ = identity.issue_token(state.jwt_secret, row["username"], role, ttl, state.clock(),
-                                     version=row["token_version"])
+    access, _ = identity.issue_token(
+        state.jwt_secret, row["username"], role, ttl, state.clock(), version=row["token_version"]
+    )
     return Token.model_validate({"access_token": access, "expires_in": ttl, "role": role.name})
 
 
 @router.get("/me", response_model=Me, summary="Who this credential belongs to")
 async def me(principal: Caller) -> Me:
-    return Me.model_validate({"username": principal.username, "role": principal.role.name,
-                              "via": principal.via})
+    return Me.model_validate(
+        {"username": principal.username, "role": principal.role.name, "via": principal.via}
+    )

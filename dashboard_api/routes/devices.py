@@ -37,28 +37,42 @@ DeviceId = Annotated[str, ident("m000042")]
 
 
 @router.get("/devices", response_model=Page[DevicePublic], summary="List devices with health")
-async def list_devices(conn: Conn, _: Viewer, state: State, community: LabelQuery = None,
-                       building: LabelQuery = None, household_id: IdQuery = None,
-                       kind: DeviceKind | None = None, status: DeviceStatus | None = None,
-                       model: LabelQuery = None,
-                       online: Annotated[bool | None, Query()] = None,
-                       limit: Limit = pagination.DEFAULT_LIMIT,
-                       cursor: Cursor = None) -> dict[str, Any]:
+async def list_devices(
+    conn: Conn,
+    _: Viewer,
+    state: State,
+    community: LabelQuery = None,
+    building: LabelQuery = None,
+    household_id: IdQuery = None,
+    kind: DeviceKind | None = None,
+    status: DeviceStatus | None = None,
+    model: LabelQuery = None,
+    online: Annotated[bool | None, Query()] = None,
+    limit: Limit = pagination.DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
     params: dict[str, Any] = {"n": limit + 1}
-    conds = given((
+    conds = given(
+        (
             ("community", community, "h.community = %(community)s"),
             ("building", building, "h.building = %(building)s"),
             ("household_id", household_id, "d.household_id = %(household_id)s"),
             ("kind", kind, "d.kind = %(kind)s"),
             ("status", status, "d.status = %(status)s"),
-            ("model", model, "d.model = %(model)s")), params)
+            ("model", model, "d.model = %(model)s"),
+        ),
+        params,
+    )
     if online is not None:
         conds.append("coalesce(s.online, false) = %(online)s")
         params["online"] = online
     conds += pagination.after_key(cursor, "d.id", params)
-    rows = await (await conn.execute(
-        f"SELECT {DEVICE_COLUMNS} {DEVICE_FROM} {where(conds)} ORDER BY d.id LIMIT %(n)s",
-        params)).fetchall()
+    rows = await (
+        await conn.execute(
+            f"SELECT {DEVICE_COLUMNS} {DEVICE_FROM} {where(conds)} ORDER BY d.id LIMIT %(n)s",
+            params,
+        )
+    ).fetchall()
     items, nxt = pagination.page(rows, limit, lambda r: (r["id"], r["id"]))
     today = state.clock().date()
     low = battery_low_v(state.settings)
@@ -67,26 +81,40 @@ async def list_devices(conn: Conn, _: Viewer, state: State, community: LabelQuer
 
 @router.get("/devices/{device_id}", response_model=DevicePublic, summary="A device's health")
 async def get_device(device_id: DeviceId, conn: Conn, _: Viewer, state: State) -> dict[str, Any]:
-    row = await (await conn.execute(f"SELECT {DEVICE_COLUMNS} {DEVICE_FROM} WHERE d.id = %s",
-                                    (device_id,))).fetchone()
+    row = await (
+        await conn.execute(f"SELECT {DEVICE_COLUMNS} {DEVICE_FROM} WHERE d.id = %s", (device_id,))
+    ).fetchone()
     if row is None:
         raise NotFound(f"no device {device_id}")
     return device_view(row, state.clock().date(), battery_low_v(state.settings))
 
 
-@router.patch("/devices/{device_id}", response_model=DevicePublic,
-              summary="Retire a device or correct its model and firmware (admin)")
-async def update_device(device_id: DeviceId, body: DeviceUpdate, conn: Conn, admin: Admin,
-                        state: State) -> dict[str, Any]:
+@router.patch(
+    "/devices/{device_id}",
+    response_model=DevicePublic,
+    summary="Retire a device or correct its model and firmware (admin)",
+)
+async def update_device(
+    device_id: DeviceId, body: DeviceUpdate, conn: Conn, admin: Admin, state: State
+) -> dict[str, Any]:
     async with conn.transaction():
-        row = await (await conn.execute(
-            "UPDATE devices SET status = coalesce(%s, status), model = coalesce(%s, model),"
-            " firmware = coalesce(%s, firmware) WHERE id = %s RETURNING id",
-            (body.status, body.model, body.firmware, device_id))).fetchone()
+        row = await (
+            await conn.execute(
+                "UPDATE devices SET status = coalesce(%s, status), model = coalesce(%s, model),"
+                " firmware = coalesce(%s, firmware) WHERE id = %s RETURNING id",
+                (body.status, body.model, body.firmware, device_id),
+            )
+        ).fetchone()
         if row is None:
             raise NotFound(f"no device {device_id}")
-        await record(conn, admin.username, "device.update", "device", device_id,
-                     body.model_dump(exclude_none=True))
+        await record(
+            conn,
+            admin.username,
+            "device.update",
+            "device",
+            device_id,
+            body.model_dump(exclude_none=True),
+        )
         await conn.execute("NOTIFY gas_registry")
     return await get_device(device_id, conn, admin, state)
 
@@ -110,10 +138,14 @@ _SUMMARY = f"""
 """
 
 
-@router.get("/fleet/summary", response_model=FleetSummary,
-            summary="Online/offline counts, devices past service life, low batteries")
-async def fleet_summary(conn: Conn, _: Viewer, state: State,
-                        community: LabelQuery = None) -> dict[str, Any]:
+@router.get(
+    "/fleet/summary",
+    response_model=FleetSummary,
+    summary="Online/offline counts, devices past service life, low batteries",
+)
+async def fleet_summary(
+    conn: Conn, _: Viewer, state: State, community: LabelQuery = None
+) -> dict[str, Any]:
     now = state.clock()
     conds = ["d.status = 'active'"]
     params: dict[str, Any] = {"today": now.date(), "low": battery_low_v(state.settings)}
@@ -122,5 +154,4 @@ async def fleet_summary(conn: Conn, _: Viewer, state: State,
         params["community"] = community
     row = await (await conn.execute(_SUMMARY + where(conds), params)).fetchone()
     assert row is not None
-    return {**row, "as_of": now, "by_kind": {"meter": row["meters"],
-                                             "detector": row["detectors"]}}
+    return {**row, "as_of": now, "by_kind": {"meter": row["meters"], "detector": row["detectors"]}}

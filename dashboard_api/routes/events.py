@@ -26,13 +26,22 @@ from dashboard_api.hub import Event
 
 router = APIRouter(tags=["events"])
 
-EVENT_TYPES = ("alarm.raised", "alarm.cleared", "alarm.acknowledged", "command.state",
-               "command.requested", "work_order.opened", "work_order.changed",
-               "notification.state")
+EVENT_TYPES = (
+    "alarm.raised",
+    "alarm.cleared",
+    "alarm.acknowledged",
+    "command.state",
+    "command.requested",
+    "work_order.opened",
+    "work_order.changed",
+    "notification.state",
+)
 EventType = Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}\.[a-z_]{1,32}$")]
-_EXAMPLE = ('id: 42\nevent: alarm.raised\ndata: {"type": "alarm.raised", "alarm_id": 7, '
-            '"device_id": "d000042a", "household_id": "h000042", "kind": "leak", '
-            '"severity": "critical"}\n\n')
+_EXAMPLE = (
+    'id: 42\nevent: alarm.raised\ndata: {"type": "alarm.raised", "alarm_id": 7, '
+    '"device_id": "d000042a", "household_id": "h000042", "kind": "leak", '
+    '"severity": "critical"}\n\n'
+)
 
 
 def _frame(event: Event) -> bytes:
@@ -43,15 +52,28 @@ def _control(type_: str, **fields: object) -> bytes:
     return f"event: {type_}\ndata: {json.dumps({'type': type_, **fields})}\n\n".encode()
 
 
-@router.get("/events", response_class=StreamingResponse,
-            summary="Live events (Server-Sent Events)",
-            responses={200: {"description": "An endless text/event-stream",
-                             "content": {"text/event-stream": {
-                                 "schema": {"type": "string"}, "example": _EXAMPLE}}}})
-async def events(who: Viewer, state: State,
-                 types: Annotated[list[EventType] | None, Query(
-                     description=f"Only these event types (repeat the parameter); known: "
-                                 f"{', '.join(EVENT_TYPES)}")] = None) -> StreamingResponse:
+@router.get(
+    "/events",
+    response_class=StreamingResponse,
+    summary="Live events (Server-Sent Events)",
+    responses={
+        200: {
+            "description": "An endless text/event-stream",
+            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": _EXAMPLE}},
+        }
+    },
+)
+async def events(
+    who: Viewer,
+    state: State,
+    types: Annotated[
+        list[EventType] | None,
+        Query(
+            description=f"Only these event types (repeat the parameter); known: "
+            f"{', '.join(EVENT_TYPES)}"
+        ),
+    ] = None,
+) -> StreamingResponse:
     wanted = frozenset(types) if types else None
     hub = state.hub
     keepalive_s = state.sse_keepalive_s
@@ -59,8 +81,9 @@ async def events(who: Viewer, state: State,
     async def stream() -> AsyncIterator[bytes]:
         sub = hub.subscribe(wanted, owner=who)
         try:
-            yield b"retry: 3000\n" + _control("stream.open", user=who.username,
-                                              listening=hub.listening.is_set())
+            yield b"retry: 3000\n" + _control(
+                "stream.open", user=who.username, listening=hub.listening.is_set()
+            )
             while True:
                 try:
                     event = await asyncio.wait_for(sub.queue.get(), keepalive_s)
@@ -77,5 +100,8 @@ async def events(who: Viewer, state: State,
         finally:
             hub.unsubscribe(sub)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

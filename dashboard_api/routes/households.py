@@ -42,48 +42,79 @@ def _shown(row: dict[str, Any], who: Principal) -> dict[str, Any]:
 
 
 @router.get("", response_model=Page[HouseholdPublic], summary="List households")
-async def list_households(conn: Conn, who: Viewer, community: LabelQuery = None,
-                          building: LabelQuery = None, limit: Limit = pagination.DEFAULT_LIMIT,
-                          cursor: Cursor = None) -> dict[str, Any]:
+async def list_households(
+    conn: Conn,
+    who: Viewer,
+    community: LabelQuery = None,
+    building: LabelQuery = None,
+    limit: Limit = pagination.DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
     params: dict[str, Any] = {"n": limit + 1}
-    conds = given((("community", community, "h.community = %(community)s"),
-                   ("building", building, "h.building = %(building)s")), params)
+    conds = given(
+        (
+            ("community", community, "h.community = %(community)s"),
+            ("building", building, "h.building = %(building)s"),
+        ),
+        params,
+    )
     conds += pagination.after_key(cursor, "h.id", params)
-    rows = await (await conn.execute(
-        f"SELECT {_COLS} FROM households h {where(conds)} ORDER BY h.id LIMIT %(n)s",
-        params)).fetchall()
+    rows = await (
+        await conn.execute(
+            f"SELECT {_COLS} FROM households h {where(conds)} ORDER BY h.id LIMIT %(n)s", params
+        )
+    ).fetchall()
     items, nxt = pagination.page(rows, limit, lambda r: (r["id"], r["id"]))
     return {"items": [_shown(r, who) for r in items], "next_cursor": nxt}
 
 
-@router.get("/{household_id}", response_model=HouseholdDetail,
-            summary="A household with its devices' health, active alarms and open orders")
-async def get_household(household_id: HouseholdId, conn: Conn, who: Viewer,
-                        state: State) -> dict[str, Any]:
-    row = await (await conn.execute(f"SELECT {_COLS} FROM households h WHERE h.id = %s",
-                                    (household_id,))).fetchone()
+@router.get(
+    "/{household_id}",
+    response_model=HouseholdDetail,
+    summary="A household with its devices' health, active alarms and open orders",
+)
+async def get_household(
+    household_id: HouseholdId, conn: Conn, who: Viewer, state: State
+) -> dict[str, Any]:
+    row = await (
+        await conn.execute(f"SELECT {_COLS} FROM households h WHERE h.id = %s", (household_id,))
+    ).fetchone()
     if row is None:
         raise NotFound(f"no household {household_id}")
-    devices = await (await conn.execute(
-        f"SELECT {DEVICE_COLUMNS} {DEVICE_FROM} WHERE d.household_id = %s ORDER BY d.id",
-        (household_id,))).fetchall()
-    counts = await (await conn.execute(
-        """SELECT (SELECT count(*) FROM alarms WHERE household_id = %(h)s
+    devices = await (
+        await conn.execute(
+            f"SELECT {DEVICE_COLUMNS} {DEVICE_FROM} WHERE d.household_id = %s ORDER BY d.id",
+            (household_id,),
+        )
+    ).fetchall()
+    counts = await (
+        await conn.execute(
+            """SELECT (SELECT count(*) FROM alarms WHERE household_id = %(h)s
                    AND cleared_at IS NULL) AS active_alarms,
                   (SELECT count(*) FROM work_orders WHERE household_id = %(h)s
                    AND status IN ('open', 'dispatched', 'on_site')) AS open_work_orders""",
-        {"h": household_id})).fetchone()
+            {"h": household_id},
+        )
+    ).fetchone()
     assert counts is not None
     today = state.clock().date()
     low = battery_low_v(state.settings)
-    return {**_shown(row, who), **counts,
-            "device_list": [device_view(d, today, low) for d in devices]}
+    return {
+        **_shown(row, who),
+        **counts,
+        "device_list": [device_view(d, today, low) for d in devices],
+    }
 
 
-@router.post("", response_model=HouseholdDetail, status_code=status.HTTP_201_CREATED,
-             summary="Register a household and its devices (admin)")
-async def create_household(body: HouseholdCreate, conn: Conn, admin: Admin,
-                           state: State) -> dict[str, Any]:
+@router.post(
+    "",
+    response_model=HouseholdDetail,
+    status_code=status.HTTP_201_CREATED,
+    summary="Register a household and its devices (admin)",
+)
+async def create_household(
+    body: HouseholdCreate, conn: Conn, admin: Admin, state: State
+) -> dict[str, Any]:
     kinds = [d.kind for d in body.devices]
     if kinds.count("meter") != 1:
         raise Invalid("devices", "a household has exactly one meter", "body")
@@ -95,15 +126,32 @@ async def create_household(body: HouseholdCreate, conn: Conn, admin: Admin,
                 """INSERT INTO households (id, address, community, building, unit, owner_name,
                                           owner_phone, owner_email, qmax_m3h)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                (body.id, body.address, body.community, body.building, body.unit,
-                 body.owner_name, body.owner_phone, body.owner_email, body.qmax_m3h))
+                (
+                    body.id,
+                    body.address,
+                    body.community,
+                    body.building,
+                    body.unit,
+                    body.owner_name,
+                    body.owner_phone,
+                    body.owner_email,
+                    body.qmax_m3h,
+                ),
+            )
             async with conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO devices (id, kind, model, household_id, installed_on)"
                     " VALUES (%s, %s, %s, %s, %s)",
-                    [(d.id, d.kind, d.model, body.id, d.installed_on) for d in body.devices])
-            await record(conn, admin.username, "household.create", "household", body.id,
-                         {"devices": [d.id for d in body.devices]})
+                    [(d.id, d.kind, d.model, body.id, d.installed_on) for d in body.devices],
+                )
+            await record(
+                conn,
+                admin.username,
+                "household.create",
+                "household",
+                body.id,
+                {"devices": [d.id for d in body.devices]},
+            )
             await conn.execute("NOTIFY gas_registry")
     except psycopg.errors.UniqueViolation:
         raise Conflict(f"household {body.id} or one of its device ids exists already") from None

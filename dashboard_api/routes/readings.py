@@ -26,8 +26,9 @@ from dashboard_api.schemas import BucketedReadings, Instant, RawReadings
 router = APIRouter(prefix="/devices", tags=["readings"])
 
 DeviceId = Annotated[str, ident("d000042a")]
-Start = Annotated[Instant | None, Query(description="Window start (inclusive); "
-                                        "default: a day before end.")]
+Start = Annotated[
+    Instant | None, Query(description="Window start (inclusive); default: a day before end.")
+]
 End = Annotated[Instant | None, Query(description="Window end (exclusive); default: now.")]
 
 BUCKET_RE = re.compile(r"([1-9][0-9]{0,5})(s|m|h|d)")
@@ -93,8 +94,13 @@ def merge(partials: list[dict[str, Any]], meter: bool) -> list[dict[str, Any]]:
     out = []
     for bucket in sorted(acc):
         a = acc[bucket]
-        b = {"bucket": bucket, "count": int(a["n"]), "min": a["vmin"], "max": a["vmax"],
-             "avg": float(a["vsum"]) / a["n"]}
+        b = {
+            "bucket": bucket,
+            "count": int(a["n"]),
+            "min": a["vmin"],
+            "max": a["vmax"],
+            "avg": float(a["vsum"]) / a["n"],
+        }
         if meter:
             b.update(vol_m3_last=a["vol_last"], batt_v_min=a["batt_min"])
         else:
@@ -103,9 +109,12 @@ def merge(partials: list[dict[str, Any]], meter: bool) -> list[dict[str, Any]]:
     return out
 
 
-def plan(start: dt.datetime, end: dt.datetime, width_s: int,
-         covered: tuple[dt.datetime, dt.datetime] | None
-         ) -> tuple[list[tuple[dt.datetime, dt.datetime]], tuple[dt.datetime, dt.datetime] | None]:
+def plan(
+    start: dt.datetime,
+    end: dt.datetime,
+    width_s: int,
+    covered: tuple[dt.datetime, dt.datetime] | None,
+) -> tuple[list[tuple[dt.datetime, dt.datetime]], tuple[dt.datetime, dt.datetime] | None]:
     """Which parts of [start, end) to read raw, and which from the daily rollups: whole
     covered days, when buckets are whole days (each day then lies inside one bucket)."""
     if covered is None or width_s % 86400:
@@ -118,8 +127,9 @@ def plan(start: dt.datetime, end: dt.datetime, width_s: int,
     return raw, (lo, hi)
 
 
-def window(start: dt.datetime | None, end: dt.datetime | None, now: dt.datetime,
-           max_days: int) -> tuple[dt.datetime, dt.datetime]:
+def window(
+    start: dt.datetime | None, end: dt.datetime | None, now: dt.datetime, max_days: int
+) -> tuple[dt.datetime, dt.datetime]:
     end = end or now
     start = start or end - dt.timedelta(days=1)
     if start >= end:
@@ -137,16 +147,23 @@ def bucket_seconds(text: str) -> int:
 
 
 async def device_kind(conn: AsyncConnection[Any], device_id: str) -> str:
-    row = await (await conn.execute("SELECT kind FROM devices WHERE id = %s",
-                                    (device_id,))).fetchone()
+    row = await (
+        await conn.execute("SELECT kind FROM devices WHERE id = %s", (device_id,))
+    ).fetchone()
     if row is None:
         raise NotFound(f"no device {device_id}")
     return str(row["kind"])
 
 
-async def raw_readings(conn: AsyncConnection[Any], kind: str, device_id: str, start: dt.datetime,
-                       end: dt.datetime, limit: int,
-                       after: tuple[Any, Any] | None = None) -> list[dict[str, Any]]:
+async def raw_readings(
+    conn: AsyncConnection[Any],
+    kind: str,
+    device_id: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    limit: int,
+    after: tuple[Any, Any] | None = None,
+) -> list[dict[str, Any]]:
     sql = _METER_RAW if kind == "meter" else _DETECTOR_RAW
     params: dict[str, Any] = {"d": device_id, "start": start, "end": end, "n": limit}
     if after:
@@ -159,13 +176,24 @@ def _max_points(state: AppState) -> int:
     return state.settings.api.max_points
 
 
-@router.get("/{device_id}/readings", response_model=RawReadings,
-            summary="A device's readings in a window, oldest first, paged")
-async def readings(device_id: DeviceId, conn: Conn, _: Viewer, state: State,
-                   start: Start = None, end: End = None,
-                   limit: Annotated[int, Query(ge=1, le=100_000, description=(
-                       "Readings per page, at most settings.api.max_points"))] = 1000,
-                   cursor: Cursor = None) -> dict[str, Any]:
+@router.get(
+    "/{device_id}/readings",
+    response_model=RawReadings,
+    summary="A device's readings in a window, oldest first, paged",
+)
+async def readings(
+    device_id: DeviceId,
+    conn: Conn,
+    _: Viewer,
+    state: State,
+    start: Start = None,
+    end: End = None,
+    limit: Annotated[
+        int,
+        Query(ge=1, le=100_000, description=("Readings per page, at most settings.api.max_points")),
+    ] = 1000,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
     start, end = window(start, end, state.clock(), state.settings.api.max_range_days)
     if limit > _max_points(state):
         raise Invalid("limit", f"at most {_max_points(state)} readings a page")
@@ -173,36 +201,64 @@ async def readings(device_id: DeviceId, conn: Conn, _: Viewer, state: State,
     kind = await device_kind(conn, device_id)
     rows = await raw_readings(conn, kind, device_id, start, end, limit + 1, after)
     points, nxt = pagination.page(rows, limit, lambda r: (r["time"], r["seq"]))
-    return {"device_id": device_id, "kind": kind, "start": start, "end": end,
-            "points": points, "next_cursor": nxt}
+    return {
+        "device_id": device_id,
+        "kind": kind,
+        "start": start,
+        "end": end,
+        "points": points,
+        "next_cursor": nxt,
+    }
 
 
-@router.get("/{device_id}/readings/buckets", response_model=BucketedReadings,
-            summary="A device's readings in time buckets: count, min, max, avg")
-async def bucketed(device_id: DeviceId, conn: Conn, _: Viewer, state: State,
-                   bucket: Annotated[str, Query(max_length=16, examples=["1h"],
-                                                description="Bucket width: 30s, 15m, 1h, 1d")],
-                   start: Start = None, end: End = None) -> dict[str, Any]:
+@router.get(
+    "/{device_id}/readings/buckets",
+    response_model=BucketedReadings,
+    summary="A device's readings in time buckets: count, min, max, avg",
+)
+async def bucketed(
+    device_id: DeviceId,
+    conn: Conn,
+    _: Viewer,
+    state: State,
+    bucket: Annotated[
+        str, Query(max_length=16, examples=["1h"], description="Bucket width: 30s, 15m, 1h, 1d")
+    ],
+    start: Start = None,
+    end: End = None,
+) -> dict[str, Any]:
     start, end = window(start, end, state.clock(), state.settings.api.max_range_days)
     width = bucket_seconds(bucket)
     buckets = math.ceil((end - start).total_seconds() / width)
     if buckets > _max_points(state):
-        raise Invalid("bucket", f"{buckets} buckets in this window; at most "
-                                f"{_max_points(state)}: widen the bucket or narrow the window")
+        raise Invalid(
+            "bucket",
+            f"{buckets} buckets in this window; at most "
+            f"{_max_points(state)}: widen the bucket or narrow the window",
+        )
     kind = await device_kind(conn, device_id)
     meter = kind == "meter"
     raw_ranges, from_rollups = plan(start, end, width, await rollup.covered(conn))
     partials: list[dict[str, Any]] = []
     for a, b in raw_ranges:
-        cur = await conn.execute(_METER_PARTIALS if meter else _DETECTOR_PARTIALS,
-                                 {"b": width, "d": device_id, "start": a, "end": b})
+        cur = await conn.execute(
+            _METER_PARTIALS if meter else _DETECTOR_PARTIALS,
+            {"b": width, "d": device_id, "start": a, "end": b},
+        )
         partials += await cur.fetchall()
     if from_rollups:
-        cur = await conn.execute(_ROLLUP_PARTIALS, {"b": width, "d": device_id,
-                                                    "start": from_rollups[0],
-                                                    "end": from_rollups[1]})
+        cur = await conn.execute(
+            _ROLLUP_PARTIALS,
+            {"b": width, "d": device_id, "start": from_rollups[0], "end": from_rollups[1]},
+        )
         partials += await cur.fetchall()
     rows = merge(partials, meter)
-    return {"device_id": device_id, "kind": kind,
-            "value": "flow_m3h" if kind == "meter" else "ch4_lel",
-            "start": start, "end": end, "bucket_s": width, "buckets": rows}
+    return {
+        "device_id": device_id,
+        "kind": kind,
+        "value": "flow_m3h" if kind == "meter" else "ch4_lel",
+        "start": start,
+        "end": end,
+        "bucket_s": width,
+        "buckets": rows,
+    }

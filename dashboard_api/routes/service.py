@@ -19,8 +19,12 @@ from dashboard_api.schemas import Health
 router = APIRouter(tags=["service"])
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness and readiness (no auth)",
-            responses={503: {"model": Health, "description": "Database unreachable"}})
+@router.get(
+    "/healthz",
+    response_model=Health,
+    summary="Liveness and readiness (no auth)",
+    responses={503: {"model": Health, "description": "Database unreachable"}},
+)
 async def healthz(state: State) -> Any:
     try:
         async with asyncio.timeout(2):
@@ -30,14 +34,20 @@ async def healthz(state: State) -> Any:
     except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError, OSError):
         database = False  # not ready; the pool logs why
     listening = state.hub.listening.is_set()
-    body = Health(status="ok" if database and listening else "degraded", database=database,
-                  events_listener=listening)
+    body = Health(
+        status="ok" if database and listening else "degraded",
+        database=database,
+        events_listener=listening,
+    )
     return JSONResponse(body.model_dump(), status_code=200 if database else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics (viewer; an API key works as Bearer)",
-            response_class=Response,
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (viewer; an API key works as Bearer)",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(_: Viewer, state: State) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-KIND_DETECTOR, KIND_METER = 0, 1
+from gateway.core.alarms import DeviceKind
+
+KIND_DETECTOR, KIND_METER = int(DeviceKind.DETECTOR), int(DeviceKind.METER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +62,16 @@ class Registry:
         info = self.households.get(household_id)
         return info.meter_id if info else None
 
-    def add(self, devices: list[DeviceRow], households: dict[str, HouseholdInfo]
-            ) -> dict[str, np.ndarray]:
+    def add(
+        self, devices: list[DeviceRow], households: dict[str, HouseholdInfo]
+    ) -> dict[str, np.ndarray]:
         """Append new devices; return the columns FleetState.add_devices needs."""
         for hid, info in households.items():
             old = self.households.get(hid)
             if old is not None and info.meter_id is None:
-                info = HouseholdInfo(**{**{f: getattr(info, f) for f in info.__slots__},
-                                        "meter_id": old.meter_id})
+                info = HouseholdInfo(
+                    **{**{f: getattr(info, f) for f in info.__slots__}, "meter_id": old.meter_id}
+                )
             self.households[hid] = info
             self.household_index.setdefault(hid, len(self.household_index))
         new = [d for d in devices if d.id not in self.index]
@@ -85,18 +89,23 @@ class Registry:
                 meter_slot[i] = self.index[meter_id]
         qmax = np.array([self.households[d.household_id].qmax_m3h for d in new], np.float32)
         epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-        installed = np.array([(dt.datetime.combine(d.installed_on, dt.time(), dt.UTC) - epoch)
-                              .total_seconds() for d in new], np.float64)
+        installed = np.array(
+            [
+                (dt.datetime.combine(d.installed_on, dt.time(), dt.UTC) - epoch).total_seconds()
+                for d in new
+            ],
+            np.float64,
+        )
         return {
-            "kinds": np.array([KIND_METER if d.kind == "meter" else KIND_DETECTOR for d in new],
-                              np.uint8),
+            "kinds": np.array(
+                [KIND_METER if d.kind == "meter" else KIND_DETECTOR for d in new], np.uint8
+            ),
             "household": np.array([self.household_index[d.household_id] for d in new], np.int32),
             "meter_slot": meter_slot,
             "model": np.array([self.model_index(d.model) for d in new], np.int16),
             "qmax_m3h": qmax,
             "installed_ts": installed,
         }
-
 
     def add_ids(self, ids: list[str]) -> None:
         """Append device ids alone: what the writer process needs to name slots in COPY."""
@@ -109,32 +118,37 @@ class Registry:
     def _append_id_bytes(self, ids: list[str]) -> None:
         encoded = [i.encode() for i in ids]
         lengths = np.array([len(b) for b in encoded], np.int64)
-        starts = len(self.id_bytes) + np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-        self.id_bytes = np.concatenate([self.id_bytes,
-                                        np.frombuffer(b"".join(encoded), np.uint8)])
+        starts = len(self.id_bytes) + np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(
+            np.int64
+        )
+        self.id_bytes = np.concatenate([self.id_bytes, np.frombuffer(b"".join(encoded), np.uint8)])
         self.id_start = np.concatenate([self.id_start, starts[: len(ids)]])
         self.id_len = np.concatenate([self.id_len, lengths])
 
 
-LOAD_SQL = """
-SELECT d.id, d.kind, d.model, d.household_id, d.installed_on,
-       h.address, h.community, h.building, h.owner_name, h.owner_phone, h.owner_email,
-       h.qmax_m3h
-FROM devices d JOIN households h ON h.id = d.household_id
-WHERE d.status = 'active' AND NOT (d.id = ANY(%s))
-ORDER BY d.kind DESC, d.id
-"""
-
-
 def rows_to_registry_input(rows: list[tuple]) -> tuple[list[DeviceRow], dict[str, HouseholdInfo]]:
-    """Meters first (ORDER BY kind DESC) so a detector finds its meter's slot."""
+    """Rows of gateway.storage.registry_sql.LOAD_SQL, meters first (ORDER BY kind DESC) so
+    a detector finds its meter's slot."""
     meters = {r[3]: r[0] for r in rows if r[1] == "meter"}
     households: dict[str, HouseholdInfo] = {}
     devices: list[DeviceRow] = []
-    for (did, kind, model, hid, installed, address, community, building, owner, phone, email,
-         qmax) in rows:
+    for (
+        did,
+        kind,
+        model,
+        hid,
+        installed,
+        address,
+        community,
+        building,
+        owner,
+        phone,
+        email,
+        qmax,
+    ) in rows:
         devices.append(DeviceRow(did, kind, model, hid, installed))
         if hid not in households:
-            households[hid] = HouseholdInfo(hid, address, community, building, owner, phone,
-                                            email, float(qmax), meters.get(hid))
+            households[hid] = HouseholdInfo(
+                hid, address, community, building, owner, phone, email, float(qmax), meters.get(hid)
+            )
     return devices, households

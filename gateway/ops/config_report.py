@@ -64,8 +64,9 @@ def leaves(obj: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ..
     """Every setting's path and value; per-model overrides list only the keys they set."""
     items: dict[str, Any] | None = None
     if isinstance(obj, BaseModel):
-        names = (obj.model_fields_set if isinstance(obj, ThresholdOverrides)
-                 else type(obj).model_fields)
+        names = (
+            obj.model_fields_set if isinstance(obj, ThresholdOverrides) else type(obj).model_fields
+        )
         items = {name: getattr(obj, name) for name in names}
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         items = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
@@ -81,7 +82,7 @@ def leaves(obj: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ..
 def source_of(path: tuple[str, ...], sources: Sources) -> tuple[str, str | None]:
     """Who set `path`, in the order Settings reads them: env, file, stack runtime, default."""
     for var in sources.env:
-        if path[:len(var.path)] == var.path:
+        if path[: len(var.path)] == var.path:
             return "env", var.name
     if holds(sources.file_values, path):
         return "file", str(sources.file)
@@ -101,23 +102,27 @@ def report(settings: Settings, sources: Sources) -> list[Entry]:
 def as_json(entries: list[Entry], sources: Sources) -> dict[str, Any]:
     return {
         "valid": True,
-        "sources": {"file": str(sources.file) if sources.file else None,
-                    "stack_runtime": str(sources.stack) if sources.stack else None,
-                    "env": [var.name for var in sources.env]},
-        "settings": {e.key: {"value": e.value, "source": e.source, "from": e.origin}
-                     for e in entries},
+        "sources": {
+            "file": str(sources.file) if sources.file else None,
+            "stack_runtime": str(sources.stack) if sources.stack else None,
+            "env": [var.name for var in sources.env],
+        },
+        "settings": {
+            e.key: {"value": e.value, "source": e.source, "from": e.origin} for e in entries
+        },
     }
 
 
 def as_text(entries: list[Entry], sources: Sources) -> str:
-    lines = ["settings are valid; read from, highest first:",
-             "  env:           " + (", ".join(v.name for v in sources.env) or "(none)"),
-             f"  file:          {sources.file or '(none)'}",
-             f"  stack runtime: {sources.stack or '(none)'}",
-             ""]
+    lines = [
+        "settings are valid; read from, highest first:",
+        "  env:           " + (", ".join(v.name for v in sources.env) or "(none)"),
+        f"  file:          {sources.file or '(none)'}",
+        f"  stack runtime: {sources.stack or '(none)'}",
+        "",
+    ]
     width = max(len(e.key) for e in entries)
     for e in entries:
         where = e.source if e.origin is None else f"{e.source} {e.origin}"
         lines.append(f"{e.key:<{width}} = {json.dumps(e.value):<24}  # {where}")
     return "\n".join(lines)
-

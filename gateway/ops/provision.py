@@ -59,8 +59,9 @@ class Household:
         return tuple(d for d in self.devices if d.kind == "detector")
 
 
-def generate_city(households: int, seed: int = 1, prefix: str = "", start: int = 0,
-                  today: dt.date | None = None) -> list[Household]:
+def generate_city(
+    households: int, seed: int = 1, prefix: str = "", start: int = 0, today: dt.date | None = None
+) -> list[Household]:
     """A reproducible city: same (households, seed, prefix, start), same registry."""
     rng = np.random.default_rng(seed)
     today = today or dt.date(2026, 11, 1)
@@ -81,65 +82,123 @@ def generate_city(households: int, seed: int = 1, prefix: str = "", start: int =
         unit = f"{flat // 4 + 1}-{flat % 4 + 1:02d}"
         hid = f"{prefix}h{k:06d}"
         building = f"{prefix}{community}-B{b:03d}"
-        devices = [Device(f"{prefix}m{k:06d}", "meter", str(meter_model[i]), hid,
-                          today - dt.timedelta(days=int(meter_age_days[i])))]
+        devices = [
+            Device(
+                f"{prefix}m{k:06d}",
+                "meter",
+                str(meter_model[i]),
+                hid,
+                today - dt.timedelta(days=int(meter_age_days[i])),
+            )
+        ]
         for j in range(2 if two_detectors[i] else 1):
-            devices.append(Device(f"{prefix}d{k:06d}{'ab'[j]}", "detector", str(det_model[i, j]),
-                                  hid, today - dt.timedelta(days=int(det_age_days[i, j]))))
-        out.append(Household(
-            id=hid, address=f"{b + 1} {community} Road, unit {unit}", community=f"{prefix}{community}",
-            building=building, unit=unit, owner_name=f"{first[i]} {last[i]}",
-            owner_phone=f"+1555{k:07d}", owner_email=f"{hid}@example.org",
-            qmax_m3h=METER_MODELS[str(meter_model[i])], devices=tuple(devices)))
+            devices.append(
+                Device(
+                    f"{prefix}d{k:06d}{'ab'[j]}",
+                    "detector",
+                    str(det_model[i, j]),
+                    hid,
+                    today - dt.timedelta(days=int(det_age_days[i, j])),
+                )
+            )
+        out.append(
+            Household(
+                id=hid,
+                address=f"{b + 1} {community} Road, unit {unit}",
+                community=f"{prefix}{community}",
+                building=building,
+                unit=unit,
+                owner_name=f"{first[i]} {last[i]}",
+                owner_phone=f"+1555{k:07d}",
+                owner_email=f"{hid}@example.org",
+                qmax_m3h=METER_MODELS[str(meter_model[i])],
+                devices=tuple(devices),
+            )
+        )
     return out
 
 
-def provision(dsn: str, households: Sequence[Household], passwd_file: str | None,
-              fleet_key: str | None, quota_share: float = 0.05) -> dict[str, int]:
+def provision(
+    dsn: str,
+    households: Sequence[Household],
+    passwd_file: str | None,
+    fleet_key: str | None,
+    quota_share: float = 0.05,
+) -> dict[str, int]:
     """Write households and devices (idempotent) and new devices' credentials."""
     now = dt.datetime.now(dt.UTC)
-    with psycopg.connect(dsn) as conn:
-        with conn.cursor() as cur:
-            cur.execute("CREATE TEMP TABLE new_households (LIKE households) ON COMMIT DROP")
-            cur.execute("CREATE TEMP TABLE new_devices (LIKE devices INCLUDING DEFAULTS) ON COMMIT DROP")
-            with cur.copy("COPY new_households (id, address, community, building, unit, owner_name,"
-                          " owner_phone, owner_email, qmax_m3h, created_at) FROM STDIN") as cp:
-                for h in households:
-                    cp.write_row((h.id, h.address, h.community, h.building, h.unit, h.owner_name,
-                                  h.owner_phone, h.owner_email, h.qmax_m3h, now))
-            with cur.copy("COPY new_devices (id, kind, model, household_id, installed_on)"
-                          " FROM STDIN") as cp:
-                for h in households:
-                    for d in h.devices:
-                        cp.write_row((d.id, d.kind, d.model, d.household_id, d.installed_on))
-            cur.execute("INSERT INTO households SELECT * FROM new_households ON CONFLICT DO NOTHING")
-            new_households = cur.rowcount
-            cur.execute("""INSERT INTO devices (id, kind, model, household_id, installed_on)
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE new_households (LIKE households) ON COMMIT DROP")
+        cur.execute(
+            "CREATE TEMP TABLE new_devices (LIKE devices INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        with cur.copy(
+            "COPY new_households (id, address, community, building, unit, owner_name,"
+            " owner_phone, owner_email, qmax_m3h, created_at) FROM STDIN"
+        ) as cp:
+            for h in households:
+                cp.write_row(
+                    (
+                        h.id,
+                        h.address,
+                        h.community,
+                        h.building,
+                        h.unit,
+                        h.owner_name,
+                        h.owner_phone,
+                        h.owner_email,
+                        h.qmax_m3h,
+                        now,
+                    )
+                )
+        with cur.copy(
+            "COPY new_devices (id, kind, model, household_id, installed_on) FROM STDIN"
+        ) as cp:
+            for h in households:
+                for d in h.devices:
+                    cp.write_row((d.id, d.kind, d.model, d.household_id, d.installed_on))
+        cur.execute("INSERT INTO households SELECT * FROM new_households ON CONFLICT DO NOTHING")
+        new_households = cur.rowcount
+        cur.execute("""INSERT INTO devices (id, kind, model, household_id, installed_on)
                            SELECT id, kind, model, household_id, installed_on FROM new_devices
                            ON CONFLICT DO NOTHING""")
-            new_devices = cur.rowcount
-            cur.execute("""INSERT INTO upgrade_quotas (community, places)
+        new_devices = cur.rowcount
+        cur.execute(
+            """INSERT INTO upgrade_quotas (community, places)
                            SELECT community, greatest(1, ceil(count(*) * %s))::int
                            FROM households GROUP BY community
                            ON CONFLICT (community) DO UPDATE SET places = greatest(
-                               upgrade_quotas.places, excluded.places)""", (quota_share,))
-            cur.execute("SELECT id FROM devices WHERE credential_set_at IS NULL")
-            pending = [r[0] for r in cur.fetchall()]
-            written = 0
-            if passwd_file and fleet_key and pending:
-                from pathlib import Path
+                               upgrade_quotas.places, excluded.places)""",
+            (quota_share,),
+        )
+        cur.execute("SELECT id FROM devices WHERE credential_set_at IS NULL")
+        pending = [r[0] for r in cur.fetchall()]
+        written = 0
+        if passwd_file and fleet_key and pending:
+            from pathlib import Path
 
-                written = credentials.write_passwords(
-                    Path(passwd_file),
-                    ((d, credentials.derive_password(fleet_key, d)) for d in pending))
-                cur.execute("UPDATE devices SET credential_set_at = %s WHERE id = ANY(%s)",
-                            (now, pending))
-            cur.execute("INSERT INTO audit_log (actor, action, entity, entity_id, details)"
-                        " VALUES ('provisioning', 'provision', 'fleet', '-', %s)",
-                        (Jsonb({"households": new_households,
-                                                   "devices": new_devices,
-                                                   "credentials": written}),))
-            cur.execute("NOTIFY gas_registry")
-    logger.info("provisioned households=%d devices=%d credentials=%d",
-                new_households, new_devices, written)
+            written = credentials.write_passwords(
+                Path(passwd_file),
+                ((d, credentials.derive_password(fleet_key, d)) for d in pending),
+            )
+            cur.execute(
+                "UPDATE devices SET credential_set_at = %s WHERE id = ANY(%s)", (now, pending)
+            )
+        cur.execute(
+            "INSERT INTO audit_log (actor, action, entity, entity_id, details)"
+            " VALUES ('provisioning', 'provision', 'fleet', '-', %s)",
+            (
+                Jsonb(
+                    {
+                        "households": new_households,
+                        "devices": new_devices,
+                        "credentials": written,
+                    }
+                ),
+            ),
+        )
+        cur.execute("NOTIFY gas_registry")
+    logger.info(
+        "provisioned households=%d devices=%d credentials=%d", new_households, new_devices, written
+    )
     return {"households": new_households, "devices": new_devices, "credentials": written}

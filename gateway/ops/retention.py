@@ -68,15 +68,18 @@ def plan(conn: psycopg.Connection, days: int) -> Plan:
                  = ANY(%s::regclass[])
              AND c.range_end <= %s
            ORDER BY c.hypertable_name, c.range_start""",
-        (list(HYPERTABLES), cutoff)).fetchall()
+        (list(HYPERTABLES), cutoff),
+    ).fetchall()
     chunks = []
     for table, schema, chunk, name, start, end, reltuples in found:
         ident = sql.Identifier(schema, chunk)
         if reltuples is not None and reltuples >= 0:
             rows, estimated = int(reltuples), True
         else:  # never analysed: count, but never more than a bounded number of rows
-            counted = conn.execute(sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT %s) s"
-                                           ).format(ident), (COUNT_CAP + 1,)).fetchone()
+            counted = conn.execute(
+                sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT %s) s").format(ident),
+                (COUNT_CAP + 1,),
+            ).fetchone()
             rows, estimated = (int(counted[0]) if counted else 0), False
         chunks.append(Chunk(table, name, start, end, rows, estimated))
     return Plan(days, cutoff, tuple(chunks))
@@ -92,8 +95,10 @@ def describe(p: Plan) -> str:
             continue
         lines.append(f"  {table}: {len(chunks)} chunk(s), {_rows(chunks)} rows")
         for c in chunks:
-            lines.append(f"    {c.name}  {c.range_start:%Y-%m-%d %H:%M} .. "
-                         f"{c.range_end:%Y-%m-%d %H:%M}  {_rows([c])} rows")
+            lines.append(
+                f"    {c.name}  {c.range_start:%Y-%m-%d %H:%M} .. "
+                f"{c.range_end:%Y-%m-%d %H:%M}  {_rows([c])} rows"
+            )
     lines.append(f"total: {len(p.chunks)} chunk(s), {_rows(list(p.chunks))} rows")
     return "\n".join(lines)
 
@@ -105,25 +110,42 @@ def drop(conn: psycopg.Connection, p: Plan, actor: str) -> dict[str, list[str]]:
         for table in HYPERTABLES:
             planned = {c.name for c in p.of(table)}
             rows = conn.execute(
-                "SELECT drop_chunks(%s::regclass, older_than => %s::timestamptz)",
-                (table, p.cutoff)).fetchall()
+                "SELECT drop_chunks(%s::regclass, older_than => %s::timestamptz)", (table, p.cutoff)
+            ).fetchall()
             gone = [r[0] for r in rows]
             extra = set(gone) - planned
             if extra:  # raising rolls the drops back
-                raise RetentionError(f"{table}: chunks not in the plan would go too "
-                                     f"({', '.join(sorted(extra))}); nothing dropped, "
-                                     "look at the plan again")
+                raise RetentionError(
+                    f"{table}: chunks not in the plan would go too "
+                    f"({', '.join(sorted(extra))}); nothing dropped, "
+                    "look at the plan again"
+                )
             if not gone:
                 continue
             dropped[table] = gone
             conn.execute(
                 "INSERT INTO audit_log (actor, action, entity, entity_id, details)"
                 " VALUES (%s, 'db.retain', 'hypertable', %s, %s)",
-                (actor, table, Jsonb({
-                    "days": p.days, "cutoff": p.cutoff.isoformat(), "chunks": gone,
-                    "rows_estimate": sum(c.rows for c in p.of(table) if c.name in gone)})))
-    logger.info("retention actor=%s days=%d cutoff=%s dropped=%s", actor, p.days,
-                p.cutoff.isoformat(), {t: len(c) for t, c in dropped.items()})
+                (
+                    actor,
+                    table,
+                    Jsonb(
+                        {
+                            "days": p.days,
+                            "cutoff": p.cutoff.isoformat(),
+                            "chunks": gone,
+                            "rows_estimate": sum(c.rows for c in p.of(table) if c.name in gone),
+                        }
+                    ),
+                ),
+            )
+    logger.info(
+        "retention actor=%s days=%d cutoff=%s dropped=%s",
+        actor,
+        p.days,
+        p.cutoff.isoformat(),
+        {t: len(c) for t, c in dropped.items()},
+    )
     return dropped
 
 

@@ -71,8 +71,9 @@ def _pg_user() -> str:
     return "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
 
 
-def _run(cmd: list[str], *, user: str | None = None, check: bool = True,
-         **kw: object) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: list[str], *, user: str | None = None, check: bool = True, **kw: object
+) -> subprocess.CompletedProcess[str]:
     if user and os.geteuid() == 0 and user != "root":
         cmd = ["runuser", "-u", user, "--", *cmd]
     return subprocess.run(cmd, check=check, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
@@ -106,11 +107,18 @@ class Stack:
         pg_port, mqtt_port, tls_port = free_port(), free_port(), free_port()
         db_password = secrets.token_urlsafe(18)
         rt = Runtime(
-            home=str(self.home), mqtt_port=mqtt_port, pg_port=pg_port,
-            dsn=f"host=127.0.0.1 port={pg_port} dbname={DB_NAME} user={DB_USER} password={db_password}",
+            home=str(self.home),
+            mqtt_port=mqtt_port,
+            pg_port=pg_port,
+            dsn=(
+                f"host=127.0.0.1 port={pg_port} dbname={DB_NAME} user={DB_USER}"
+                f" password={db_password}"
+            ),
             admin_dsn=f"host={self.pg_run} port={pg_port} dbname=postgres user=postgres",
-            gateway_password=secrets.token_urlsafe(18), bridge_password=secrets.token_urlsafe(18),
-            fleet_key=secrets.token_hex(32), mqtt_tls_port=tls_port,
+            gateway_password=secrets.token_urlsafe(18),
+            bridge_password=secrets.token_urlsafe(18),
+            fleet_key=secrets.token_hex(32),
+            mqtt_tls_port=tls_port,
         )
         self.home.mkdir(parents=True, exist_ok=True)
         self.runtime_file.write_text(json.dumps(asdict(rt), indent=2))
@@ -127,8 +135,11 @@ class Stack:
         if not pkglib.exists():
             missing.append(str(pkglib))
         if missing:
-            raise StackError("missing: " + ", ".join(missing)
-                             + "; run scripts/bootstrap.sh (or ./dev.sh) to install them")
+            raise StackError(
+                "missing: "
+                + ", ".join(missing)
+                + "; run scripts/bootstrap.sh (or ./dev.sh) to install them"
+            )
 
     # ------------------------------------------------------------ postgres
     def _pg_ensure_initialised(self, rt: Runtime) -> None:
@@ -136,14 +147,19 @@ class Stack:
         if self.pg_data.exists() and not (self.pg_data / "PG_VERSION").exists():
             # initdb died half-way: nothing usable is stored there; keep it aside, never delete.
             aside = self.pg_data.with_name(f"data.incomplete-{int(time.time())}")
-            logger.warning("postgres data folder %s is half-initialised; moved to %s",
-                           self.pg_data, aside)
+            logger.warning(
+                "postgres data folder %s is half-initialised; moved to %s", self.pg_data, aside
+            )
             self.pg_data.rename(aside)
         self.pg_run.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0 and _run(["test", "-x", str(self.pg_dir)], user=user,
-                                      check=False).returncode != 0:
-            raise StackError(f"the {user} system user cannot reach {self.pg_dir}: let it "
-                             f"traverse the parent folders (chmod o+x) or set GAS_SAFETY_HOME")
+        if (
+            os.geteuid() == 0
+            and _run(["test", "-x", str(self.pg_dir)], user=user, check=False).returncode != 0
+        ):
+            raise StackError(
+                f"the {user} system user cannot reach {self.pg_dir}: let it "
+                f"traverse the parent folders (chmod o+x) or set GAS_SAFETY_HOME"
+            )
         if os.geteuid() == 0:
             shutil.chown(self.pg_dir, user, user)
             shutil.chown(self.pg_run, user, user)
@@ -152,9 +168,23 @@ class Stack:
             self.pg_data.mkdir(mode=0o700)
             if os.geteuid() == 0:
                 shutil.chown(self.pg_data, user, user)
-            r = _run([str(PG_BIN / "initdb"), "-D", str(self.pg_data), "-U", "postgres",
-                      "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"],
-                     user=user, check=False)
+            r = _run(
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.pg_data),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-instructions",
+                ],
+                user=user,
+                check=False,
+            )
             if r.returncode != 0:
                 raise StackError(f"initdb failed in {self.pg_data}: {r.stderr.strip()[-800:]}")
             (self.pg_data / "conf.d").mkdir(exist_ok=True)
@@ -163,7 +193,8 @@ class Stack:
             (self.pg_data / "pg_hba.conf").write_text(
                 "local all all trust\n"
                 "host all postgres 127.0.0.1/32 reject\n"
-                "host all all 127.0.0.1/32 scram-sha-256\n")
+                "host all all 127.0.0.1/32 scram-sha-256\n"
+            )
             if os.geteuid() == 0:
                 for p in (self.pg_data / "conf.d", self.pg_data / "pg_hba.conf"):
                     shutil.chown(p, user, user)
@@ -179,28 +210,47 @@ class Stack:
             "max_wal_size = 4GB\n"
             "checkpoint_timeout = 15min\n"
             "password_encryption = 'scram-sha-256'\n"
-            "logging_collector = off\n")
+            "logging_collector = off\n"
+        )
         if os.geteuid() == 0:
             shutil.chown(conf, user, user)
 
     def pg_running(self) -> bool:
-        r = _run([str(PG_BIN / "pg_ctl"), "-D", str(self.pg_data), "status"],
-                 user=_pg_user(), check=False)
+        r = _run(
+            [str(PG_BIN / "pg_ctl"), "-D", str(self.pg_data), "status"],
+            user=_pg_user(),
+            check=False,
+        )
         return r.returncode == 0
 
     def _pg_start(self, rt: Runtime) -> None:
         if self.pg_running():
             return
         if _port_open(rt.pg_port):
-            raise StackError(f"port {rt.pg_port} (PostgreSQL) is used by another program; "
-                             f"stop it or delete {self.runtime_file} to choose new ports")
+            raise StackError(
+                f"port {rt.pg_port} (PostgreSQL) is used by another program; "
+                f"stop it or delete {self.runtime_file} to choose new ports"
+            )
         user = _pg_user()
         log_fd = os.open(self.pg_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         os.close(log_fd)
         if os.geteuid() == 0:
             shutil.chown(self.pg_log, user, user)
-        r = _run([str(PG_BIN / "pg_ctl"), "-D", str(self.pg_data), "-l", str(self.pg_log),
-                  "-w", "-t", "90", "start"], user=user, check=False)
+        r = _run(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.pg_data),
+                "-l",
+                str(self.pg_log),
+                "-w",
+                "-t",
+                "90",
+                "start",
+            ],
+            user=user,
+            check=False,
+        )
         if r.returncode != 0:
             tail = self.pg_log.read_text(errors="replace").splitlines()[-15:]
             raise StackError("PostgreSQL did not start:\n" + "\n".join(tail))
@@ -212,9 +262,14 @@ class Stack:
         password = dict(kv.split("=", 1) for kv in rt.dsn.split())["password"]
         with psycopg.connect(rt.admin_dsn, autocommit=True) as conn:
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DB_USER,)).fetchone():
-                conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(DB_USER), sql.Literal(password)))
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone():
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                        sql.Identifier(DB_USER), sql.Literal(password)
+                    )
+                )
+            if not conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)
+            ).fetchone():
                 conn.execute(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}")
         admin_db = rt.admin_dsn.replace("dbname=postgres", f"dbname={DB_NAME}")
         with psycopg.connect(admin_db, autocommit=True) as conn:
@@ -223,8 +278,21 @@ class Stack:
 
     def _pg_stop(self) -> None:
         if self.pg_data.exists() and self.pg_running():
-            _run([str(PG_BIN / "pg_ctl"), "-D", str(self.pg_data), "-m", "fast", "-w",
-                  "-t", "60", "stop"], user=_pg_user(), check=False)
+            _run(
+                [
+                    str(PG_BIN / "pg_ctl"),
+                    "-D",
+                    str(self.pg_data),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    "60",
+                    "stop",
+                ],
+                user=_pg_user(),
+                check=False,
+            )
 
     # ------------------------------------------------------------ mosquitto
     def _mq_pid(self) -> int | None:
@@ -278,22 +346,26 @@ class Stack:
 
         certs = ensure_certs(self.home / "tls")
         # listener options follow their listener; the plain one above gets the policy's
-        return (f"use_username_as_clientid true\n"
-                f"listener {rt.mqtt_tls_port} 127.0.0.1\n"
-                f"cafile {certs['ca.crt']}\ncertfile {certs['server.crt']}\n"
-                f"keyfile {certs['server.key']}\ntls_version tlsv1.2\n")
+        return (
+            f"use_username_as_clientid true\n"
+            f"listener {rt.mqtt_tls_port} 127.0.0.1\n"
+            f"cafile {certs['ca.crt']}\ncertfile {certs['server.crt']}\n"
+            f"keyfile {certs['server.key']}\ntls_version tlsv1.2\n"
+        )
 
     def _mq_start(self, rt: Runtime) -> None:
         if self.mq_running():
             return
         self.mq_pid.unlink(missing_ok=True)
         if _port_open(rt.mqtt_port):
-            raise StackError(f"port {rt.mqtt_port} (Mosquitto) is used by another program; "
-                             f"stop it or delete {self.runtime_file} to choose new ports")
+            raise StackError(
+                f"port {rt.mqtt_port} (Mosquitto) is used by another program; "
+                f"stop it or delete {self.runtime_file} to choose new ports"
+            )
         self.write_mosquitto_conf(rt)
         from gateway.ops import credentials
 
-        credentials.ensure_service_accounts(self, rt)
+        credentials.ensure_service_accounts(self.passwd_file, self.acl_file, rt)
         # The broker is on the leak's path twice (reading in, command out): like the gateway's
         # event loop it runs real-time when permitted (single-threaded: one core at most),
         # else at a high nice value, else as it is.
@@ -357,10 +429,18 @@ class Stack:
         mq_ok = self.mq_running() and _port_open(rt.mqtt_port)
         return {
             "home": str(self.home),
-            "postgres": {"port": rt.pg_port, "data": str(self.pg_data), "log": str(self.pg_log),
-                         "healthy": pg_ok and self._pg_healthy(rt)},
-            "mosquitto": {"port": rt.mqtt_port, "pid": self._mq_pid(), "log": str(self.mq_log),
-                          "healthy": mq_ok},
+            "postgres": {
+                "port": rt.pg_port,
+                "data": str(self.pg_data),
+                "log": str(self.pg_log),
+                "healthy": pg_ok and self._pg_healthy(rt),
+            },
+            "mosquitto": {
+                "port": rt.mqtt_port,
+                "pid": self._mq_pid(),
+                "log": str(self.mq_log),
+                "healthy": mq_ok,
+            },
         }
 
     def _pg_healthy(self, rt: Runtime) -> bool:
@@ -369,7 +449,8 @@ class Stack:
         try:
             with psycopg.connect(rt.dsn, connect_timeout=3) as conn:
                 row = conn.execute(
-                    "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+                    "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+                ).fetchone()
                 return row is not None
         except psycopg.Error:
             return False

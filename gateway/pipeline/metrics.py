@@ -11,54 +11,82 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.readings = Counter("gas_readings_received", "Valid readings received", registry=r)
-        self.stored = Counter("gas_readings_stored", "Readings committed to TimescaleDB",
-                              registry=r)
-        self.rejects = Counter("gas_rejects", "Messages refused, by reason", ["reason"],
-                               registry=r)
+        self.stored = Counter(
+            "gas_readings_stored", "Readings committed to TimescaleDB", registry=r
+        )
+        self.rejects = Counter("gas_rejects", "Messages refused, by reason", ["reason"], registry=r)
         self.alarms = Counter("gas_alarms_raised", "Alarms raised, by kind", ["kind"], registry=r)
-        self.alarms_cleared = Counter("gas_alarms_cleared", "Alarms cleared, by kind", ["kind"],
-                                      registry=r)
-        self.commands = Counter("gas_valve_commands", "Valve commands by state reached",
-                                ["state"], registry=r)
+        self.alarms_cleared = Counter(
+            "gas_alarms_cleared", "Alarms cleared, by kind", ["kind"], registry=r
+        )
+        self.commands = Counter(
+            "gas_valve_commands", "Valve commands by state reached", ["state"], registry=r
+        )
         self.alarm_latency = Histogram(
             "gas_alarm_latency_seconds",
-            "Socket read holding a dangerous reading -> valve command written", registry=r,
-            buckets=_LATENCY_BUCKETS)
-        self.ack_latency = Histogram("gas_valve_ack_seconds", "Command sent -> device ack",
-                                     registry=r, buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30))
-        self.handle_seconds = Histogram("gas_handle_seconds", "Hot path time per socket read",
-                                        registry=r, buckets=_LATENCY_BUCKETS)
+            "Socket read holding a dangerous reading -> valve command written",
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.ack_latency = Histogram(
+            "gas_valve_ack_seconds",
+            "Command sent -> device ack",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30),
+        )
+        self.handle_seconds = Histogram(
+            "gas_handle_seconds",
+            "Hot path time per socket read",
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
         self.loop_lag = Histogram(
-            "gas_loop_lag_seconds", "How late a 10 ms timer fires: the time a reading can wait"
-            " unread while the event loop is busy or off the CPU", registry=r,
-            buckets=_LATENCY_BUCKETS)
+            "gas_loop_lag_seconds",
+            "How late a 10 ms timer fires: the time a reading can wait"
+            " unread while the event loop is busy or off the CPU",
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
         self.ingest_lag = Histogram(
-            "gas_ingest_lag_seconds", "Oldest reading of each judged slice: device time ->"
+            "gas_ingest_lag_seconds",
+            "Oldest reading of each judged slice: device time ->"
             " judged (a backlog shows here; device clocks are trusted up to the skew limit)",
-            registry=r, buckets=_LATENCY_BUCKETS + (2.5, 10.0))
-        self.fast_lane = Counter("gas_fast_lane_cuts", "Valves cut for an instant leak ahead of"
-                                 " the readings queued before it", registry=r)
+            registry=r,
+            buckets=(*_LATENCY_BUCKETS, 2.5, 10.0),
+        )
+        self.fast_lane = Counter(
+            "gas_fast_lane_cuts",
+            "Valves cut for an instant leak ahead of the readings queued before it",
+            registry=r,
+        )
         self.seq_gaps = Counter("gas_seq_gaps", "Readings missing by device sequence", registry=r)
-        self.clock_skew = Counter("gas_clock_skew", "Readings with a skewed device clock",
-                                  registry=r)
-        self.buffer_rows = Gauge("gas_writer_buffer_rows", "Rows waiting for the database",
-                                 registry=r)
-        self.writer_lag = Gauge("gas_writer_lag_seconds", "Batch closed -> committed",
-                                registry=r)
-        self.duplicates = Gauge("gas_duplicates_absorbed", "Redelivered rows absorbed",
-                                registry=r)
-        self.unacked = Gauge("gas_mqtt_unacked", "QoS 1 messages received, not yet acked",
-                             registry=r)
-        self.open_commands = Gauge("gas_open_commands", "Valve commands awaiting an ack",
-                                   registry=r)
+        self.clock_skew = Counter(
+            "gas_clock_skew", "Readings with a skewed device clock", registry=r
+        )
+        self.buffer_rows = Gauge(
+            "gas_writer_buffer_rows", "Rows waiting for the database", registry=r
+        )
+        self.writer_lag = Gauge("gas_writer_lag_seconds", "Batch closed -> committed", registry=r)
+        self.duplicates = Gauge("gas_duplicates_absorbed", "Redelivered rows absorbed", registry=r)
+        self.unacked = Gauge(
+            "gas_mqtt_unacked", "QoS 1 messages received, not yet acked", registry=r
+        )
+        self.open_commands = Gauge(
+            "gas_open_commands", "Valve commands awaiting an ack", registry=r
+        )
         self.db_up = Gauge("gas_db_up", "1 when the writer reaches the database", registry=r)
-        self.writer_restarts = Gauge("gas_writer_restarts",
-                                     "Writer processes started again after one died", registry=r)
+        self.writer_restarts = Gauge(
+            "gas_writer_restarts", "Writer processes started again after one died", registry=r
+        )
         self.devices = Gauge("gas_registry_devices", "Devices known to the gateway", registry=r)
-        self.command_link = Gauge("gas_mqtt_command_link", "1 when valve commands have their"
-                                  " own connection to the broker", registry=r)
-        self.mqtt_connected = Gauge("gas_mqtt_connected", "1 when connected to the broker",
-                                    registry=r)
+        self.command_link = Gauge(
+            "gas_mqtt_command_link",
+            "1 when valve commands have their own connection to the broker",
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "gas_mqtt_connected", "1 when connected to the broker", registry=r
+        )
 
     def serve(self, port: int) -> None:
         if port:

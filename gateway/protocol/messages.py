@@ -62,6 +62,7 @@ class Rejected(Exception):
 
 # ---------------------------------------------------------------- topics
 
+
 @dataclass(frozen=True, slots=True)
 class Topic:
     device_id: str
@@ -76,16 +77,18 @@ def parse_topic(name: str, prefix: str = PREFIX) -> Topic:
     """Split `{prefix}/{id}/{channel}`; raise Rejected with the precise fault."""
     if not name.startswith(prefix + "/"):
         raise Rejected(RejectReason.BAD_TOPIC, f"topic {name!r} is outside {prefix}/")
-    rest = name[len(prefix) + 1:]
+    rest = name[len(prefix) + 1 :]
     device_id, sep, channel = rest.rpartition("/")
     if not sep or not DEVICE_ID_RE.fullmatch(device_id):
-        raise Rejected(RejectReason.BAD_DEVICE_ID,
-                       f"device id {device_id!r} is outside [A-Za-z0-9_-]{{1,64}}")
+        raise Rejected(
+            RejectReason.BAD_DEVICE_ID, f"device id {device_id!r} is outside [A-Za-z0-9_-]{{1,64}}"
+        )
     try:
         ch = Channel(channel)
     except ValueError:
-        raise Rejected(RejectReason.UNKNOWN_CHANNEL,
-                       f"no channel {channel!r} in protocol v1", device_id) from None
+        raise Rejected(
+            RejectReason.UNKNOWN_CHANNEL, f"no channel {channel!r} in protocol v1", device_id
+        ) from None
     return Topic(device_id, ch)
 
 
@@ -173,14 +176,16 @@ def _classify(err: msgspec.ValidationError) -> RejectReason:
 T = TypeVar("T")
 
 
-def decode(cls: type[T], payload: bytes, device_id: str | None = None,
-              max_bytes: int = MAX_PAYLOAD_BYTES) -> T:
+def decode(
+    cls: type[T], payload: bytes, device_id: str | None = None, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> T:
     """Decode `payload` into `cls`, or raise Rejected with the precise reason."""
     if len(payload) > max_bytes:
-        raise Rejected(RejectReason.OVERSIZED,
-                       f"{len(payload)} bytes, limit {max_bytes}", device_id)
+        raise Rejected(
+            RejectReason.OVERSIZED, f"{len(payload)} bytes, limit {max_bytes}", device_id
+        )
     try:
-        return _decoders[cls].decode(payload)  # type: ignore[no-any-return]
+        return _decoders[cls].decode(payload)
     except msgspec.ValidationError as err:
         raise Rejected(_classify(err), str(err), device_id) from None
     except msgspec.DecodeError as err:

@@ -12,8 +12,13 @@ from dataclasses import dataclass
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x82, 0x90, 0xC0, 0xD0, 0xE0
-CONNACK_REASONS = {1: "unacceptable protocol version", 2: "identifier rejected",
-                    3: "server unavailable", 4: "bad user name or password", 5: "not authorised"}
+CONNACK_REASONS = {
+    1: "unacceptable protocol version",
+    2: "identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorised",
+}
 
 
 class MqttError(Exception):
@@ -44,9 +49,14 @@ def _utf8(s: str) -> bytes:
     return struct.pack("!H", len(b)) + b
 
 
-def encode_connect(client_id: str, username: str | None, password: str | None,
-                   keepalive_s: int, clean_session: bool,
-                   will: tuple[str, bytes, int, bool] | None = None) -> bytes:
+def encode_connect(
+    client_id: str,
+    username: str | None,
+    password: str | None,
+    keepalive_s: int,
+    clean_session: bool,
+    will: tuple[str, bytes, int, bool] | None = None,
+) -> bytes:
     flags = 0x02 if clean_session else 0
     payload = _utf8(client_id)
     if will is not None:
@@ -63,8 +73,14 @@ def encode_connect(client_id: str, username: str | None, password: str | None,
     return bytes([CONNECT]) + remaining_length(len(body)) + body
 
 
-def encode_publish(topic: str, payload: bytes, qos: int, packet_id: int = 0,
-                   retain: bool = False, dup: bool = False) -> bytes:
+def encode_publish(
+    topic: str,
+    payload: bytes,
+    qos: int,
+    packet_id: int = 0,
+    retain: bool = False,
+    dup: bool = False,
+) -> bytes:
     head = PUBLISH | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
     body = _utf8(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
     return bytes([head]) + remaining_length(len(body)) + body
@@ -108,7 +124,7 @@ def parse_packets(buf: bytes) -> tuple[list[tuple[int, memoryview]], int]:
         length, i = head
         if i + length > end:
             break
-        packets.append((buf[pos], view[i:i + length]))
+        packets.append((buf[pos], view[i : i + length]))
         pos = i + length
     return packets, pos
 
@@ -142,8 +158,16 @@ def split_packets(buf: bytes) -> tuple[list[Message], list[tuple[int, bytes]], i
                 pid, p0 = 0, t_end
             if p0 > stop:
                 raise MqttError("PUBLISH topic longer than its packet")
-            msgs.append(Message(buf[i + 2:t_end].decode("utf-8", "replace"), buf[p0:stop], qos,
-                                pid, bool(first & 0x08), bool(first & 0x01)))
+            msgs.append(
+                Message(
+                    buf[i + 2 : t_end].decode("utf-8", "replace"),
+                    buf[p0:stop],
+                    qos,
+                    pid,
+                    bool(first & 0x08),
+                    bool(first & 0x01),
+                )
+            )
         else:
             other.append((first, buf[i:stop]))
         pos = stop
@@ -153,7 +177,7 @@ def split_packets(buf: bytes) -> tuple[list[Message], list[tuple[int, bytes]], i
 def decode_publish(first: int, body: memoryview) -> Message:
     qos = (first >> 1) & 0x03
     tlen = (body[0] << 8) | body[1]
-    topic = bytes(body[2:2 + tlen]).decode("utf-8", "replace")
+    topic = bytes(body[2 : 2 + tlen]).decode("utf-8", "replace")
     pos = 2 + tlen
     packet_id = 0
     if qos:
@@ -213,8 +237,7 @@ class PublishFraming:
             stop = i + length
             while k < n_points and points[k] < i:
                 k += 1  # a mark in a header or a packet begun earlier: not a payload
-            if k < n_points and points[k] < stop <= end and first & 0xF0 == PUBLISH \
-                    and length >= 2:
+            if k < n_points and points[k] < stop <= end and first & 0xF0 == PUBLISH and length >= 2:
                 t_end = i + 2 + ((data[i] << 8) | data[i + 1])
                 qos = (first >> 1) & 0x03
                 p0 = t_end + 2 if qos else t_end
@@ -223,9 +246,16 @@ class PublishFraming:
                         k += 1  # in the topic or packet id
                     if k < n_points and points[k] < stop:
                         pid = (data[t_end] << 8) | data[t_end + 1] if qos else 0
-                        found.append(Message(data[i + 2:t_end].decode("utf-8", "replace"),
-                                             data[p0:stop], qos, pid, bool(first & 0x08),
-                                             bool(first & 0x01)))
+                        found.append(
+                            Message(
+                                data[i + 2 : t_end].decode("utf-8", "replace"),
+                                data[p0:stop],
+                                qos,
+                                pid,
+                                bool(first & 0x08),
+                                bool(first & 0x01),
+                            )
+                        )
             pos = stop
         if pos >= end:
             self._skip = pos - end

@@ -67,8 +67,13 @@ RAW_MAX_BYTES = 32 * 2**20  # reads held unsplit before the socket pauses
 class MqttClient(asyncio.Protocol):
     """One connection. `on_batch(messages)` gets every socket read's complete PUBLISHes."""
 
-    def __init__(self, config: ClientConfig, on_batch: Callable[[list[Message]], None],
-                 generation: int = 0, lookahead: Lookahead | None = None) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        on_batch: Callable[[list[Message]], None],
+        generation: int = 0,
+        lookahead: Lookahead | None = None,
+    ) -> None:
         self.config = config
         self.on_batch = on_batch
         self.lookahead = lookahead
@@ -91,16 +96,24 @@ class MqttClient(asyncio.Protocol):
 
     # ---------------------------------------------------------------- lifecycle
     @classmethod
-    async def connect(cls, config: ClientConfig, on_batch: Callable[[list[Message]], None],
-                      generation: int = 0, timeout_s: float = 10.0,
-                      lookahead: Lookahead | None = None) -> MqttClient:
+    async def connect(
+        cls,
+        config: ClientConfig,
+        on_batch: Callable[[list[Message]], None],
+        generation: int = 0,
+        timeout_s: float = 10.0,
+        lookahead: Lookahead | None = None,
+    ) -> MqttClient:
         """With a `lookahead`, each socket read is looked into at once (framed PUBLISHes
         only); splitting it into messages (and `on_batch`) then waits its turn on the
         event loop, one read a turn."""
         loop = asyncio.get_running_loop()
         _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: cls(config, on_batch, generation, lookahead),
-                                   config.host, config.port), timeout_s)
+            loop.create_connection(
+                lambda: cls(config, on_batch, generation, lookahead), config.host, config.port
+            ),
+            timeout_s,
+        )
         try:
             await asyncio.wait_for(proto._handshake(), timeout_s)
         except BaseException:
@@ -120,8 +133,11 @@ class MqttClient(asyncio.Protocol):
     async def _handshake(self) -> None:
         c = self.config
         assert self.transport is not None and self._connack is not None
-        self.transport.write(encode_connect(c.client_id, c.username, c.password, c.keepalive_s,
-                                            c.clean_session, c.will))
+        self.transport.write(
+            encode_connect(
+                c.client_id, c.username, c.password, c.keepalive_s, c.clean_session, c.will
+            )
+        )
         code = await self._connack
         if code:
             raise MqttError(f"broker refused the connection: {CONNACK_REASONS.get(code, code)}")
@@ -147,8 +163,11 @@ class MqttClient(asyncio.Protocol):
             except Exception:  # a broken last read must not keep the loss from being seen
                 logger.exception("splitting the last reads of a lost connection")
         err = exc or MqttError("connection closed")
-        for fut in [self._connack, *self._suback.values(),
-                    *(o.future for o in self._outgoing.values())]:
+        for fut in [
+            self._connack,
+            *self._suback.values(),
+            *(o.future for o in self._outgoing.values()),
+        ]:
             if fut is not None and not fut.done():
                 fut.set_exception(err)
         self._outgoing.clear()
@@ -197,8 +216,12 @@ class MqttClient(asyncio.Protocol):
             self._split_scheduled = True
             asyncio.get_running_loop().call_soon(self._split_next)
         self._split(data)
-        if self._paused and self._raw_bytes <= RAW_MAX_BYTES // 2 \
-                and self._unacked < self.config.max_unacked // 2 and self.transport:
+        if (
+            self._paused
+            and self._raw_bytes <= RAW_MAX_BYTES // 2
+            and self._unacked < self.config.max_unacked // 2
+            and self.transport
+        ):
             self._paused = False
             self.transport.resume_reading()
 
@@ -243,8 +266,11 @@ class MqttClient(asyncio.Protocol):
             return
         self.transport.write(encode_pubacks(packet_ids))
         self._unacked -= len(packet_ids)
-        if self._paused and self._unacked < self.config.max_unacked // 2 \
-                and self._raw_bytes <= RAW_MAX_BYTES // 2:
+        if (
+            self._paused
+            and self._unacked < self.config.max_unacked // 2
+            and self._raw_bytes <= RAW_MAX_BYTES // 2
+        ):
             self._paused = False
             self.transport.resume_reading()
 
@@ -268,8 +294,9 @@ class MqttClient(asyncio.Protocol):
         self.transport.write(encode_subscribe(pid, topics))
         return await fut
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1,
-                retain: bool = False, dup: bool = False) -> asyncio.Future[None]:
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, dup: bool = False
+    ) -> asyncio.Future[None]:
         """Write a PUBLISH now; the future completes on PUBACK (at once for QoS 0)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()

@@ -30,8 +30,13 @@ class LogChannel:
     """The demo channel: the notice goes to the log (never the full phone number)."""
 
     async def deliver(self, recipient: str, body: str, meta: dict[str, Any]) -> None:
-        logger.info("notify channel=log to=***%s household=%s kind=%s body=%r", recipient[-4:],
-                    meta.get("household_id"), meta.get("kind"), body[:120])
+        logger.info(
+            "notify channel=log to=***%s household=%s kind=%s body=%r",
+            recipient[-4:],
+            meta.get("household_id"),
+            meta.get("kind"),
+            body[:120],
+        )
 
 
 class WebhookChannel:
@@ -42,9 +47,13 @@ class WebhookChannel:
         self.timeout_s = timeout_s
 
     def _post(self, doc: dict[str, Any]) -> None:
-        req = urllib.request.Request(self.url, data=json.dumps(doc).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310
+        req = urllib.request.Request(
+            self.url,
+            data=json.dumps(doc).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
             if not 200 <= resp.status < 300:
                 raise RuntimeError(f"webhook answered {resp.status}")
 
@@ -62,8 +71,13 @@ def make_channel(settings: Settings) -> Channel:
 
 
 class Notifier:
-    def __init__(self, settings: Settings, stopping: asyncio.Event,
-                 channel: Channel | None = None, poll_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stopping: asyncio.Event,
+        channel: Channel | None = None,
+        poll_s: float = 0.5,
+    ) -> None:
         self.settings = settings
         self.stopping = stopping
         self.channel = channel or make_channel(settings)
@@ -82,7 +96,8 @@ class Notifier:
                                 await asyncio.wait_for(self.stopping.wait(), self.poll_s)
             except psycopg.OperationalError as err:
                 (logger.debug if failing else logger.warning)(
-                    "notifier lost the database (%s); retrying", str(err).strip()[:200])
+                    "notifier lost the database (%s); retrying", str(err).strip()[:200]
+                )
                 failing = True
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), 2.0)
@@ -90,27 +105,46 @@ class Notifier:
     async def deliver_due(self, conn: psycopg.AsyncConnection[Any], limit: int = 50) -> int:
         max_attempts = self.settings.response.notify_max_attempts
         async with conn.transaction():
-            rows = await (await conn.execute(
-                "SELECT id, household_id, kind, recipient, body, attempts FROM notifications"
-                " WHERE state = 'pending' AND next_attempt_at <= now()"
-                " ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED", (limit,))).fetchall()
+            rows = await (
+                await conn.execute(
+                    "SELECT id, household_id, kind, recipient, body, attempts FROM notifications"
+                    " WHERE state = 'pending' AND next_attempt_at <= now()"
+                    " ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (limit,),
+                )
+            ).fetchall()
             for nid, household, kind, recipient, body, attempts in rows:
                 try:
-                    await self.channel.deliver(recipient, body, {"household_id": household,
-                                                                 "kind": kind, "id": nid})
+                    await self.channel.deliver(
+                        recipient, body, {"household_id": household, "kind": kind, "id": nid}
+                    )
                 except Exception as err:  # the channel's failure is data, not a crash
                     attempts += 1
                     state = "failed" if attempts >= max_attempts else "pending"
                     await conn.execute(
                         "UPDATE notifications SET attempts = %s, state = %s, last_error = %s,"
                         " next_attempt_at = now() + make_interval(secs => %s) WHERE id = %s",
-                        (attempts, state, str(err)[:500], 2.0 ** attempts, nid))
+                        (attempts, state, str(err)[:500], 2.0**attempts, nid),
+                    )
                     logger.warning("notify failed id=%s attempt=%d error=%s", nid, attempts, err)
                     continue
                 await conn.execute(
                     "UPDATE notifications SET attempts = attempts + 1, state = 'sent',"
-                    " delivered_at = now(), last_error = NULL WHERE id = %s", (nid,))
-                await conn.execute("SELECT pg_notify('gas_events', %s)", (json.dumps(
-                    {"type": "notification.state", "id": nid, "household_id": household,
-                     "kind": kind, "state": "sent"}),))
+                    " delivered_at = now(), last_error = NULL WHERE id = %s",
+                    (nid,),
+                )
+                await conn.execute(
+                    "SELECT pg_notify('gas_events', %s)",
+                    (
+                        json.dumps(
+                            {
+                                "type": "notification.state",
+                                "id": nid,
+                                "household_id": household,
+                                "kind": kind,
+                                "state": "sent",
+                            }
+                        ),
+                    ),
+                )
         return len(rows)

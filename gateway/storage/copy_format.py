@@ -7,6 +7,8 @@ fixed-width tail, gathered into one buffer with vectorized indexing.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
@@ -32,9 +34,15 @@ def field_dtype(fields: list[tuple[str, str]]) -> np.dtype:
     return np.dtype(parts)
 
 
-def assemble(head: np.ndarray, var_bytes: np.ndarray, var_start: np.ndarray,
-             var_len: np.ndarray, tail: np.ndarray, header: bool = True,
-             trailer: bool = True) -> bytes:
+def assemble(
+    head: np.ndarray,
+    var_bytes: np.ndarray,
+    var_start: np.ndarray,
+    var_len: np.ndarray,
+    tail: np.ndarray,
+    header: bool = True,
+    trailer: bool = True,
+) -> bytes:
     """Rows of head + variable bytes + tail, as COPY BINARY data: with the header and the
     trailer, a whole payload; without, a piece of one (see `chunks`)."""
     n = len(head)
@@ -53,8 +61,9 @@ def assemble(head: np.ndarray, var_bytes: np.ndarray, var_start: np.ndarray,
     total = int(var_len.sum())
     if total:
         within = np.arange(total) - np.repeat(np.cumsum(var_len) - var_len, var_len)
-        out[np.repeat(starts + hl, var_len) + within] = \
-            var_bytes[np.repeat(var_start.astype(np.int64), var_len) + within]
+        out[np.repeat(starts + hl, var_len) + within] = var_bytes[
+            np.repeat(var_start.astype(np.int64), var_len) + within
+        ]
     out[(starts + hl + var_len)[:, None] + np.arange(tl)] = tb
     return start_b + out.tobytes() + end_b
 
@@ -68,5 +77,5 @@ def chunk_bounds(n: int, rows: int = CHUNK_ROWS) -> list[tuple[int, int, bool, b
     judges readings and cuts valves, waits for it otherwise (measured: 8 ms stalls)."""
     if n <= rows:
         return [(0, n, True, True)]
-    cuts = list(range(0, n, rows)) + [n]
-    return [(a, b, a == 0, b == n) for a, b in zip(cuts, cuts[1:])]
+    cuts = [*list(range(0, n, rows)), n]
+    return [(a, b, a == 0, b == n) for a, b in itertools.pairwise(cuts)]

@@ -88,8 +88,9 @@ class Batch:
 
     @property
     def rows(self) -> int:
-        return (len(self.detector or ()) + len(self.meter or ()) + len(self.events)
-                + len(self.rejects))
+        return (
+            len(self.detector or ()) + len(self.meter or ()) + len(self.events) + len(self.rejects)
+        )
 
 
 def concat_readings(parts: list[Readings | None]) -> Readings | None:
@@ -98,20 +99,35 @@ def concat_readings(parts: list[Readings | None]) -> Readings | None:
         return None
     if len(rs) == 1:
         return rs[0]
-    return Readings(np.concatenate([r.slot for r in rs]), np.concatenate([r.seq for r in rs]),
-                    np.concatenate([r.time for r in rs]),
-                    np.concatenate([r.received for r in rs]),
-                    np.concatenate([r.flags for r in rs]),
-                    {k: np.concatenate([r.values[k] for r in rs]) for k in rs[0].values})
+    return Readings(
+        np.concatenate([r.slot for r in rs]),
+        np.concatenate([r.seq for r in rs]),
+        np.concatenate([r.time for r in rs]),
+        np.concatenate([r.received for r in rs]),
+        np.concatenate([r.flags for r in rs]),
+        {k: np.concatenate([r.values[k] for r in rs]) for k in rs[0].values},
+    )
 
 
 def merge_batches(batches: list[Batch]) -> Batch:
     """One batch holding several, in order (acks stay with the originals)."""
-    out = Batch(generation=batches[-1].generation, created=batches[0].created,
-                redelivered=any(b.redelivered for b in batches),
-                detector=concat_readings([b.detector for b in batches]),
-                meter=concat_readings([b.meter for b in batches]))
-    for name in ("events", "rejects", "alarms", "cleared", "commands", "work_orders",
-                 "notifications", "audit", "live"):
+    out = Batch(
+        generation=batches[-1].generation,
+        created=batches[0].created,
+        redelivered=any(b.redelivered for b in batches),
+        detector=concat_readings([b.detector for b in batches]),
+        meter=concat_readings([b.meter for b in batches]),
+    )
+    for name in (
+        "events",
+        "rejects",
+        "alarms",
+        "cleared",
+        "commands",
+        "work_orders",
+        "notifications",
+        "audit",
+        "live",
+    ):
         getattr(out, name).extend(x for b in batches for x in getattr(b, name))
     return out

@@ -18,7 +18,7 @@ _LOCK_KEY = 0x6A5_5AFE
 
 def migration_files() -> list[tuple[str, str]]:
     folder = resources.files("gateway.storage") / "migrations"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
 
 
@@ -37,7 +37,7 @@ def migrate(dsn: str) -> list[str]:
                     continue
                 logger.info("applying migration %s", version)
                 with conn.transaction():
-                    conn.execute(text)  # type: ignore[arg-type]
+                    conn.execute(text)
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
                 applied_now.append(version)
         finally:
@@ -50,7 +50,9 @@ def drop_old_chunks(dsn: str, older_than_days: int) -> dict[str, int]:
     dropped: dict[str, int] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
         for table in ("detector_readings", "meter_readings", "device_events", "rejects"):
-            rows = conn.execute("SELECT drop_chunks(%s::regclass, older_than => %s::interval)",
-                                (table, f"{older_than_days} days")).fetchall()
+            rows = conn.execute(
+                "SELECT drop_chunks(%s::regclass, older_than => %s::interval)",
+                (table, f"{older_than_days} days"),
+            ).fetchall()
             dropped[table] = len(rows)
     return dropped

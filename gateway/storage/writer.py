@@ -34,12 +34,22 @@ from gateway.storage.spool import Spool
 logger = logging.getLogger(__name__)
 
 DET_HEAD = copy_format.field_dtype([("nfields", ""), ("time", ">i8"), ("device", "")])
-DET_TAIL = copy_format.field_dtype([("seq", ">i8"), ("ch4", ">f4"), ("fault", ">i4"),
-                                    ("received", ">i8"), ("flags", ">i2")])
+DET_TAIL = copy_format.field_dtype(
+    [("seq", ">i8"), ("ch4", ">f4"), ("fault", ">i4"), ("received", ">i8"), ("flags", ">i2")]
+)
 MET_HEAD = DET_HEAD
-MET_TAIL = copy_format.field_dtype([("seq", ">i8"), ("vol", ">f8"), ("flow", ">f4"),
-                                    ("valve", ">i2"), ("batt", ">f4"), ("rssi", ">i2"),
-                                    ("received", ">i8"), ("flags", ">i2")])
+MET_TAIL = copy_format.field_dtype(
+    [
+        ("seq", ">i8"),
+        ("vol", ">f8"),
+        ("flow", ">f4"),
+        ("valve", ">i2"),
+        ("batt", ">f4"),
+        ("rssi", ">i2"),
+        ("received", ">i8"),
+        ("flags", ">i2"),
+    ]
+)
 DET_COLS = "time, device_id, seq, ch4_lel, fault, received_at, flags"
 MET_COLS = "time, device_id, seq, vol_m3, flow_m3h, valve, batt_v, rssi, received_at, flags"
 
@@ -51,14 +61,24 @@ def _ts(epoch: float) -> dt.datetime:
 def _copy_chunks(registry: Registry, r: Readings, kind: str) -> Iterator[bytes]:
     """The binary COPY data of `r`, in pieces (see copy_format.chunk_bounds)."""
     for lo, hi, header, trailer in copy_format.chunk_bounds(len(r)):
-        part = r if (lo, hi) == (0, len(r)) else Readings(
-            r.slot[lo:hi], r.seq[lo:hi], r.time[lo:hi], r.received[lo:hi], r.flags[lo:hi],
-            {k: v[lo:hi] for k, v in r.values.items()})
+        part = (
+            r
+            if (lo, hi) == (0, len(r))
+            else Readings(
+                r.slot[lo:hi],
+                r.seq[lo:hi],
+                r.time[lo:hi],
+                r.received[lo:hi],
+                r.flags[lo:hi],
+                {k: v[lo:hi] for k, v in r.values.items()},
+            )
+        )
         yield _copy_payload(registry, part, kind, header, trailer)
 
 
-def _copy_payload(registry: Registry, r: Readings, kind: str, header: bool = True,
-                  trailer: bool = True) -> bytes:
+def _copy_payload(
+    registry: Registry, r: Readings, kind: str, header: bool = True, trailer: bool = True
+) -> bytes:
     n = len(r)
     slots = r.slot
     head = np.empty(n, DET_HEAD)
@@ -76,23 +96,43 @@ def _copy_payload(registry: Registry, r: Readings, kind: str, header: bool = Tru
         tail = np.empty(n, MET_TAIL)
         for name in ("vol", "flow", "valve", "batt", "rssi"):
             tail[name] = r.values[name]
-        for name, width in (("seq", 8), ("vol", 8), ("flow", 4), ("valve", 2), ("batt", 4),
-                            ("rssi", 2), ("received", 8), ("flags", 2)):
+        for name, width in (
+            ("seq", 8),
+            ("vol", 8),
+            ("flow", 4),
+            ("valve", 2),
+            ("batt", 4),
+            ("rssi", 2),
+            ("received", 8),
+            ("flags", 2),
+        ):
             tail[name + "_len"] = width
     tail["seq"] = r.seq
     tail["received"] = copy_format.pg_micros(r.received)
     tail["flags"] = r.flags
-    return copy_format.assemble(head, registry.id_bytes, registry.id_start[slots],
-                                registry.id_len[slots], tail, header, trailer)
+    return copy_format.assemble(
+        head,
+        registry.id_bytes,
+        registry.id_start[slots],
+        registry.id_len[slots],
+        tail,
+        header,
+        trailer,
+    )
 
 
 class Writer:
     """Runs in its own thread; `submit` batches, `on_committed(batch)` fires after COMMIT."""
 
-    def __init__(self, dsn: str, registry: Registry,
-                 on_committed: Callable[[Batch], None],
-                 on_error: Callable[[Exception], None] | None = None,
-                 spool: Spool | None = None, spool_after_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        registry: Registry,
+        on_committed: Callable[[Batch], None],
+        on_error: Callable[[Exception], None] | None = None,
+        spool: Spool | None = None,
+        spool_after_s: float = 2.0,
+    ) -> None:
         self.dsn = dsn
         self.registry = registry
         self.on_committed = on_committed
@@ -212,8 +252,9 @@ class Writer:
         while True:
             if not held and not stopping:
                 try:
-                    item = self._queue.get(timeout=0.2 if (self.spool and len(self.spool))
-                                           or down_since else None)
+                    item = self._queue.get(
+                        timeout=0.2 if (self.spool and len(self.spool)) or down_since else None
+                    )
                 except queue.Empty:
                     item = None
                 if item is None and not self._queue.empty():
@@ -236,8 +277,11 @@ class Writer:
                     break
                 continue
             # group commit: under load, take what queued up meanwhile into one transaction
-            while len(held) < self.group_max and self._queue.qsize() \
-                    and sum(b.rows for b in held) < self.group_max_rows:
+            while (
+                len(held) < self.group_max
+                and self._queue.qsize()
+                and sum(b.rows for b in held) < self.group_max_rows
+            ):
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
@@ -252,8 +296,10 @@ class Writer:
             except psycopg.OperationalError as err:
                 if down_since is None:
                     down_since = time.monotonic()
-                    logger.warning("database away (%s); detection goes on, batches wait",
-                                   str(err).strip()[:200])
+                    logger.warning(
+                        "database away (%s); detection goes on, batches wait",
+                        str(err).strip()[:200],
+                    )
                 self._spool_or_wait(held, down_since)
                 if stopping and self.spool is None:
                     break
@@ -278,8 +324,11 @@ class Writer:
     def _spool_or_wait(self, held: deque[Batch], down_since: float) -> None:
         """Database away: spool what is held and what queued up (then ack it), or wait."""
         spool = self.spool
-        if spool is not None and spool.has_room() and \
-                time.monotonic() - down_since >= self.spool_after_s:
+        if (
+            spool is not None
+            and spool.has_room()
+            and time.monotonic() - down_since >= self.spool_after_s
+        ):
             batches = list(held)
             held.clear()
             for _ in range(self._queue.qsize()):  # what is queued now; one fsync for all
@@ -312,8 +361,18 @@ class Writer:
             index = self.registry.index
             keep = np.array([i in index for i in r.ids], bool)
             slots = np.array([index[i] for i in r.ids if i in index], np.int32)
-            setattr(batch, name, Readings(slots, r.seq[keep], r.time[keep], r.received[keep],
-                                          r.flags[keep], {k: v[keep] for k, v in r.values.items()}))
+            setattr(
+                batch,
+                name,
+                Readings(
+                    slots,
+                    r.seq[keep],
+                    r.time[keep],
+                    r.received[keep],
+                    r.flags[keep],
+                    {k: v[keep] for k, v in r.values.items()},
+                ),
+            )
         batch.redelivered = True  # it may have been half-written before a crash
         return batch
 
@@ -322,22 +381,35 @@ class Writer:
         self._write_tx(conn, b)
         self.last_write_s = time.perf_counter() - t0
         if self.last_write_s > 0.5:
-            logger.warning("slow commit %.2fs rows=%d det=%d met=%d alarms=%d",
-                           self.last_write_s, b.rows, len(b.detector or ()), len(b.meter or ()),
-                           len(b.alarms))
+            logger.warning(
+                "slow commit %.2fs rows=%d det=%d met=%d alarms=%d",
+                self.last_write_s,
+                b.rows,
+                len(b.detector or ()),
+                len(b.meter or ()),
+                len(b.alarms),
+            )
 
     def _write_tx(self, conn: psycopg.Connection[Any], b: Batch) -> None:
         with conn.transaction(), conn.cursor() as cur:
-            for kind, r, table, cols in (("detector", b.detector, "detector_readings", DET_COLS),
-                                         ("meter", b.meter, "meter_readings", MET_COLS)):
+            for kind, r, table, cols in (
+                ("detector", b.detector, "detector_readings", DET_COLS),
+                ("meter", b.meter, "meter_readings", MET_COLS),
+            ):
                 if r is not None and len(r):
                     self._copy_readings(cur, kind, r, table, cols, b.redelivered)
             if b.rejects:
-                cur.executemany("INSERT INTO rejects (time, device_id, topic, reason, detail,"
-                                " payload_head) VALUES (%s, %s, %s, %s, %s, %s)", b.rejects)
+                cur.executemany(
+                    "INSERT INTO rejects (time, device_id, topic, reason, detail,"
+                    " payload_head) VALUES (%s, %s, %s, %s, %s, %s)",
+                    b.rejects,
+                )
             if b.events:
-                cur.executemany("INSERT INTO device_events (time, device_id, seq, type, payload,"
-                                " received_at) VALUES (%s, %s, %s, %s, %s, %s)", b.events)
+                cur.executemany(
+                    "INSERT INTO device_events (time, device_id, seq, type, payload,"
+                    " received_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                    b.events,
+                )
             alarm_ids = self._write_alarms(cur, b)
             self._write_commands(cur, b, alarm_ids)
             wo_live = self._write_work_orders(cur, b, alarm_ids)
@@ -346,30 +418,51 @@ class Writer:
                     "INSERT INTO notifications (household_id, kind, channel, recipient, body,"
                     " dedupe_key, alarm_id) VALUES (%s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (dedupe_key) DO NOTHING",
-                    [(n.household_id, n.kind, n.channel, n.recipient, n.body, n.dedupe_key,
-                      alarm_ids.get(n.alarm_key) if n.alarm_key else None)
-                     for n in b.notifications])
+                    [
+                        (
+                            n.household_id,
+                            n.kind,
+                            n.channel,
+                            n.recipient,
+                            n.body,
+                            n.dedupe_key,
+                            alarm_ids.get(n.alarm_key) if n.alarm_key else None,
+                        )
+                        for n in b.notifications
+                    ],
+                )
             if b.audit:
-                cur.executemany("INSERT INTO audit_log (at, actor, action, entity, entity_id,"
-                                " details) VALUES (now(), %s, %s, %s, %s, %s)",
-                                [(a, act, e, eid, Jsonb(d)) for a, act, e, eid, d in b.audit])
+                cur.executemany(
+                    "INSERT INTO audit_log (at, actor, action, entity, entity_id,"
+                    " details) VALUES (now(), %s, %s, %s, %s, %s)",
+                    [(a, act, e, eid, Jsonb(d)) for a, act, e, eid, d in b.audit],
+                )
             live = b.live + wo_live  # after the alarms they follow from
             if live:
                 for e in live:  # the ids exist now: the API and its live stream use them
                     if e["type"] in ("alarm.raised", "alarm.cleared") and "alarm_id" not in e:
                         e["alarm_id"] = alarm_ids.get((e["device_id"], e["kind"]))
-                cur.executemany("SELECT pg_notify('gas_events', %s)",
-                                [(json.dumps(e),) for e in live])
+                cur.executemany(
+                    "SELECT pg_notify('gas_events', %s)", [(json.dumps(e),) for e in live]
+                )
 
-
-    def _copy_readings(self, cur: psycopg.Cursor[Any], kind: str, r: Readings, table: str,
-                       cols: str, redelivered: bool) -> None:
+    def _copy_readings(
+        self,
+        cur: psycopg.Cursor[Any],
+        kind: str,
+        r: Readings,
+        table: str,
+        cols: str,
+        redelivered: bool,
+    ) -> None:
         if not redelivered:
             try:
-                with cur.connection.transaction():
-                    with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
-                        for piece in _copy_chunks(self.registry, r, kind):
-                            cp.write(piece)
+                with (
+                    cur.connection.transaction(),
+                    cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp,
+                ):
+                    for piece in _copy_chunks(self.registry, r, kind):
+                        cp.write(piece)
                 return
             except psycopg.errors.UniqueViolation:
                 pass  # a redelivered reading without the DUP flag: take the slow path
@@ -394,16 +487,30 @@ class Writer:
                         " VALUES (%s, %s, %s, %s, 1) ON CONFLICT (building, kind)"
                         " WHERE closed_at IS NULL DO UPDATE SET"
                         " households = incidents.households + 1 RETURNING id",
-                        (a.building, a.community, a.kind, _ts(a.raised_at)))
+                        (a.building, a.community, a.kind, _ts(a.raised_at)),
+                    )
                     incident_of[i] = cur.fetchone()[0]  # type: ignore[index]
             cur.executemany(
                 "INSERT INTO alarms (device_id, household_id, kind, severity, value, raised_at,"
                 " flow_at_meter, evidence, incident_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (device_id, kind) WHERE cleared_at IS NULL DO NOTHING"
                 " RETURNING id, device_id, kind",
-                [(a.device_id, a.household_id, a.kind, a.severity, a.value, _ts(a.raised_at),
-                  a.flow_at_meter, Jsonb(a.evidence), incident_of.get(i))
-                 for i, a in enumerate(b.alarms)], returning=True)
+                [
+                    (
+                        a.device_id,
+                        a.household_id,
+                        a.kind,
+                        a.severity,
+                        a.value,
+                        _ts(a.raised_at),
+                        a.flow_at_meter,
+                        Jsonb(a.evidence),
+                        incident_of.get(i),
+                    )
+                    for i, a in enumerate(b.alarms)
+                ],
+                returning=True,
+            )
             new: dict[tuple[str, str], int] = {}
             while True:
                 for aid, device_id, kind in cur.fetchall():
@@ -413,10 +520,12 @@ class Writer:
             ids.update(new)
             missing = [(a.device_id, a.kind) for a in b.alarms if (a.device_id, a.kind) not in ids]
             if missing:  # already open (raised before a restart): keep that one
-                cur.execute("SELECT a.id, a.device_id, a.kind FROM alarms a JOIN unnest(%s::text[],"
-                            " %s::text[]) AS m(device_id, kind) USING (device_id, kind)"
-                            " WHERE a.cleared_at IS NULL",
-                            ([d for d, _ in missing], [k for _, k in missing]))
+                cur.execute(
+                    "SELECT a.id, a.device_id, a.kind FROM alarms a JOIN unnest(%s::text[],"
+                    " %s::text[]) AS m(device_id, kind) USING (device_id, kind)"
+                    " WHERE a.cleared_at IS NULL",
+                    ([d for d, _ in missing], [k for _, k in missing]),
+                )
                 for aid, device_id, kind in cur.fetchall():
                     ids[(device_id, kind)] = aid
             if new:
@@ -424,28 +533,58 @@ class Writer:
                 cur.executemany(
                     "INSERT INTO audit_log (actor, action, entity, entity_id, details)"
                     " VALUES ('gateway', 'alarm.raised', 'alarm', %s, %s)",
-                    [(str(aid), Jsonb({"device": k[0], "kind": k[1], "value": by_key[k].value,
-                                       "evidence": by_key[k].evidence}))
-                     for k, aid in new.items()])
+                    [
+                        (
+                            str(aid),
+                            Jsonb(
+                                {
+                                    "device": k[0],
+                                    "kind": k[1],
+                                    "value": by_key[k].value,
+                                    "evidence": by_key[k].evidence,
+                                }
+                            ),
+                        )
+                        for k, aid in new.items()
+                    ],
+                )
         if b.cleared:
-            cur.executemany("UPDATE alarms SET cleared_at = %s, state = 'cleared'"
-                            " WHERE device_id = %s AND kind = %s AND cleared_at IS NULL",
-                            [(_ts(at), d, k) for d, k, at in b.cleared])
+            cur.executemany(
+                "UPDATE alarms SET cleared_at = %s, state = 'cleared'"
+                " WHERE device_id = %s AND kind = %s AND cleared_at IS NULL",
+                [(_ts(at), d, k) for d, k, at in b.cleared],
+            )
         return ids
 
-    def _write_commands(self, cur: psycopg.Cursor[Any], b: Batch,
-                        alarm_ids: dict[tuple[str, str], int]) -> None:
+    def _write_commands(
+        self, cur: psycopg.Cursor[Any], b: Batch, alarm_ids: dict[tuple[str, str], int]
+    ) -> None:
         rows = []
         for c in b.commands:
             alarm_id = None
             if c.get("trigger_device") and c.get("cause"):
                 alarm_id = alarm_ids.get((c["trigger_device"], c["cause"]))
-            rows.append((c["cmd_id"], c["meter_id"], c["household_id"], c["action"], c["reason"],
-                         alarm_id, c.get("trigger_device"), c.get("cause"), c["state"],
-                         c["attempts"], c["requested_by"], _ts(c["issued_at"]),
-                         _ts(c["sent_at"]) if c.get("sent_at") else None,
-                         _ts(c["acked_at"]) if c.get("acked_at") else None,
-                         c.get("ack_ok"), c.get("ack_valve"), c.get("ack_error")))
+            rows.append(
+                (
+                    c["cmd_id"],
+                    c["meter_id"],
+                    c["household_id"],
+                    c["action"],
+                    c["reason"],
+                    alarm_id,
+                    c.get("trigger_device"),
+                    c.get("cause"),
+                    c["state"],
+                    c["attempts"],
+                    c["requested_by"],
+                    _ts(c["issued_at"]),
+                    _ts(c["sent_at"]) if c.get("sent_at") else None,
+                    _ts(c["acked_at"]) if c.get("acked_at") else None,
+                    c.get("ack_ok"),
+                    c.get("ack_valve"),
+                    c.get("ack_error"),
+                )
+            )
         if not rows:
             return
         cur.executemany(
@@ -461,10 +600,12 @@ class Writer:
             " sent_at = coalesce(excluded.sent_at, valve_commands.sent_at),"
             " acked_at = excluded.acked_at, ack_ok = excluded.ack_ok,"
             " ack_valve = excluded.ack_valve, ack_error = excluded.ack_error, updated_at = now()",
-            rows)
+            rows,
+        )
 
-    def _write_work_orders(self, cur: psycopg.Cursor[Any], b: Batch,
-                           alarm_ids: dict[tuple[str, str], int]) -> list[dict[str, Any]]:
+    def _write_work_orders(
+        self, cur: psycopg.Cursor[Any], b: Batch, alarm_ids: dict[tuple[str, str], int]
+    ) -> list[dict[str, Any]]:
         if not b.work_orders:
             return []
         cur.executemany(
@@ -474,9 +615,21 @@ class Writer:
             " DO UPDATE SET repeats = work_orders.repeats + 1, updated_at = now(),"
             " version = work_orders.version + 1"
             " RETURNING id, (xmax = 0) AS created",
-            [(w.household_id, w.cause, w.priority, w.title, _ts(w.opened_at), w.arrive_by,
-              w.resolve_by, alarm_ids.get(w.alarm_key) if w.alarm_key else None)
-             for w in b.work_orders], returning=True)
+            [
+                (
+                    w.household_id,
+                    w.cause,
+                    w.priority,
+                    w.title,
+                    _ts(w.opened_at),
+                    w.arrive_by,
+                    w.resolve_by,
+                    alarm_ids.get(w.alarm_key) if w.alarm_key else None,
+                )
+                for w in b.work_orders
+            ],
+            returning=True,
+        )
         results: list[tuple[int, bool]] = []
         while True:
             results.extend(cur.fetchall())
@@ -484,19 +637,42 @@ class Writer:
                 break
         steps, audit, live = [], [], []
         for w, (wo_id, created) in zip(b.work_orders, results, strict=True):
-            steps.append((wo_id, "opened" if created else "attached",
-                          "open" if created else None, w.note))
+            steps.append(
+                (wo_id, "opened" if created else "attached", "open" if created else None, w.note)
+            )
             if created:
-                audit.append((str(wo_id), Jsonb({"household": w.household_id, "cause": w.cause,
-                                                 "priority": w.priority, "note": w.note})))
-            live.append({"type": "work_order.opened" if created else "work_order.changed",
-                         "work_order_id": wo_id, "household_id": w.household_id,
-                         "cause": w.cause, "priority": w.priority})
-        cur.executemany("INSERT INTO work_order_steps (work_order_id, at, actor, action,"
-                        " from_status, to_status, note) VALUES (%s, now(), 'gateway', %s, NULL,"
-                        " %s, %s)", steps)
+                audit.append(
+                    (
+                        str(wo_id),
+                        Jsonb(
+                            {
+                                "household": w.household_id,
+                                "cause": w.cause,
+                                "priority": w.priority,
+                                "note": w.note,
+                            }
+                        ),
+                    )
+                )
+            live.append(
+                {
+                    "type": "work_order.opened" if created else "work_order.changed",
+                    "work_order_id": wo_id,
+                    "household_id": w.household_id,
+                    "cause": w.cause,
+                    "priority": w.priority,
+                }
+            )
+        cur.executemany(
+            "INSERT INTO work_order_steps (work_order_id, at, actor, action,"
+            " from_status, to_status, note) VALUES (%s, now(), 'gateway', %s, NULL,"
+            " %s, %s)",
+            steps,
+        )
         if audit:
-            cur.executemany("INSERT INTO audit_log (actor, action, entity, entity_id, details)"
-                            " VALUES ('gateway', 'work_order.opened', 'work_order', %s, %s)",
-                            audit)
+            cur.executemany(
+                "INSERT INTO audit_log (actor, action, entity, entity_id, details)"
+                " VALUES ('gateway', 'work_order.opened', 'work_order', %s, %s)",
+                audit,
+            )
         return live

@@ -8,10 +8,11 @@ up and waits up to a switch interval to get it back. In a process of its own the
 pipes.
 
 Protocol: length-prefixed pickles. To the child: the config, then ("ids", [...]) whenever
-the registry grew (before any batch that names a new slot), ("batch", Batch), ("state", n, Changes) (device_state upserts, written by a second
-thread on a connection of its own) and ("stop",). From the child: ("done", seq, stats)
-after each batch is committed or spooled, ("state_done", n, ok), ("status", stats) twice a
-second (the database may be away with nothing committing), ("bye", stats).
+the registry grew (before any batch that names a new slot), ("batch", Batch), ("state", n,
+Changes) (device_state upserts, written by a second thread on a connection of its own) and
+("stop",). From the child: ("done", seq, stats) after each batch is committed or spooled,
+("state_done", n, ok), ("status", stats) twice a second (the database may be away with
+nothing committing), ("bye", stats).
 The parent writes without blocking (the event loop's add_writer takes the rest) and keeps
 every batch until its "done": if the child dies, a new one is started and takes them again
 (marked redelivered: the unique and dedupe keys absorb what the dead one had committed).
@@ -22,6 +23,7 @@ readings were not acknowledged, so the broker sends them again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -70,17 +72,16 @@ class Frames:
             (n,) = _LEN.unpack_from(buf, pos)
             if len(buf) - pos - 4 < n:
                 break
-            out.append(pickle.loads(memoryview(buf)[pos + 4:pos + 4 + n]))
+            out.append(pickle.loads(memoryview(buf)[pos + 4 : pos + 4 + n]))
             pos += 4 + n
         del buf[:pos]
         return out
 
 
 def _grow_pipe(fd: int) -> None:
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[attr-defined]
-    except (OSError, AttributeError):
-        pass  # the default (64 KB) works, with more turns of add_writer
+    # the default (64 KB) works, with more turns of add_writer
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 @dataclasses.dataclass
@@ -109,8 +110,9 @@ class WriterProcess:
 
     Lives on the event loop: `submit` and the callbacks run in the loop thread."""
 
-    def __init__(self, config: WriterConfig, registry: Registry,
-                 on_committed: Callable[[Batch], None]) -> None:
+    def __init__(
+        self, config: WriterConfig, registry: Registry, on_committed: Callable[[Batch], None]
+    ) -> None:
         self.config = config
         self.registry = registry
         self.on_committed = on_committed
@@ -182,10 +184,13 @@ class WriterProcess:
         assert self._gone is not None
         try:
             await asyncio.wait_for(asyncio.shield(self._gone), timeout_s)
-        except asyncio.TimeoutError:
-            logger.error("writer process did not finish in %.0fs; %d batches unwritten"
-                         " (not acknowledged: the broker sends them again)", timeout_s,
-                         len(self._inflight))
+        except TimeoutError:
+            logger.error(
+                "writer process did not finish in %.0fs; %d batches unwritten"
+                " (not acknowledged: the broker sends them again)",
+                timeout_s,
+                len(self._inflight),
+            )
             self._proc.kill()
         await asyncio.to_thread(self._proc.wait)
 
@@ -197,8 +202,9 @@ class WriterProcess:
         for fd in (down_w, up_w):
             _grow_pipe(fd)
         self._started_at = time.monotonic()
-        self._proc = subprocess.Popen([*self.command, str(down_r), str(up_w)],
-                                      pass_fds=(down_r, up_w), close_fds=True)
+        self._proc = subprocess.Popen(
+            [*self.command, str(down_r), str(up_w)], pass_fds=(down_r, up_w), close_fds=True
+        )
         os.close(down_r)
         os.close(up_w)
         os.set_blocking(down_w, False)
@@ -219,7 +225,7 @@ class WriterProcess:
     def _send_ids(self) -> None:
         ids = self.registry.ids
         if len(ids) > self._ids_sent:
-            self._send(("ids", ids[self._ids_sent:]))
+            self._send(("ids", ids[self._ids_sent :]))
             self._ids_sent = len(ids)
 
     def _send_batch(self, batch: Batch) -> None:
@@ -302,17 +308,25 @@ class WriterProcess:
         self._state_waiting.clear()
         if self._closing:
             if code != 0 or self._inflight:
-                logger.error("writer process ended (code %s) with %d batches unwritten (not "
-                             "acknowledged: the broker sends them again)", code,
-                             len(self._inflight))
+                logger.error(
+                    "writer process ended (code %s) with %d batches unwritten (not "
+                    "acknowledged: the broker sends them again)",
+                    code,
+                    len(self._inflight),
+                )
             return
         self.restarts += 1
         young = time.monotonic() - self._started_at < YOUNG_S
-        self._respawn_delay = (min(self._respawn_delay * 2, RESPAWN_MAX_S) if young
-                               else RESPAWN_MIN_S)
-        logger.error("writer process exited (code %s); starting another in %.1fs, which "
-                     "writes the %d batches it had not finished", code, self._respawn_delay,
-                     len(self._inflight))
+        self._respawn_delay = (
+            min(self._respawn_delay * 2, RESPAWN_MAX_S) if young else RESPAWN_MIN_S
+        )
+        logger.error(
+            "writer process exited (code %s); starting another in %.1fs, which "
+            "writes the %d batches it had not finished",
+            code,
+            self._respawn_delay,
+            len(self._inflight),
+        )
         self._loop.call_later(self._respawn_delay, self._respawn)
 
     def _respawn(self) -> None:
@@ -322,10 +336,10 @@ class WriterProcess:
 
 # ---------------------------------------------------------------- the child
 def _child(down_fd: int, up_fd: int) -> int:
-    from gateway.service.logs import setup_logging
-    from gateway.service.priority import set_thread_priority
-    from gateway.storage.device_state import StateWriter
+    from gateway.logs import setup_logging
+    from gateway.priority import set_thread_priority
     from gateway.storage.spool import Spool
+    from gateway.storage.state_writer import StateWriter
     from gateway.storage.writer import Writer
 
     frames = Frames()
@@ -351,7 +365,7 @@ def _child(down_fd: int, up_fd: int) -> int:
         with out_lock:
             view = memoryview(data)
             while view:
-                view = view[os.write(up_fd, view):]
+                view = view[os.write(up_fd, view) :]
 
     registry = Registry()
     spool = Spool(Path(config.spool_dir), config.spool_max_bytes)
@@ -359,12 +373,26 @@ def _child(down_fd: int, up_fd: int) -> int:
         log.info("spool holds %d batches from before; they are written first", len(spool))
 
     def stats() -> WriterStats:
-        return WriterStats(writer.db_up, writer.last_commit_lag_s, writer.duplicates_absorbed,
-                           writer.spooled_batches, writer.committed_rows)
+        return WriterStats(
+            writer.db_up,
+            writer.last_commit_lag_s,
+            writer.duplicates_absorbed,
+            writer.spooled_batches,
+            writer.committed_rows,
+        )
 
-    writer = Writer(config.dsn, registry, lambda b: send(("done", b.seq, stats())),
-                    spool=spool, spool_after_s=config.spool_after_s)
-    writer.start(init=lambda: set_thread_priority(config.rt_priority, config.nice, "writer"))
+    writer = Writer(
+        config.dsn,
+        registry,
+        lambda b: send(("done", b.seq, stats())),
+        spool=spool,
+        spool_after_s=config.spool_after_s,
+    )
+
+    def writer_priority() -> None:
+        set_thread_priority(config.rt_priority, config.nice, "writer")
+
+    writer.start(init=writer_priority)
     stop = threading.Event()
 
     def status() -> None:
@@ -406,10 +434,8 @@ def _child(down_fd: int, up_fd: int) -> int:
     states.put(None)
     state_thread.join(10)
     stop.set()
-    try:
+    with contextlib.suppress(OSError):
         send(("bye", stats()))
-    except OSError:
-        pass
     return 0
 
 

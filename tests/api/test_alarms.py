@@ -6,6 +6,9 @@ from __future__ import annotations
 import datetime as dt
 
 import psycopg
+import pytest
+
+pytestmark = pytest.mark.services
 
 
 async def test_filters_and_order(client, city, as_role, raise_alarm) -> None:

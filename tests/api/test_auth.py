@@ -20,6 +20,7 @@ JWT_SECRET = "test-secret-" + "x" * 32
 PASSWORD = "correct horse battery staple"
 
 
+@pytest.mark.services
 async def test_token_login_and_me(client: httpx.AsyncClient, users) -> None:
     r = await client.post("/auth/token", data={"username": users["engineer"],
                                                "password": PASSWORD})
@@ -31,6 +32,7 @@ async def test_token_login_and_me(client: httpx.AsyncClient, users) -> None:
     assert me.json() == {"username": users["engineer"], "role": "engineer", "via": "token"}
 
 
+@pytest.mark.services
 async def test_wrong_password_and_unknown_user_look_the_same(client, users) -> None:
     wrong = await client.post("/auth/token", data={"username": users["admin"],
                                                    "password": "not the password"})
@@ -41,6 +43,7 @@ async def test_wrong_password_and_unknown_user_look_the_same(client, users) -> N
     assert wrong.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.services
 async def test_token_form_errors_are_precise(client) -> None:
     r = await client.post("/auth/token", data={"username": "someone"})
     assert r.status_code == 422
@@ -50,6 +53,7 @@ async def test_token_form_errors_are_precise(client) -> None:
     assert r.status_code == 415
 
 
+@pytest.mark.services
 async def test_expired_and_forged_tokens_are_refused(client, users) -> None:
     past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
     expired, _ = identity.issue_token(JWT_SECRET, users["admin"], Role.admin, 3600, past)
@@ -74,6 +78,7 @@ def test_token_expiry_is_computed_from_the_given_clock() -> None:
         identity.read_token("s" * 32, token, now + dt.timedelta(seconds=60))
 
 
+@pytest.mark.services
 async def test_api_key_lifecycle(client, as_role, users, dsn) -> None:
     admin = as_role["admin"]
     r = await client.post("/api-keys", json={"username": users["operator"],
@@ -122,6 +127,7 @@ async def test_api_key_lifecycle(client, as_role, users, dsn) -> None:
     assert (await client.delete("/api-keys/999999999", headers=admin)).status_code == 404
 
 
+@pytest.mark.services
 async def test_only_admins_manage_users_and_keys(client, as_role) -> None:
     for role in ("viewer", "operator", "engineer"):
         h = as_role[role]
@@ -133,6 +139,7 @@ async def test_only_admins_manage_users_and_keys(client, as_role) -> None:
         assert (await client.get("/audit", headers=h)).status_code == 403
 
 
+@pytest.mark.services
 async def test_users_created_disabled_and_demoted(client, as_role, prefix) -> None:
     admin = as_role["admin"]
     name = f"{prefix.lower()}.dispatch"
@@ -166,6 +173,7 @@ async def test_users_created_disabled_and_demoted(client, as_role, prefix) -> No
                                headers=admin)).status_code == 404
 
 
+@pytest.mark.services
 async def test_the_last_admin_cannot_be_removed(client, as_role, users, dsn) -> None:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         others = [r[0] for r in await (await conn.execute(
@@ -183,6 +191,7 @@ async def test_the_last_admin_cannot_be_removed(client, as_role, users, dsn) -> 
     assert me.json()["role"] == "admin"
 
 
+@pytest.mark.services
 async def test_nothing_without_a_credential(client) -> None:
     assert (await client.get("/healthz")).status_code == 200
     for path in ("/openapi.json", "/metrics", "/no/such/route", "/households", "/devices",
@@ -196,6 +205,7 @@ async def test_nothing_without_a_credential(client) -> None:
     assert r.status_code == 401
 
 
+@pytest.mark.services
 async def test_metrics_and_openapi_for_viewers(client, as_role) -> None:
     r = await client.get("/metrics", headers=as_role["viewer"])
     assert r.status_code == 200 and "gas_api_requests_total" in r.text
@@ -205,6 +215,7 @@ async def test_metrics_and_openapi_for_viewers(client, as_role) -> None:
     assert "application/problem+json" in unauthorized["content"]
 
 
+@pytest.mark.services
 def test_production_refuses_to_start_without_a_secret(dsn) -> None:
     with pytest.raises(StartupRefused, match="JWT"):
         create_app(Settings(environment="production", db={"dsn": dsn}))
@@ -216,6 +227,7 @@ def test_production_refuses_to_start_without_a_secret(dsn) -> None:
     assert a != b and len(a) >= 32
 
 
+@pytest.mark.services
 def test_user_create_cli(monkeypatch, dsn, prefix, capsys) -> None:
     monkeypatch.setenv("GAS_SAFETY_DB__DSN", dsn)
     name = f"{prefix.lower()}.cli"

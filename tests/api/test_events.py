@@ -109,6 +109,7 @@ def test_mask() -> None:
     assert mask(None) is None
 
 
+@pytest.mark.services
 async def test_stream_filter_and_keepalive(api, as_role, dsn, sse_reader) -> None:
     import httpx
     import psycopg
@@ -135,6 +136,7 @@ async def test_stream_filter_and_keepalive(api, as_role, dsn, sse_reader) -> Non
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "types.0"
 
 
+@pytest.mark.services
 async def test_stream_survives_a_lost_listener(api, as_role, dsn, sse_reader) -> None:
     import httpx
     import psycopg
@@ -157,6 +159,7 @@ async def test_stream_survives_a_lost_listener(api, as_role, dsn, sse_reader) ->
         assert health == {"status": "ok", "database": True, "events_listener": True}
 
 
+@pytest.mark.services
 async def test_bodies_are_bounded(client, as_role) -> None:
     big = {"household_id": "h1", "phone": "+1555", "pad": "x" * 70_000}
     r = await client.post("/upgrades/resident/lookup", json=big)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import datetime as dt
 
 import psycopg
+import pytest
 
 from gateway.ops.provision import generate_city, provision
+
+pytestmark = pytest.mark.services
 
 
 async def _set_state(dsn: str, rows: list[tuple]) -> None:

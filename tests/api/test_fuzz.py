@@ -25,6 +25,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+pytestmark = pytest.mark.services
+
 PUBLIC = {"/healthz", "/auth/token", "/upgrades/resident/lookup", "/upgrades/resident/bookings"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]

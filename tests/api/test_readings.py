@@ -6,8 +6,11 @@ from __future__ import annotations
 import datetime as dt
 
 import psycopg
+import pytest
 
 from dashboard_api import rollup
+
+pytestmark = pytest.mark.services
 
 T0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
 MINUTES = 2 * 24 * 60  # two days, one reading a minute

@@ -6,12 +6,14 @@ stranger sees nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
 
 import httpx
 import psycopg
+import pytest
+
+pytestmark = pytest.mark.services
 
 
 async def _gateway_cut(dsn: str, house, alarm_id: int) -> str:
@@ -173,4 +175,3 @@ async def test_leak_to_reopen(client: httpx.AsyncClient, dsn: str, city, as_role
     r = await client.get(f"/valves/{house.meter.id}/reopen-requests", headers=viewer)
     assert [(q["status"], q["decided_by"], q["cmd_id"]) for q in r.json()["items"]] == [
         ("confirmed", "admin.one", command["cmd_id"])]
-    await asyncio.sleep(0)

@@ -41,6 +41,7 @@ def block(dsn, prefix):
     return houses
 
 
+@pytest.mark.services
 async def test_resident_lookup_and_booking(client, block, as_role, resident) -> None:
     house = block[0]
     community = house.community
@@ -115,6 +116,7 @@ async def test_resident_lookup_and_booking(client, block, as_role, resident) -> 
                               headers=as_role["operator"])).status_code == 404
 
 
+@pytest.mark.services
 async def test_no_overbooking_under_concurrency(client, block, as_role, dsn,
                                                 resident) -> None:
     community = block[0].community
@@ -141,6 +143,7 @@ async def test_no_overbooking_under_concurrency(client, block, as_role, dsn,
     assert quota == (3, 3, 3)
 
 
+@pytest.mark.services
 async def test_failed_checks_are_limited_per_client(client, block, prefix, resident) -> None:
     house = block[5]
     stranger = {"X-Forwarded-For": _address(prefix, "stranger")}

@@ -8,6 +8,9 @@ import datetime as dt
 import uuid
 
 import psycopg
+import pytest
+
+pytestmark = pytest.mark.services
 
 
 async def _listen_while(dsn: str, action, expect: int = 1) -> tuple[object, list[str]]:

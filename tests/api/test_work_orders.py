@@ -24,6 +24,7 @@ def test_state_machine() -> None:
         workflow.next_status("cancel", "resolved")
 
 
+@pytest.mark.services
 async def test_transitions_and_reasons(client, city, as_role, raise_alarm) -> None:
     _, wo = await raise_alarm(city[0])
     op, eng, viewer = as_role["operator"], as_role["engineer"], as_role["viewer"]
@@ -65,6 +66,7 @@ async def test_transitions_and_reasons(client, city, as_role, raise_alarm) -> No
                               headers=op)).status_code == 404
 
 
+@pytest.mark.services
 async def test_filters_and_overdue(client, city, as_role, raise_alarm) -> None:
     late_arrival = await raise_alarm(city[0], arrive_in=dt.timedelta(minutes=-5))
     late_repair = await raise_alarm(city[1], cause="overflow", priority="high",
@@ -101,6 +103,7 @@ async def test_filters_and_overdue(client, city, as_role, raise_alarm) -> None:
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "status.0"
 
 
+@pytest.mark.services
 async def test_concurrent_dispatches_have_one_winner(client, city, as_role, raise_alarm) -> None:
     _, wo = await raise_alarm(city[3])
     results = await asyncio.gather(*(
@@ -113,6 +116,7 @@ async def test_concurrent_dispatches_have_one_winner(client, city, as_role, rais
     assert detail["version"] == 2
 
 
+@pytest.mark.services
 async def test_concurrent_transitions_never_lose_a_step(client, city, as_role,
                                                         raise_alarm) -> None:
     _, wo = await raise_alarm(city[2], cause="valve_fault")

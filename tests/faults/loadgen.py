@@ -56,7 +56,7 @@ class Load:
                 body = self.payload(device, seq)
                 pending.append((topic, body, self._publish(client, topic, body)))
                 n += 1
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # pacing: the publish rate is the load under test
             client, pending = await self._settle(client, pending, block=False)
         await self._settle(client, pending, block=True)
         client.close()
@@ -89,9 +89,12 @@ class Load:
                         client = await self._connect()
                         break
                     except Exception:
-                        await asyncio.sleep(0.3)
+                        await asyncio.sleep(0.3)  # a device's pause between reconnects
                 still += [(t, b, self._publish(client, t, b, dup=True)) for t, b in failed]
             pending = still
             if not block or not pending:
                 return client, pending
-            await asyncio.sleep(0.05)
+            # until a PUBACK (or a lost connection) settles one; the timeout re-checks the
+            # connection, whose loss may leave futures pending
+            await asyncio.wait([f for _, _, f in pending], timeout=0.5,
+                               return_when=asyncio.FIRST_COMPLETED)

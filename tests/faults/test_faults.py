@@ -7,6 +7,7 @@ readings sent, stored, duplicates absorbed, lost, and the commands issued/delive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 from loadgen import Load
-from support import GatewayProcess
+from support import GatewayProcess, wait_row, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.faults]
 
@@ -34,14 +35,29 @@ def _stored(dsn: str, ids: list[str]) -> tuple[int, int]:
 
 
 def _wait_stored(dsn: str, ids: list[str], expected: int, timeout_s: float) -> tuple[int, int]:
-    deadline = time.monotonic() + timeout_s
+    """(rows, distinct readings) once `expected` are stored, or as they are at the timeout:
+    the caller reports the figures and asserts on them."""
     got = (0, 0)
-    while time.monotonic() < deadline:
+
+    def enough() -> bool:
+        nonlocal got
         got = _stored(dsn, ids)
-        if got[1] >= expected:
-            return got
-        time.sleep(0.25)
+        return got[1] >= expected
+
+    with contextlib.suppress(AssertionError):
+        wait_until(enough, timeout_s, interval_s=0.25, what=f"{expected} readings stored")
     return got
+
+
+def _under_way(load: Load, acked: int) -> None:
+    """Wait until the load is well under way (`acked` readings PUBACKed): the fault comes
+    in the middle of it, not before it starts."""
+    wait_until(lambda: load.acked >= acked, 30, what=f"{acked} readings of the load acked")
+
+
+def _acked(dsn: str, cmd_id: str) -> None:
+    wait_row(dsn, "SELECT 1 FROM valve_commands WHERE cmd_id = %s AND state = 'acked'",
+             (cmd_id,), what=f"{cmd_id} acked")
 
 
 def _run_load(load: Load, total: int) -> threading.Thread:
@@ -104,18 +120,21 @@ def test_gateway_killed_mid_load_loses_nothing_and_repeats_nothing(own_gateway, 
     det.detector(55.0)
     _, cmd = meter.commands.get(timeout=5)
     meter.ack(cmd["cmd_id"])
-    time.sleep(0.3)
+    _acked(dsn, cmd["cmd_id"])
     total = 24_000
     t = _run_load(load, total)
-    time.sleep(2.5)
+    _under_way(load, 8_000)
     gw.kill()
     killed_at = len(load.sent)
-    time.sleep(1.0)
+    time.sleep(1.0)  # the outage under test: a second of load piles up at the broker
     gw2 = own_gateway()
     det.detector(60.0)  # still leaking after the restart
     t.join(60)
     rows, distinct = _wait_stored(dsn, load.device_ids, total, 60)
-    time.sleep(1.0)
+    # the restarted gateway has judged the second leak reading: stored, and with it (same
+    # transaction) any alarm or command it caused
+    wait_row(dsn, "SELECT count(*) FROM detector_readings WHERE device_id = %s", (det.id,),
+             cond=lambda r: r[0][0] == 2, what="both leak readings stored")
     with psycopg.connect(dsn) as conn:
         alarms = conn.execute("SELECT count(*) FROM alarms WHERE device_id = %s AND kind = 'leak'",
                               (det.id,)).fetchone()[0]
@@ -136,16 +155,17 @@ def test_database_outage_keeps_cutting_valves_and_loses_no_reading(own_gateway, 
     gw, meter, det, load = sc.gw, sc.meter, sc.det, sc.load
     total = 45_000  # 30 s of load
     t = _run_load(load, total)
-    time.sleep(3)
+    _under_way(load, 4_000)
     stack._pg_stop()
     outage_start = time.monotonic()
     try:
-        time.sleep(5)
+        gw.wait_for(lambda m: m.get("gas_db_up") == 0, 15, "the writer to find the database down")
         t_pub = det.detector(70.0)  # a leak while the database is down
         t_cmd, cmd = meter.commands.get(timeout=5)
         meter.ack(cmd["cmd_id"])
         m = gw.metrics()
         assert m.get("gas_db_up") == 0
+        # the rest of the 30 s outage under test (readings spool meanwhile)
         time.sleep(max(0.0, 30 - (time.monotonic() - outage_start)))
         rss_mb = _rss_mb(gw)
     finally:
@@ -171,7 +191,7 @@ def test_writer_process_killed_mid_load_is_replaced_and_loses_nothing(
     gw, meter, det, load = sc.gw, sc.meter, sc.det, sc.load
     total = 20_000
     t = _run_load(load, total)
-    time.sleep(2.0)
+    _under_way(load, 6_000)
     first = _writer_child(gw)
     first.kill()  # batches in its hands, some committed and not yet reported
     t_pub = det.detector(65.0)  # a leak meanwhile: cutting does not wait for the writer
@@ -241,29 +261,34 @@ def test_broker_restart_sessions_resume_and_queued_command_is_delivered(
         return c
 
     got: list[dict] = []
+    subacked: list[int] = []
     m = meter_session()
+    m.on_subscribe = lambda c, u, mid, codes, props: subacked.append(mid)
     m.loop_start()
-    m.subscribe(f"gas/v1/{home.meter.id}/cmd", qos=1)
-    time.sleep(0.3)
+    _, mid = m.subscribe(f"gas/v1/{home.meter.id}/cmd", qos=1)
+    wait_until(lambda: mid in subacked, 10, what="the meter's persistent subscription")
     m.loop_stop()
     m.disconnect()
     load = Load(runtime, [i for i in ids if i not in (home.meter.id, home.detectors[0].id)],
                 meters, rate_per_s=2000)
     total = 16_000
     t = _run_load(load, total)
-    time.sleep(1.5)
+    _under_way(load, 3_000)
     devices(home.detectors[0].id).detector(80.0)
-    time.sleep(0.5)
+    # the close is out (the gateway publishes before it writes the row) and queued for the
+    # offline meter's session when the broker goes down
+    wait_row(dsn, "SELECT state FROM valve_commands WHERE household_id = %s", (home.id,),
+             what="the close issued")
     stack.restart_broker()
     t.join(90)
     rows, distinct = _wait_stored(dsn, load.device_ids, total, 60)
     m = meter_session()  # the meter comes back with its persistent session
     m.loop_start()
-    deadline = time.monotonic() + 20
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.05)
-    m.loop_stop()
-    m.disconnect()
+    try:
+        wait_until(lambda: got, 20, what="the queued command delivered")
+    finally:
+        m.loop_stop()
+        m.disconnect()
     _report("broker restart", sent=total, stored=distinct, rows=rows, lost=total - distinct,
             publisher_resends=load.errors, queued_commands_delivered=len(got))
     assert distinct == total and rows == total
@@ -290,10 +315,4 @@ def _writer_child(gw: GatewayProcess) -> Any:
 
 
 def _wait(fn: Any, timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.2)
-    return fn()
+    return wait_until(fn, timeout_s, interval_s=0.2, what="the command's row")

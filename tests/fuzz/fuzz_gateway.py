@@ -8,6 +8,7 @@ Any exception other than a counted reject is a crash that atheris reports with i
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import sys
 
 import atheris
@@ -21,7 +22,8 @@ with atheris.instrument_imports():
 NOW = 1_800_000_000.0
 ROWS = [(did, kind, "M", "h1", dt.date(2024, 1, 1), "1 Road", "C00", "B0", "Ann", "+1555", None,
          4.0) for did, kind in (("m1", "meter"), ("d1", "detector"))]
-GW = Gateway(Settings(), clock=lambda: NOW)
+_IDS = itertools.count(1)
+GW = Gateway(Settings(), clock=lambda: NOW, new_id=lambda: f"gw-{next(_IDS)}")
 GW.load_devices(ROWS)
 GW.publish = lambda t, p: None
 GW.submit = lambda b: None

@@ -5,29 +5,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
+from support import wait_row
 
 from gateway.ops import credentials
 
 pytestmark = pytest.mark.services
 # A copy of shared/protocol-v1/cases.json, the protocol's conformance vectors.
 CASES = json.loads((Path(__file__).parents[1] / "data/cases.json").read_text())["cases"]
-
-
-def _wait_row(dsn: str, sql: str, args: tuple[Any, ...], timeout_s: float = 10,
-              cond: Any = bool) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        with psycopg.connect(dsn) as conn:
-            last = conn.execute(sql, args).fetchall()
-        if cond(last):
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {sql} {args} -> {last}")
 
 
 def test_leak_cuts_the_valve_and_follows_up(gateway, fleet, devices, dsn) -> None:
@@ -45,16 +32,16 @@ def test_leak_cuts_the_valve_and_follows_up(gateway, fleet, devices, dsn) -> Non
     # commands leave on their own connection, not behind the ingest connection's acks
     assert gateway.metrics().get("gas_mqtt_command_link") == 1
     meter.ack(cmd["cmd_id"])
-    rows = _wait_row(dsn, "SELECT state, attempts, alarm_id FROM valve_commands WHERE cmd_id = %s",
-                     (cmd["cmd_id"],), cond=lambda r: r and r[0][0] == "acked")
+    rows = wait_row(dsn, "SELECT state, attempts, alarm_id FROM valve_commands WHERE cmd_id = %s",
+                    (cmd["cmd_id"],), cond=lambda r: r and r[0][0] == "acked")
     assert rows[0][1] == 1 and rows[0][2] is not None
     with psycopg.connect(dsn) as conn:
         alarms = conn.execute("SELECT kind, severity, value FROM alarms WHERE household_id = %s",
                               (hh.id,)).fetchall()
         orders = conn.execute("SELECT cause, priority, status, arrive_by - opened_at"
                               " FROM work_orders WHERE household_id = %s", (hh.id,)).fetchall()
-        notes = _wait_row(dsn, "SELECT kind, state FROM notifications WHERE household_id = %s",
-                          (hh.id,), cond=lambda r: r and r[0][1] == "sent")
+        notes = wait_row(dsn, "SELECT kind, state FROM notifications WHERE household_id = %s",
+                         (hh.id,), cond=lambda r: r and r[0][1] == "sent")
         readings = conn.execute("SELECT count(*) FROM detector_readings WHERE device_id = %s",
                                 (det.id,)).fetchone()[0]
         audit = {r[0] for r in conn.execute(
@@ -77,7 +64,13 @@ def test_one_leak_is_one_alarm_one_command_one_order(gateway, fleet, devices, ds
         det.detector(30.0)
     _, cmd = meter.commands.get(timeout=5)
     meter.ack(cmd["cmd_id"])
-    time.sleep(0.5)
+    # facts, not a pause: the ack is applied (so no resend is due) and all six readings are
+    # stored, and with them, in the same transactions, whatever alarm or command they caused
+    acked = wait_row(dsn, "SELECT attempts FROM valve_commands WHERE cmd_id = %s AND"
+                     " state = 'acked'", (cmd["cmd_id"],), what="the ack applied")
+    wait_row(dsn, "SELECT count(*) FROM detector_readings WHERE device_id = %s", (det.id,),
+             cond=lambda r: r[0][0] == 6, what="the six readings stored")
+    assert acked == [(1,)]  # sent once, never resent
     assert meter.commands.empty()
     with psycopg.connect(dsn) as conn:
         n_alarms = conn.execute("SELECT count(*) FROM alarms WHERE household_id = %s AND"
@@ -97,15 +90,16 @@ def test_cooking_spike_noise_and_silence_never_cut(gateway, fleet, devices, dsn)
     for v in (2.0, 6.0, 8.5, 9.0, 7.0, 25.0, 3.0, 1.0):  # a spike below 10, one noisy 25
         det.detector(v)
     det.client.disconnect()  # a silent detector
-    time.sleep(1.0)
-    assert meter.commands.empty()
+    # every reading stored: the alarms and commands they caused share their transactions
+    wait_row(dsn, "SELECT count(*) FROM detector_readings WHERE device_id = %s", (det.id,),
+             cond=lambda r: r[0][0] == 8, what="the eight readings stored")
     with psycopg.connect(dsn) as conn:
         kinds = [r[0] for r in conn.execute("SELECT kind FROM alarms WHERE household_id = %s",
                                             (hh.id,))]
-        stored = conn.execute("SELECT count(*) FROM detector_readings WHERE device_id = %s",
-                              (det.id,)).fetchone()[0]
+        cmds = conn.execute("SELECT count(*) FROM valve_commands WHERE household_id = %s",
+                            (hh.id,)).fetchone()[0]
     assert "leak" not in kinds and "prealarm" not in kinds
-    assert stored == 8
+    assert cmds == 0 and meter.commands.empty()
 
 
 def test_meter_that_never_acks_gets_resends_then_escalation(gateway, fleet, devices, dsn) -> None:
@@ -116,11 +110,11 @@ def test_meter_that_never_acks_gets_resends_then_escalation(gateway, fleet, devi
     received = [meter.commands.get(timeout=5)[1] for _ in range(4)]  # first + 3 resends
     assert {c["cmd_id"] for c in received} == {received[0]["cmd_id"]}  # same cmd_id each time
     assert received[0]["reason"] == "overflow"
-    rows = _wait_row(dsn, "SELECT state, attempts FROM valve_commands WHERE cmd_id = %s",
-                     (received[0]["cmd_id"],), cond=lambda r: r and r[0][0] == "escalated")
+    rows = wait_row(dsn, "SELECT state, attempts FROM valve_commands WHERE cmd_id = %s",
+                    (received[0]["cmd_id"],), cond=lambda r: r and r[0][0] == "escalated")
     assert rows[0][1] == 4
-    orders = _wait_row(dsn, "SELECT cause, priority FROM work_orders WHERE household_id = %s"
-                       " ORDER BY cause", (hh.id,), cond=lambda r: len(r) == 2)
+    orders = wait_row(dsn, "SELECT cause, priority FROM work_orders WHERE household_id = %s"
+                      " ORDER BY cause", (hh.id,), cond=lambda r: len(r) == 2)
     assert orders == [("overflow", "urgent"), ("valve_escalation", "urgent")]
     print(f"\n[never-ack meter] commands issued=1 delivered={len(received)} (same cmd_id)"
           f" escalated=1 attempts={rows[0][1]}")
@@ -163,10 +157,10 @@ def test_bad_input_is_rejected_with_reasons_and_the_rest_goes_on(gateway, fleet,
     det.detector(50.0)
     _, cmd = meter.commands.get(timeout=5)
     assert cmd["action"] == "valve_close"
-    rows = _wait_row(dsn, "SELECT reason, count(*) FROM rejects WHERE topic LIKE %s OR"
-                     " topic LIKE 'gas/v1/ghost-000/%%' OR topic LIKE 'gas/v1/bad id!/%%'"
-                     " GROUP BY reason", (f"%{hh.id[:-7]}%",),
-                     cond=lambda r: sum(n for _, n in r) >= len(expected))
+    rows = wait_row(dsn, "SELECT reason, count(*) FROM rejects WHERE topic LIKE %s OR"
+                    " topic LIKE 'gas/v1/ghost-000/%%' OR topic LIKE 'gas/v1/bad id!/%%'"
+                    " GROUP BY reason", (f"%{hh.id[:-7]}%",),
+                    cond=lambda r: sum(n for _, n in r) >= len(expected))
     reasons = dict(rows)
     for reason in ("not_json", "not_utf8", "not_object", "missing_field", "wrong_type",
                    "out_of_range", "unknown_valve_state", "unknown_device", "bad_device_id",
@@ -196,8 +190,8 @@ def test_operator_command_from_the_database_reaches_the_meter(gateway, fleet, de
     _, cmd = meter.commands.get(timeout=5)
     assert cmd["cmd_id"] == f"op-{hh.id}"
     meter.ack(cmd["cmd_id"])
-    _wait_row(dsn, "SELECT state FROM valve_commands WHERE cmd_id = %s", (f"op-{hh.id}",),
-              cond=lambda r: r and r[0][0] == "acked")
+    wait_row(dsn, "SELECT state FROM valve_commands WHERE cmd_id = %s", (f"op-{hh.id}",),
+             cond=lambda r: r and r[0][0] == "acked")
 
 
 def test_riser_leak_in_one_building_is_one_incident(gateway, fleet, devices, dsn) -> None:
@@ -206,8 +200,8 @@ def test_riser_leak_in_one_building_is_one_incident(gateway, fleet, devices, dsn
     gateway.wait_devices(dsn)
     for hh in city[:2]:
         devices(hh.detectors[0].id).detector(45.0)
-    rows = _wait_row(dsn, "SELECT incident_id FROM alarms WHERE household_id = ANY(%s)"
-                     " AND kind = 'leak'", ([h.id for h in city],), cond=lambda r: len(r) == 2)
+    rows = wait_row(dsn, "SELECT incident_id FROM alarms WHERE household_id = ANY(%s)"
+                    " AND kind = 'leak'", ([h.id for h in city],), cond=lambda r: len(r) == 2)
     incidents = {r[0] for r in rows}
     assert len(incidents) <= 2 and any(i is not None for i in incidents)
     with psycopg.connect(dsn) as conn:
@@ -230,7 +224,7 @@ def test_device_state_holds_each_devices_latest_values(gateway, fleet, devices, 
     meter.meter(flow=0.5, valve="closed", vol=124.0, batt=3.3)
     other.publish("status", {"online": True, "fw": "2.4.1"})
     other.detector(1.0)
-    rows = _wait_row(
+    rows = wait_row(
         dsn, "SELECT device_id, online, last_seq, ch4_lel, fault, flow_m3h, vol_m3, valve, batt_v,"
              " rssi, firmware FROM device_state WHERE device_id = ANY(%s) ORDER BY device_id",
         ([det.id, meter.id, other.id],),

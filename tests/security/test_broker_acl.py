@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from support import wait_row
 
 from gateway.ops import credentials
 
@@ -65,15 +66,10 @@ def test_a_device_cannot_publish_readings_under_another_id(gateway: Any, fleet: 
             qos=1).wait_for_publish(5)
     honest = devices(victim_det, subscribe_cmd=False)
     honest.detector(0.5)  # seq 1: the victim's own first reading
+    rows = wait_row(dsn, "SELECT seq, ch4_lel FROM detector_readings WHERE device_id = %s",
+                    (victim_det,), what="the victim's own first reading stored")
+    assert rows == [(1, pytest.approx(0.5))]
     with psycopg.connect(dsn) as conn:
-        deadline = time.monotonic() + 10
-        while True:
-            rows = conn.execute("SELECT seq, ch4_lel FROM detector_readings WHERE device_id = %s",
-                                (victim_det,)).fetchall()
-            if rows or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert rows == [(1, pytest.approx(0.5))]
         events = conn.execute("SELECT count(*) FROM device_events WHERE device_id = %s",
                               (victim_det,)).fetchone()[0]
         assert events == 0

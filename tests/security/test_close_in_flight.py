@@ -6,11 +6,11 @@ guard, for its rule-issued closes not yet written and for API processes racing."
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import psycopg
 import pytest
+from support import wait_row
 
 pytestmark = pytest.mark.services
 
@@ -23,15 +23,11 @@ def _issue(conn: psycopg.Connection[Any], cmd_id: str, meter: str, household: st
 
 
 def _states(dsn: str, ids: list[str], done: Any, timeout_s: float = 10) -> dict[str, tuple]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with psycopg.connect(dsn) as conn:
-            rows = conn.execute("SELECT cmd_id, state, attached_to FROM valve_commands"
-                                " WHERE cmd_id = ANY(%s)", (ids,)).fetchall()
-        got = {r[0]: (r[1], r[2]) for r in rows}
-        if done(got) or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
+    rows = wait_row(dsn, "SELECT cmd_id, state, attached_to FROM valve_commands"
+                    " WHERE cmd_id = ANY(%s)", (ids,),
+                    cond=lambda rows: done({r[0]: (r[1], r[2]) for r in rows}),
+                    timeout_s=timeout_s, what=f"the states of {ids}")
+    return {r[0]: (r[1], r[2]) for r in rows}
 
 
 def test_closes_racing_for_one_meter_send_one_command(gateway: Any, fleet: Any, devices: Any,
@@ -64,14 +60,9 @@ def test_closes_racing_for_one_meter_send_one_command(gateway: Any, fleet: Any, 
     loser = ({"op-race-3", "op-race-4"} - {sent["cmd_id"]}).pop()
     assert got[loser] == ("attached", sent["cmd_id"])
     other_meter.ack(sent["cmd_id"])
-    deadline = time.monotonic() + 10
-    while True:  # the gateway's audit rows travel with its next batch
-        with psycopg.connect(dsn) as conn:
-            audit = conn.execute("SELECT actor FROM audit_log WHERE action = 'command.attached'"
-                                 " AND entity_id = ANY(%s)",
-                                 (["op-race-1", "op-race-2", loser],)).fetchall()
-        if len(audit) == 3 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    # the gateway's audit rows travel with its next batch
+    audit = wait_row(dsn, "SELECT actor FROM audit_log WHERE action = 'command.attached'"
+                     " AND entity_id = ANY(%s)", (["op-race-1", "op-race-2", loser],),
+                     cond=lambda r: len(r) == 3, what="three command.attached audit rows")
     assert audit == [("operator.one",)] * 3
     assert other_meter.commands.empty() and meter.commands.empty()

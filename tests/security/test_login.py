@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 from api_fixtures import PASSWORD
+from support import wait_until_async
 
 from dashboard_api.users import create_user
 
@@ -36,10 +37,10 @@ def _address(prefix: str, who: str) -> str:
 async def database_ready(client: httpx.AsyncClient) -> None:
     """The API's pool is back after the database restarts that fault tests make earlier in
     a run (it answers 503 until then): these tests count exact answers."""
-    deadline = time.monotonic() + 60
-    while (await client.get("/healthz")).status_code != 200:
-        assert time.monotonic() < deadline, "the API's database did not come back"
-        await asyncio.sleep(0.1)
+    async def healthy() -> bool:
+        return (await client.get("/healthz")).status_code == 200
+
+    await wait_until_async(healthy, 60, interval_s=0.1, what="the API's database to come back")
 
 
 @pytest.fixture
@@ -117,6 +118,7 @@ async def _timed_gets(client: httpx.AsyncClient, headers: dict[str, str], n: int
         r = await client.get("/auth/me", headers=headers)
         took.append((at, time.perf_counter() - start))
         assert r.status_code == 200, r.text
+        # pacing: the load's rate is part of the test, not a wait for something to happen
         await asyncio.sleep(max(0.0, every_s - (time.perf_counter() - start)))
     return took
 
@@ -136,10 +138,11 @@ async def test_guessing_is_throttled_with_growing_waits(login, new_user, address
     # While throttled even the right password is refused (and not checked).
     assert (await login(victim, PASSWORD, attacker)).status_code == 429
     # The wait grows: once the 1 s has passed, one more guess, then 2 s.
-    deadline = time.monotonic() + 10
-    while (r := await login(victim, "guess 7 wrong", attacker)).status_code == 429:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    async def guess_taken() -> httpx.Response | None:
+        r = await login(victim, "guess 7 wrong", attacker)
+        return r if r.status_code != 429 else None
+
+    r = await wait_until_async(guess_taken, 10, interval_s=0.1, what="the 1 s wait to end")
     assert r.status_code == 401
     r = await login(victim, "guess 8 wrong", attacker)
     assert r.status_code == 429 and r.headers["retry-after"] == "2"

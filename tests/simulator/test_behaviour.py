@@ -34,7 +34,7 @@ def test_same_seed_same_readings_in_any_order(fleet: Fleet) -> None:
     m = np.arange(fleet.households)
     for t in (T0 + 3600, T0 + 7 * 3600, T0 + 19 * 3600):
         assert all(np.array_equal(x, y) for x, y in zip(a.meter_reading(m, t),
-                                                         b.meter_reading(m, t)))
+                                                         b.meter_reading(m, t), strict=True))
     c = model(fleet, seed=6)
     assert not np.array_equal(c.detector_lel(idx, t)[0], a.detector_lel(idx, t)[0])
 

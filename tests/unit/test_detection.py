@@ -3,7 +3,7 @@
 Pure functions over NumPy state: no services. A batch with repeated devices must give
 exactly what feeding the same readings one at a time gives (checked by hypothesis).
 Every test runs on both engines (the NumPy one and the compiled one of
-gateway/kernels.py); tests/unit/test_kernels.py compares the two directly.
+gateway/core/compiled.py); tests/unit/test_kernels.py compares the two directly.
 """
 
 from __future__ import annotations
@@ -17,21 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.core import detection
-from gateway.core.detection import (
-    AlarmKind,
-    DeviceKind,
-    Effects,
-    FleetState,
-    Thresholds,
-    ValveCode,
-    evaluate_detectors,
-    evaluate_meters,
-    group_incidents,
-    mark_offline,
-    mark_seen,
-    sweep,
-)
+from gateway.core import gas_rules
+from gateway.core.alarms import AlarmKind, DeviceKind, ValveCode
+from gateway.core.effects import Effects
+from gateway.core.fleet import FleetState
+from gateway.core.gas_rules import evaluate_detectors
+from gateway.core.incidents import group_incidents
+from gateway.core.meter_rules import evaluate_meters
+from gateway.core.sweep import mark_offline, mark_seen, sweep
+from gateway.core.thresholds import Thresholds
 
 T0 = 1_800_000_000.0
 DAY = 86400.0
@@ -509,7 +503,7 @@ def _same_state(a: FleetState, b: FleetState) -> None:
     for name in ("active", "last_seen", "valve_state", "last_flow_m3h"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
     for name in ("runs", "stuck_since_ts", "stuck_ref_lel", "flow_since_ts", "micro_since_ts"):
-        np.testing.assert_array_equal(a._hot[name], b._hot[name], err_msg=name)
+        np.testing.assert_array_equal(a.records[name], b.records[name], err_msg=name)
     np.testing.assert_array_equal(a.rise_lel, b.rise_lel)
     np.testing.assert_array_equal(a.rise_ts, b.rise_ts)
 
@@ -598,8 +592,8 @@ def test_large_batches_split_off_quiet_readings_with_the_same_result() -> None:
         state.model[dets[::3]] = 1
         rng = np.random.default_rng(7)
         effects = []
-        saved = detection._SPLIT_MIN
-        detection._SPLIT_MIN = split_min
+        saved = gas_rules.SPLIT_MIN
+        gas_rules.SPLIT_MIN = split_min
         try:
             for b in range(30):
                 n = 700
@@ -610,7 +604,7 @@ def test_large_batches_split_off_quiet_readings_with_the_same_result() -> None:
                 ts = T0 + b * 20.0 + np.sort(rng.uniform(0, 20, n))
                 effects.append(evaluate_detectors(state, slots, ch4, fault, ts, float(ts[-1])))
         finally:
-            detection._SPLIT_MIN = saved
+            gas_rules.SPLIT_MIN = saved
         results.append((state, Effects.concat(effects)))
     (a, ea), (b, eb) = results
     assert len(ea) > 100  # the rules did fire

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from feed import NOW, Harness, rows
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.protocol.packets import Message
 from gateway.settings import Settings
@@ -141,9 +143,6 @@ def test_flush_hands_the_batch_to_the_writer(h: Harness) -> None:
 
 
 # ---------------------------------------------------------------- fuzzing the hot path
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 _topics = st.one_of(
     st.sampled_from([f"gas/v1/{d}/{c}" for d in ("d1", "m1", "d2", "ghost", "bad id")
                      for c in ("telemetry", "ack", "status", "event", "cmd", "x")]),
@@ -181,9 +180,9 @@ def test_fuzzed_messages_never_escape_and_every_one_is_accounted_for(msgs) -> No
 
 def test_a_mass_offline_sweep_pauses_between_ranges_and_raises_the_same(
         h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.pipeline import gateway as service
+    from gateway.pipeline import ticks
 
-    monkeypatch.setattr(service, "TICK_SLOTS", 2)
+    monkeypatch.setattr(ticks, "TICK_SLOTS", 2)
     h.now += 3 * 86400  # every device silent for days
     parts = list(h.gw.tick_in_parts(h.now))
     assert len(parts) == 3  # six devices, two per range: the loop runs between them
@@ -199,9 +198,9 @@ def _all(h: Harness, name: str) -> list[Any]:
 
 def test_a_sweeps_alarms_are_applied_in_parts_and_a_reading_finishes_them_first(
         h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.pipeline import gateway as service
+    from gateway.pipeline import actions
 
-    monkeypatch.setattr(service, "APPLY_STEP", 2)
+    monkeypatch.setattr(actions, "APPLY_STEP", 2)
     h.now += 3 * 86400  # all six devices silent for days: six offline alarms in one range
     parts = h.gw.tick_in_parts(h.now)
     assert next(parts) is True and h.gw.applying  # two raised, the loop may run now
@@ -219,13 +218,13 @@ def test_a_sweeps_alarms_are_applied_in_parts_and_a_reading_finishes_them_first(
 
 def test_a_sweep_applied_in_parts_raises_what_one_apply_raises(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.pipeline import gateway as service
+    from gateway.pipeline import actions
 
     whole, parted = Harness(), Harness()
     for x in (whole, parted):
         x.now += 3 * 86400
     whole.gw.tick(whole.now)
-    monkeypatch.setattr(service, "APPLY_STEP", 1)
+    monkeypatch.setattr(actions, "APPLY_STEP", 1)
     flags = list(parted.gw.tick_in_parts(parted.now))
     assert flags == [True] * 5 + [False]
 
@@ -242,10 +241,10 @@ async def test_the_service_holds_judging_while_a_sweep_is_half_applied(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from gateway.pipeline import gateway as service
+    from gateway.pipeline import actions
     from gateway.service import app
 
-    monkeypatch.setattr(service, "APPLY_STEP", 1)
+    monkeypatch.setattr(actions, "APPLY_STEP", 1)
     svc = app.GatewayService(Settings())
     svc.gw.load_devices(rows())
     svc.gw.publish = lambda t, p: None
@@ -266,7 +265,7 @@ async def test_the_service_holds_judging_while_a_sweep_is_half_applied(
 
 
 def test_an_operators_close_attaches_to_the_close_in_flight(h: Harness) -> None:
-    from gateway.core.response import ValveCommand
+    from gateway.core.commands import ValveCommand
 
     h.detector("d1", 45.0)  # the gateway's own close, not yet acked
     assert h.closes() == ["m1"]

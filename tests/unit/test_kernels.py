@@ -1,4 +1,4 @@
-"""The compiled engine (gateway/kernels.py) against the NumPy engine, its specification.
+"""The compiled engine (gateway/core/compiled.py) against the NumPy engine, its specification.
 
 Two FleetStates built alike, one per engine, get the same random steps: fleets with
 several models (per-model thresholds), meters and detectors, households without a
@@ -24,23 +24,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.core import detection, kernels
-from gateway.core.detection import (
-    AlarmKind,
-    DeviceKind,
-    Effects,
-    FleetState,
-    Thresholds,
-    ValveCode,
-    evaluate_detectors,
-    evaluate_meters,
-    mark_offline,
-    mark_seen,
-    sweep,
-)
+from gateway.core import compiled, fleet, gas_rules, kernels, thresholds
+from gateway.core.alarms import AlarmKind, DeviceKind, ValveCode
+from gateway.core.effects import Effects
+from gateway.core.fleet import RECORD, FleetState
+from gateway.core.gas_rules import evaluate_detectors
+from gateway.core.meter_rules import evaluate_meters
+from gateway.core.sweep import mark_offline, mark_seen, sweep
+from gateway.core.thresholds import Thresholds
 
 T0 = 1_800_000_000.0
-RING = detection.RING
+RING = thresholds.RING
 ROOT = Path(__file__).resolve().parents[2]
 
 # Short durations so that every rule fires within a test; profiles that differ in every
@@ -118,14 +112,14 @@ def build(households: list[tuple[bool, int, int, int, int]]) -> Fleet:
 
 def assert_same_state(a: FleetState, b: FleetState) -> None:
     assert a.n_devices == b.n_devices
-    assert a._hot_bytes.tobytes() == b._hot_bytes.tobytes(), _hot_diff(a, b)
+    assert a.records_bytes.tobytes() == b.records_bytes.tobytes(), _hot_diff(a, b)
     assert a.rise_lel.tobytes() == b.rise_lel.tobytes()
     assert a.rise_ts.tobytes() == b.rise_ts.tobytes()
 
 
 def _hot_diff(a: FleetState, b: FleetState) -> str:
-    rows = np.nonzero((a._hot_bytes != b._hot_bytes).any(axis=1))[0]
-    return "\n".join(f"slot {r}: {a._hot[r]} != {b._hot[r]}" for r in rows[:5])
+    rows = np.nonzero((a.records_bytes != b.records_bytes).any(axis=1))[0]
+    return "\n".join(f"slot {r}: {a.records[r]} != {b.records[r]}" for r in rows[:5])
 
 
 def assert_same_effects(a: Effects, b: Effects) -> None:
@@ -368,11 +362,11 @@ def test_rise_rule_on_a_grid_of_ramps() -> None:
 
 
 def test_ring_sums_add_in_the_same_order() -> None:
-    """The rise fit's sums: kernels._sum8 adds in detection._sum8's (pairwise) order."""
+    """The rise fit's sums: kernels.sum8 adds in gas_rules.pairwise_sum8's order."""
     rng = np.random.default_rng(3)
     a = rng.standard_normal((3000, RING)) * 10.0 ** rng.integers(-3, 10, (3000, RING))
-    expected = detection._sum8(a)
-    got = np.array([kernels._sum8(row) for row in a])
+    expected = gas_rules.pairwise_sum8(a)
+    got = np.array([kernels.sum8(row) for row in a])
     assert expected.tobytes() == got.tobytes()
     sequential = a[:, 0].copy()
     for j in range(1, RING):
@@ -391,7 +385,7 @@ def test_engine_choice() -> None:
 
 
 def test_auto_falls_back_to_numpy_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(detection, "_KERNELS", None)  # as if `import numba` failed
+    monkeypatch.setattr(fleet, "_compiled", None)  # as if `import numba` failed
     assert FleetState().engine == "numpy"
     with pytest.raises(ImportError):
         FleetState(engine="compiled")
@@ -399,7 +393,7 @@ def test_auto_falls_back_to_numpy_without_numba(monkeypatch: pytest.MonkeyPatch)
 
 def test_inputs_of_any_form_use_the_one_compiled_signature() -> None:
     """After warm-up nothing compiles again: odd inputs are converted, not compiled for."""
-    kernels.warm_up()
+    compiled.warm_up()
     state = FleetState(engine="compiled")
     m = state.add_devices([1], [0], [-1], [0], [2.5], [T0], T0)
     d = state.add_devices([0, 0], [0, 0], [int(m[0])] * 2, [0, 0], [np.nan] * 2, [T0] * 2, T0)
@@ -411,7 +405,7 @@ def test_inputs_of_any_form_use_the_one_compiled_signature() -> None:
     evaluate_meters(state, m.astype(np.int16), [0.5], [1.0], [1], [3.2], [T0 + 4], T0 + 4)
     evaluate_meters(state, [int(m[0])], np.float64(9.0), [0], np.uint8(0), 3.0, T0 + 5,
                     T0 + 5)
-    for fn in (kernels._detector_kernel, kernels._meter_kernel):
+    for fn in (kernels.detector_kernel, kernels.meter_kernel):
         assert len(fn.signatures) == 1, fn.signatures
 
 
@@ -419,14 +413,14 @@ def test_compiled_engine_checks_before_writing() -> None:
     state = FleetState(engine="compiled")
     m = state.add_devices([1], [0], [-1], [0], [2.5], [T0], T0)
     d = state.add_devices([0], [0], m, [0], [np.nan], [T0], T0)
-    before = state._hot_bytes.copy()
+    before = state.records_bytes.copy()
     with pytest.raises(ValueError, match="every slot must be a detector"):
         evaluate_detectors(state, [d[0], m[0]], [45.0, 45.0], [0, 0], [T0, T0], T0)
     with pytest.raises(ValueError, match="every slot must be a meter"):
         evaluate_meters(state, [m[0], d[0]], [9.0, 9.0], [0, 0], [0, 0], [3.6, 3.6],
                         [T0, T0], T0)
-    scratch = detection._HOT.fields["scratch"][1]
-    changed = np.nonzero(state._hot_bytes != before)[1]
+    scratch = RECORD.fields["scratch"][1]
+    changed = np.nonzero(state.records_bytes != before)[1]
     assert set(changed.tolist()) <= set(range(scratch, scratch + 4))  # only batch positions
 
 
@@ -442,16 +436,16 @@ def test_a_model_without_thresholds_fails_on_both_engines() -> None:
 
 
 def test_a_second_process_loads_the_kernels_from_the_cache() -> None:
-    kernels.warm_up()  # this process compiled them, or loaded them itself
+    compiled.warm_up()  # this process compiled them, or loaded them itself
     code = textwrap.dedent("""
         import time
         t0 = time.perf_counter()
-        from gateway.core import kernels
-        seconds = kernels.warm_up()
+        from gateway.core import compiled, kernels
+        seconds = compiled.warm_up()
         hits = [sum(f.stats.cache_hits.values()) for f in
-                (kernels._detector_kernel, kernels._meter_kernel)]
+                (kernels.detector_kernel, kernels.meter_kernel)]
         misses = [sum(f.stats.cache_misses.values()) for f in
-                  (kernels._detector_kernel, kernels._meter_kernel)]
+                  (kernels.detector_kernel, kernels.meter_kernel)]
         print(hits, misses, round(seconds, 3), round(time.perf_counter() - t0, 3))
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_DISABLE")}

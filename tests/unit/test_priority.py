@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from gateway.service.priority import set_thread_priority
+from gateway.priority import set_thread_priority
 
 
 def _in_thread(rt: int, nice: int) -> tuple[str, int, int, int]:

@@ -6,16 +6,9 @@ import datetime as dt
 
 import pytest
 
-from gateway.core.detection import AlarmKind
-from gateway.core.response import (
-    POLICIES,
-    CommandBook,
-    CommandState,
-    Priority,
-    UnknownCommand,
-    ValveCommand,
-    sla_deadlines,
-)
+from gateway.core.alarms import AlarmKind
+from gateway.core.commands import CommandBook, CommandState, UnknownCommand, ValveCommand
+from gateway.core.response import POLICIES, Priority, sla_deadlines
 
 
 def _cmd(cmd_id: str = "c1", meter: str = "m1") -> ValveCommand:

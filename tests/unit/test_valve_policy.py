@@ -11,7 +11,7 @@ from dashboard_api import valve_policy as vp
 from dashboard_api import workflow
 from dashboard_api.workflow import ActiveAlarm
 from gateway.core import response
-from gateway.core.detection import GAS_KINDS
+from gateway.core.alarms import GAS_KINDS
 
 T0 = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.UTC)
 LONG_REASON = "closing the whole riser on the fire brigade's request"

@@ -10,8 +10,12 @@ import time
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc = {"ts": round(record.created, 3), "level": record.levelname,
-               "logger": record.name, "msg": record.getMessage()}
+        doc = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc)
@@ -22,8 +26,9 @@ def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
     if as_json:
         handler.setFormatter(_JsonFormatter())
     else:
-        fmt = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(name)s %(message)s",
-                                "%Y-%m-%dT%H:%M:%S")
+        fmt = logging.Formatter(
+            "%(asctime)s.%(msecs)03d %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S"
+        )
         fmt.converter = time.gmtime
         handler.setFormatter(fmt)
     root = logging.getLogger()

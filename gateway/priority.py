@@ -21,12 +21,17 @@ def set_thread_priority(rt_priority: int, nice: int, what: str) -> str:
             os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(rt_priority))
             return f"SCHED_RR {rt_priority}"
         except (OSError, AttributeError) as err:
-            logger.info("the %s thread stays an ordinary thread (real-time not permitted: %s)",
-                        what, err)
+            logger.info(
+                "the %s thread stays an ordinary thread (real-time not permitted: %s)", what, err
+            )
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
         return f"nice {nice}"
     except (OSError, AttributeError) as err:
-        logger.info("cpu priority of the %s thread left as it was (nice %d not permitted: %s)",
-                    what, nice, err)
+        logger.info(
+            "cpu priority of the %s thread left as it was (nice %d not permitted: %s)",
+            what,
+            nice,
+            err,
+        )
         return "unchanged"
