@@ -23,25 +23,22 @@ Authority, each decision under the meter's row lock (and the caller's account lo
 * mass actions: past `api.valve_mass_action_threshold` actions a minute (default 10) an
   account must send `confirm_mass_action` with a reason; at `api.valve_rate_limit_per_minute`
   (default 30) it gets 429.
-Every accepted or refused request is in the audit trail (refusals as `valve.refused`).
+Every accepted or refused request is in the audit trail (refusals as `valve.refused`). How a
+decision runs and a command is issued is dashboard_api.valve_commands'; this module is the routes.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Response, status
 from psycopg import AsyncConnection
 
-from dashboard_api import pagination, valve_facts, valve_policy
+from dashboard_api import pagination, valve_commands, valve_facts, valve_policy
 from dashboard_api.deps import Admin, Conn, Engineer, Operator, State, Viewer
-from dashboard_api.errors import ApiError, Conflict, NotFound, TooManyRequests
-from dashboard_api.identity import Principal
+from dashboard_api.errors import NotFound
 from dashboard_api.params import Cursor, Limit, ident, row_id
-from dashboard_api.queries import notify_command, record, where
+from dashboard_api.queries import record, where
 from dashboard_api.routes import work_orders
 from dashboard_api.schemas import (
     CommandAccepted,
@@ -52,19 +49,14 @@ from dashboard_api.schemas import (
     ValveCommand,
     ValveRequest,
 )
+from dashboard_api.valve_commands import COMMAND_COLUMNS
 from dashboard_api.valve_policy import Refused
 from dashboard_api.workflow import BLOCKING_CAUSES, OPEN_STATUSES
-from gateway.settings import ApiSettings
 
 router = APIRouter(prefix="/valves", tags=["valves"])
 
 MeterId = Annotated[str, ident("m000042")]
 RequestId = Annotated[int, row_id(3)]
-T = TypeVar("T")
-
-COMMAND_COLUMNS = """cmd_id, meter_id, household_id, action, reason, alarm_id, state, attempts,
-    requested_by, issued_at, sent_at, acked_at, ack_ok, ack_valve, ack_error, updated_at,
-    attached_to"""
 
 CLOSE_NOTE = (
     "Command issued; the gateway sends it to the meter and records the "
@@ -95,66 +87,6 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
         "see Retry-After"
     },
 }
-
-
-def _error(err: Refused) -> ApiError:
-    extra = {"condition": err.condition, **err.context}
-    if err.status == 429:
-        return TooManyRequests(
-            err.message, headers={"Retry-After": str(err.retry_after_s)}, **extra
-        )
-    return Conflict(err.message, **extra)
-
-
-async def _decide(
-    conn: AsyncConnection[Any],
-    who: Principal,
-    meter_id: str,
-    request: str,
-    body: ValveRequest,
-    counted: bool,
-    work: Callable[[bool], Awaitable[T]],
-    limits: ApiSettings,
-) -> T:
-    """Run `work(mass_action)` in a savepoint, after the account's rate check when the
-    request is `counted`. A refusal rolls the work back but is itself audited and committed,
-    then answered."""
-    refused: Refused | None = None
-    async with conn.transaction():
-        try:
-            mass = False
-            if counted:
-                await valve_facts.lock_account(conn, who.username)
-                db_now, recent = await valve_facts.recent_actions(conn, who.username)
-                mass = valve_policy.judge_rate(
-                    recent,
-                    db_now,
-                    body.confirm_mass_action,
-                    body.reason,
-                    threshold=limits.valve_mass_action_threshold,
-                    limit=limits.valve_rate_limit_per_minute,
-                    reason_min_chars=limits.valve_mass_reason_min_chars,
-                )
-            async with conn.transaction():
-                return await work(mass)
-        except Refused as err:
-            refused = err
-            await record(
-                conn,
-                who.username,
-                "valve.refused",
-                "device",
-                meter_id,
-                {
-                    "request": request,
-                    "condition": err.condition,
-                    "detail": err.message,
-                    "reason": body.reason,
-                    "confirm_mass_action": body.confirm_mass_action,
-                },
-            )
-    assert refused is not None
-    raise _error(refused) from None
 
 
 async def _meter(conn: AsyncConnection[Any], meter_id: str) -> dict[str, Any]:
@@ -209,63 +141,6 @@ async def commands(
     return {"items": items, "next_cursor": nxt}
 
 
-async def _issue(
-    conn: AsyncConnection[Any],
-    meter: dict[str, Any],
-    action: str,
-    reason: str,
-    who: Principal,
-    now: dt.datetime,
-    alarm_id: int | None,
-    details: dict[str, Any],
-) -> dict[str, Any]:
-    """Insert the command, audit it and wake the gateway, in the caller's transaction."""
-    cmd_id = f"op-{uuid.uuid4().hex}"
-    row = await (
-        await conn.execute(
-            f"""INSERT INTO valve_commands (cmd_id, meter_id, household_id, action, reason,
-                                        alarm_id, state, requested_by, issued_at, updated_at)
-            VALUES (%s, %s, %s, %s, %s, %s, 'issued', %s, %s, %s) RETURNING {COMMAND_COLUMNS}""",
-            (
-                cmd_id,
-                meter["id"],
-                meter["household_id"],
-                action,
-                reason,
-                alarm_id,
-                who.username,
-                now,
-                now,
-            ),
-        )
-    ).fetchone()
-    assert row is not None
-    await record(
-        conn,
-        who.username,
-        f"valve.{action}",
-        "valve_command",
-        cmd_id,
-        {
-            "meter_id": meter["id"],
-            "household_id": meter["household_id"],
-            "reason": reason,
-            **details,
-        },
-        event={
-            "type": "command.requested",
-            "cmd_id": cmd_id,
-            "meter_id": meter["id"],
-            "household_id": meter["household_id"],
-            "action": action,
-            "by": who.username,
-            "at": now.isoformat(),
-        },
-    )
-    await notify_command(conn, cmd_id)
-    return row
-
-
 @router.post(
     "/{meter_id}/close",
     response_model=CommandAccepted,
@@ -314,7 +189,7 @@ async def close(
                 "work_order_id": wo and wo["id"],
                 "note": ATTACHED_NOTE.format(cmd=current["cmd_id"], state=current["state"]),
             }
-        row = await _issue(
+        row = await valve_commands.issue(
             conn,
             meter,
             "valve_close",
@@ -335,78 +210,9 @@ async def close(
         )
         return {"command": row, "work_order_id": wo_id, "note": CLOSE_NOTE.format(wo=wo_id)}
 
-    return await _decide(conn, who, meter_id, "close", body, True, work, state.settings.api)
-
-
-async def _request_for_supervisor(
-    conn: AsyncConnection[Any],
-    meter: dict[str, Any],
-    facts: valve_policy.ReopenFacts,
-    grant: valve_policy.Grant,
-    body: ValveRequest,
-    who: Principal,
-    now: dt.datetime,
-) -> dict[str, Any]:
-    """The resolver's own reopen: held as the meter's pending request (the same one when it
-    is asked for again)."""
-    cut = facts.cut
-    assert cut is not None
-    existing = await valve_facts.pending_reopen(conn, meter["id"])
-    if existing is not None:
-        if (existing["requested_by"], existing["cut_cmd_id"], existing["cut_at"]) == (
-            who.username,
-            cut.cmd_id,
-            cut.at,
-        ):
-            return existing
-        await conn.execute(
-            "UPDATE valve_reopen_requests SET status = 'superseded', decided_at = %s,"
-            " decision_note = %s WHERE id = %s",
-            (now, f"superseded by a newer request of {who.username}", existing["id"]),
-        )
-    row = await (
-        await conn.execute(
-            "INSERT INTO valve_reopen_requests (meter_id, household_id, cut_cmd_id, cut_at,"
-            " work_order_id, resolved_by, requested_by, reason, requested_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            f" RETURNING {valve_facts.REQUEST_COLUMNS}",
-            (
-                meter["id"],
-                meter["household_id"],
-                cut.cmd_id,
-                cut.at,
-                grant.basis.id,
-                grant.basis.resolved_by,
-                who.username,
-                body.reason,
-                now,
-            ),
-        )
-    ).fetchone()
-    assert row is not None
-    await record(
-        conn,
-        who.username,
-        "valve.reopen_requested",
-        "valve_reopen_request",
-        row["id"],
-        {
-            "meter_id": meter["id"],
-            "household_id": meter["household_id"],
-            "work_order_id": grant.basis.id,
-            "cut_cmd_id": cut.cmd_id,
-            "reason": body.reason,
-        },
-        event={
-            "type": "valve.reopen_pending",
-            "request_id": row["id"],
-            "meter_id": meter["id"],
-            "household_id": meter["household_id"],
-            "by": who.username,
-            "at": now.isoformat(),
-        },
+    return await valve_commands.decide(
+        conn, who, meter_id, "close", body, True, work, state.settings.api
     )
-    return row
 
 
 @router.post(
@@ -426,14 +232,16 @@ async def reopen(
         grant = valve_policy.judge_reopen(facts, who.username)
         now = state.clock()
         if grant.needs_supervisor:
-            req = await _request_for_supervisor(conn, meter, facts, grant, body, who, now)
+            req = await valve_commands.request_for_supervisor(
+                conn, meter, facts, grant, body, who, now
+            )
             return {
                 "request": req,
                 "note": PENDING_NOTE.format(wo=grant.basis.id, meter=meter_id, req=req["id"]),
             }
         basis = grant.basis
         assert facts.cut is not None
-        row = await _issue(
+        row = await valve_commands.issue(
             conn,
             meter,
             "valve_open",
@@ -455,7 +263,9 @@ async def reopen(
         )
         return {"command": row, "note": REOPEN_NOTE}
 
-    return await _decide(conn, who, meter_id, "reopen", body, True, work, state.settings.api)
+    return await valve_commands.decide(
+        conn, who, meter_id, "reopen", body, True, work, state.settings.api
+    )
 
 
 @router.post(
@@ -481,7 +291,7 @@ async def confirm_reopen(
         facts = await valve_facts.reopen_facts(conn, meter)
         basis = valve_policy.judge_confirmation(facts, valve_facts.as_pending(req), who.username)
         now = state.clock()
-        row = await _issue(
+        row = await valve_commands.issue(
             conn,
             meter,
             "valve_open",
@@ -506,7 +316,7 @@ async def confirm_reopen(
         )
         return {"command": row, "note": REOPEN_NOTE}
 
-    return await _decide(
+    return await valve_commands.decide(
         conn, who, meter_id, "confirm_reopen", body, True, work, state.settings.api
     )
 
@@ -604,7 +414,9 @@ async def inspection(
             ),
         }
 
-    result = await _decide(conn, who, meter_id, "inspection", body, False, work, state.settings.api)
+    result = await valve_commands.decide(
+        conn, who, meter_id, "inspection", body, False, work, state.settings.api
+    )
     if not result["created"]:
         response.status_code = status.HTTP_200_OK
     return result
