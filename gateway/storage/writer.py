@@ -6,119 +6,35 @@ COMMIT are the batch's MQTT messages acknowledged, so a crash loses nothing the 
 does not redeliver, and the unique keys absorb the redeliveries. Readings go by binary
 COPY (built by NumPy); a batch with redelivered rows goes through a staging table and
 `INSERT ... ON CONFLICT DO NOTHING`. When the database is away the thread retries with
-backoff while batches wait in memory; the caller bounds that memory.
+backoff while batches wait in memory (or spools them, see gateway.storage.spool); the
+caller bounds that memory.
+
+This module is the thread: its loop, group commits, the spool and the acknowledgements.
+The COPY payloads are built in gateway.storage.copy_rows; the SQL for everything else a
+batch decided is in gateway.storage.statements.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.types.json import Jsonb
 
 from gateway.core.registry import Registry
-from gateway.storage import copy_format
+from gateway.storage import statements
+from gateway.storage.copy_rows import DET_COLS, MET_COLS, copy_chunks
 from gateway.storage.rows import Batch, Readings, merge_batches
 from gateway.storage.spool import Spool
 
 logger = logging.getLogger(__name__)
-
-DET_HEAD = copy_format.field_dtype([("nfields", ""), ("time", ">i8"), ("device", "")])
-DET_TAIL = copy_format.field_dtype(
-    [("seq", ">i8"), ("ch4", ">f4"), ("fault", ">i4"), ("received", ">i8"), ("flags", ">i2")]
-)
-MET_HEAD = DET_HEAD
-MET_TAIL = copy_format.field_dtype(
-    [
-        ("seq", ">i8"),
-        ("vol", ">f8"),
-        ("flow", ">f4"),
-        ("valve", ">i2"),
-        ("batt", ">f4"),
-        ("rssi", ">i2"),
-        ("received", ">i8"),
-        ("flags", ">i2"),
-    ]
-)
-DET_COLS = "time, device_id, seq, ch4_lel, fault, received_at, flags"
-MET_COLS = "time, device_id, seq, vol_m3, flow_m3h, valve, batt_v, rssi, received_at, flags"
-
-
-def _ts(epoch: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC)
-
-
-def _copy_chunks(registry: Registry, r: Readings, kind: str) -> Iterator[bytes]:
-    """The binary COPY data of `r`, in pieces (see copy_format.chunk_bounds)."""
-    for lo, hi, header, trailer in copy_format.chunk_bounds(len(r)):
-        part = (
-            r
-            if (lo, hi) == (0, len(r))
-            else Readings(
-                r.slot[lo:hi],
-                r.seq[lo:hi],
-                r.time[lo:hi],
-                r.received[lo:hi],
-                r.flags[lo:hi],
-                {k: v[lo:hi] for k, v in r.values.items()},
-            )
-        )
-        yield _copy_payload(registry, part, kind, header, trailer)
-
-
-def _copy_payload(
-    registry: Registry, r: Readings, kind: str, header: bool = True, trailer: bool = True
-) -> bytes:
-    n = len(r)
-    slots = r.slot
-    head = np.empty(n, DET_HEAD)
-    head["nfields"] = 7 if kind == "detector" else 10
-    head["time_len"] = 8
-    head["time"] = copy_format.pg_micros(r.time)
-    head["device_len"] = registry.id_len[slots]
-    if kind == "detector":
-        tail = np.empty(n, DET_TAIL)
-        tail["ch4"] = r.values["ch4"]
-        tail["fault"] = r.values["fault"]
-        for name, width in (("seq", 8), ("ch4", 4), ("fault", 4), ("received", 8), ("flags", 2)):
-            tail[name + "_len"] = width
-    else:
-        tail = np.empty(n, MET_TAIL)
-        for name in ("vol", "flow", "valve", "batt", "rssi"):
-            tail[name] = r.values[name]
-        for name, width in (
-            ("seq", 8),
-            ("vol", 8),
-            ("flow", 4),
-            ("valve", 2),
-            ("batt", 4),
-            ("rssi", 2),
-            ("received", 8),
-            ("flags", 2),
-        ):
-            tail[name + "_len"] = width
-    tail["seq"] = r.seq
-    tail["received"] = copy_format.pg_micros(r.received)
-    tail["flags"] = r.flags
-    return copy_format.assemble(
-        head,
-        registry.id_bytes,
-        registry.id_start[slots],
-        registry.id_len[slots],
-        tail,
-        header,
-        trailer,
-    )
 
 
 class Writer:
@@ -398,53 +314,7 @@ class Writer:
             ):
                 if r is not None and len(r):
                     self._copy_readings(cur, kind, r, table, cols, b.redelivered)
-            if b.rejects:
-                cur.executemany(
-                    "INSERT INTO rejects (time, device_id, topic, reason, detail,"
-                    " payload_head) VALUES (%s, %s, %s, %s, %s, %s)",
-                    b.rejects,
-                )
-            if b.events:
-                cur.executemany(
-                    "INSERT INTO device_events (time, device_id, seq, type, payload,"
-                    " received_at) VALUES (%s, %s, %s, %s, %s, %s)",
-                    b.events,
-                )
-            alarm_ids = self._write_alarms(cur, b)
-            self._write_commands(cur, b, alarm_ids)
-            wo_live = self._write_work_orders(cur, b, alarm_ids)
-            if b.notifications:
-                cur.executemany(
-                    "INSERT INTO notifications (household_id, kind, channel, recipient, body,"
-                    " dedupe_key, alarm_id) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (dedupe_key) DO NOTHING",
-                    [
-                        (
-                            n.household_id,
-                            n.kind,
-                            n.channel,
-                            n.recipient,
-                            n.body,
-                            n.dedupe_key,
-                            alarm_ids.get(n.alarm_key) if n.alarm_key else None,
-                        )
-                        for n in b.notifications
-                    ],
-                )
-            if b.audit:
-                cur.executemany(
-                    "INSERT INTO audit_log (at, actor, action, entity, entity_id,"
-                    " details) VALUES (now(), %s, %s, %s, %s, %s)",
-                    [(a, act, e, eid, Jsonb(d)) for a, act, e, eid, d in b.audit],
-                )
-            live = b.live + wo_live  # after the alarms they follow from
-            if live:
-                for e in live:  # the ids exist now: the API and its live stream use them
-                    if e["type"] in ("alarm.raised", "alarm.cleared") and "alarm_id" not in e:
-                        e["alarm_id"] = alarm_ids.get((e["device_id"], e["kind"]))
-                cur.executemany(
-                    "SELECT pg_notify('gas_events', %s)", [(json.dumps(e),) for e in live]
-                )
+            statements.write_decisions(cur, b)
 
     def _copy_readings(
         self,
@@ -455,13 +325,15 @@ class Writer:
         cols: str,
         redelivered: bool,
     ) -> None:
+        """COPY straight into `table`; a batch that may repeat stored rows goes through a
+        staging table and ON CONFLICT DO NOTHING, so a redelivery never fails the batch."""
         if not redelivered:
             try:
                 with (
                     cur.connection.transaction(),
                     cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp,
                 ):
-                    for piece in _copy_chunks(self.registry, r, kind):
+                    for piece in copy_chunks(self.registry, r, kind):
                         cp.write(piece)
                 return
             except psycopg.errors.UniqueViolation:
@@ -469,210 +341,7 @@ class Writer:
         stage = f"stage_{table}"
         cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
         with cur.copy(f"COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
-            for piece in _copy_chunks(self.registry, r, kind):
+            for piece in copy_chunks(self.registry, r, kind):
                 cp.write(piece)
         cur.execute(f"INSERT INTO {table} SELECT * FROM {stage} ON CONFLICT DO NOTHING")
         self.duplicates_absorbed += len(r) - max(cur.rowcount, 0)
-
-    def _write_alarms(self, cur: psycopg.Cursor[Any], b: Batch) -> dict[tuple[str, str], int]:
-        """Set-based: an alarm storm (a sweep finding thousands of old meters) is one round trip
-        per statement, not per alarm."""
-        ids: dict[tuple[str, str], int] = {}
-        if b.alarms:
-            incident_of: dict[int, int] = {}
-            for i, a in enumerate(b.alarms):
-                if a.incident:  # rare: a riser leak
-                    cur.execute(
-                        "INSERT INTO incidents (building, community, kind, opened_at, households)"
-                        " VALUES (%s, %s, %s, %s, 1) ON CONFLICT (building, kind)"
-                        " WHERE closed_at IS NULL DO UPDATE SET"
-                        " households = incidents.households + 1 RETURNING id",
-                        (a.building, a.community, a.kind, _ts(a.raised_at)),
-                    )
-                    incident_of[i] = cur.fetchone()[0]  # type: ignore[index]
-            cur.executemany(
-                "INSERT INTO alarms (device_id, household_id, kind, severity, value, raised_at,"
-                " flow_at_meter, evidence, incident_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (device_id, kind) WHERE cleared_at IS NULL DO NOTHING"
-                " RETURNING id, device_id, kind",
-                [
-                    (
-                        a.device_id,
-                        a.household_id,
-                        a.kind,
-                        a.severity,
-                        a.value,
-                        _ts(a.raised_at),
-                        a.flow_at_meter,
-                        Jsonb(a.evidence),
-                        incident_of.get(i),
-                    )
-                    for i, a in enumerate(b.alarms)
-                ],
-                returning=True,
-            )
-            new: dict[tuple[str, str], int] = {}
-            while True:
-                for aid, device_id, kind in cur.fetchall():
-                    new[(device_id, kind)] = aid
-                if not cur.nextset():
-                    break
-            ids.update(new)
-            missing = [(a.device_id, a.kind) for a in b.alarms if (a.device_id, a.kind) not in ids]
-            if missing:  # already open (raised before a restart): keep that one
-                cur.execute(
-                    "SELECT a.id, a.device_id, a.kind FROM alarms a JOIN unnest(%s::text[],"
-                    " %s::text[]) AS m(device_id, kind) USING (device_id, kind)"
-                    " WHERE a.cleared_at IS NULL",
-                    ([d for d, _ in missing], [k for _, k in missing]),
-                )
-                for aid, device_id, kind in cur.fetchall():
-                    ids[(device_id, kind)] = aid
-            if new:
-                by_key = {(a.device_id, a.kind): a for a in b.alarms}
-                cur.executemany(
-                    "INSERT INTO audit_log (actor, action, entity, entity_id, details)"
-                    " VALUES ('gateway', 'alarm.raised', 'alarm', %s, %s)",
-                    [
-                        (
-                            str(aid),
-                            Jsonb(
-                                {
-                                    "device": k[0],
-                                    "kind": k[1],
-                                    "value": by_key[k].value,
-                                    "evidence": by_key[k].evidence,
-                                }
-                            ),
-                        )
-                        for k, aid in new.items()
-                    ],
-                )
-        if b.cleared:
-            cur.executemany(
-                "UPDATE alarms SET cleared_at = %s, state = 'cleared'"
-                " WHERE device_id = %s AND kind = %s AND cleared_at IS NULL",
-                [(_ts(at), d, k) for d, k, at in b.cleared],
-            )
-        return ids
-
-    def _write_commands(
-        self, cur: psycopg.Cursor[Any], b: Batch, alarm_ids: dict[tuple[str, str], int]
-    ) -> None:
-        rows = []
-        for c in b.commands:
-            alarm_id = None
-            if c.get("trigger_device") and c.get("cause"):
-                alarm_id = alarm_ids.get((c["trigger_device"], c["cause"]))
-            rows.append(
-                (
-                    c["cmd_id"],
-                    c["meter_id"],
-                    c["household_id"],
-                    c["action"],
-                    c["reason"],
-                    alarm_id,
-                    c.get("trigger_device"),
-                    c.get("cause"),
-                    c["state"],
-                    c["attempts"],
-                    c["requested_by"],
-                    _ts(c["issued_at"]),
-                    _ts(c["sent_at"]) if c.get("sent_at") else None,
-                    _ts(c["acked_at"]) if c.get("acked_at") else None,
-                    c.get("ack_ok"),
-                    c.get("ack_valve"),
-                    c.get("ack_error"),
-                )
-            )
-        if not rows:
-            return
-        cur.executemany(
-            "INSERT INTO valve_commands (cmd_id, meter_id, household_id, action, reason,"
-            " alarm_id, state, attempts, requested_by, issued_at, sent_at, acked_at, ack_ok,"
-            " ack_valve, ack_error, updated_at)"
-            " SELECT %s, %s, %s, %s, %s, coalesce(%s, (SELECT id FROM alarms WHERE device_id = %s"
-            " AND kind = %s ORDER BY raised_at DESC LIMIT 1)), %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " now()"
-            " ON CONFLICT (cmd_id) DO UPDATE SET state = excluded.state,"
-            " attempts = greatest(valve_commands.attempts, excluded.attempts),"
-            " alarm_id = coalesce(valve_commands.alarm_id, excluded.alarm_id),"
-            " sent_at = coalesce(excluded.sent_at, valve_commands.sent_at),"
-            " acked_at = excluded.acked_at, ack_ok = excluded.ack_ok,"
-            " ack_valve = excluded.ack_valve, ack_error = excluded.ack_error, updated_at = now()",
-            rows,
-        )
-
-    def _write_work_orders(
-        self, cur: psycopg.Cursor[Any], b: Batch, alarm_ids: dict[tuple[str, str], int]
-    ) -> list[dict[str, Any]]:
-        if not b.work_orders:
-            return []
-        cur.executemany(
-            "INSERT INTO work_orders (household_id, cause, priority, title, opened_at,"
-            " arrive_by, resolve_by, alarm_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (household_id, cause) WHERE status IN ('open', 'dispatched', 'on_site')"
-            " DO UPDATE SET repeats = work_orders.repeats + 1, updated_at = now(),"
-            " version = work_orders.version + 1"
-            " RETURNING id, (xmax = 0) AS created",
-            [
-                (
-                    w.household_id,
-                    w.cause,
-                    w.priority,
-                    w.title,
-                    _ts(w.opened_at),
-                    w.arrive_by,
-                    w.resolve_by,
-                    alarm_ids.get(w.alarm_key) if w.alarm_key else None,
-                )
-                for w in b.work_orders
-            ],
-            returning=True,
-        )
-        results: list[tuple[int, bool]] = []
-        while True:
-            results.extend(cur.fetchall())
-            if not cur.nextset():
-                break
-        steps, audit, live = [], [], []
-        for w, (wo_id, created) in zip(b.work_orders, results, strict=True):
-            steps.append(
-                (wo_id, "opened" if created else "attached", "open" if created else None, w.note)
-            )
-            if created:
-                audit.append(
-                    (
-                        str(wo_id),
-                        Jsonb(
-                            {
-                                "household": w.household_id,
-                                "cause": w.cause,
-                                "priority": w.priority,
-                                "note": w.note,
-                            }
-                        ),
-                    )
-                )
-            live.append(
-                {
-                    "type": "work_order.opened" if created else "work_order.changed",
-                    "work_order_id": wo_id,
-                    "household_id": w.household_id,
-                    "cause": w.cause,
-                    "priority": w.priority,
-                }
-            )
-        cur.executemany(
-            "INSERT INTO work_order_steps (work_order_id, at, actor, action,"
-            " from_status, to_status, note) VALUES (%s, now(), 'gateway', %s, NULL,"
-            " %s, %s)",
-            steps,
-        )
-        if audit:
-            cur.executemany(
-                "INSERT INTO audit_log (actor, action, entity, entity_id, details)"
-                " VALUES ('gateway', 'work_order.opened', 'work_order', %s, %s)",
-                audit,
-            )
-        return live
