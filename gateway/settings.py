@@ -182,6 +182,9 @@ class ResponseSettings(BaseModel):
     notify_channel: Literal["log", "webhook"] = "log"
     notify_webhook_url: str | None = None
     notify_max_attempts: int = 5
+    # a detector's `local_alarm` cut the gas itself: the household's meter must confirm the
+    # valve closed within this many seconds, or the platform sends its own close
+    local_cut_confirm_s: float = Field(default=5.0, gt=0)
 
 
 class ApiSettings(BaseModel):

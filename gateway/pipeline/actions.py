@@ -19,7 +19,7 @@ import numpy as np
 
 from gateway import protocol
 from gateway.core import detection, response
-from gateway.core.alarms import GAS_KINDS, AlarmKind
+from gateway.core.alarms import GAS_KINDS, KIND_BITS, AlarmKind
 from gateway.core.commands import CommandBook, CommandState, UnknownCommand, ValveCommand
 from gateway.core.detection import Effects, FleetState
 from gateway.core.registry import Registry
@@ -67,12 +67,14 @@ class Actions:
         self.publish: Callable[[str, bytes], None] = lambda t, p: None
         self._recent_gas: deque[tuple[float, str, str]] = deque()  # (ts, building, household)
         self._applying: Iterator[None] | None = None  # a sweep's effects, half applied
+        self._leaks: dict[str, str] = {}  # household -> the detector holding its leak alarm
 
     # ------------------------------------------------------------------ effects
-    def apply(self, e: Effects, now: float) -> None:
-        """Turn the core's effects into commands (now) and rows (for the writer)."""
+    def apply(self, e: Effects, now: float, source: str | None = None) -> None:
+        """Turn the core's effects into commands (now) and rows (for the writer). `source`
+        says what raised the alarms when not readings (it goes into their evidence)."""
         self.finish_apply()  # what a sweep left half applied comes first
-        for _ in self.apply_in_parts(e, now):
+        for _ in self.apply_in_parts(e, now, source):
             pass
 
     @property
@@ -98,7 +100,7 @@ class Actions:
             for _ in parts:
                 pass
 
-    def apply_in_parts(self, e: Effects, now: float) -> Iterator[None]:
+    def apply_in_parts(self, e: Effects, now: float, source: str | None = None) -> Iterator[None]:
         """`apply`, pausing (yield) after every APPLY_STEP alarms raised or cleared; every
         valve close goes out in the first part. A mass sweep (thousands of meters past
         their service life on the first start, a district offline) raises an alarm, a work
@@ -130,6 +132,7 @@ class Actions:
                 float(e.raised_ts[i]),
                 bool(e.raised_flow_at_meter[i]),
                 now,
+                source,
             )
         # 3. alarms cleared
         for i in range(len(e.cleared_slot)):
@@ -318,17 +321,28 @@ class Actions:
 
     # ------------------------------------------------------------------ alarms
     def _raise(
-        self, slot: int, kind: AlarmKind, value: float, ts: float, flow_at_meter: bool, now: float
+        self,
+        slot: int,
+        kind: AlarmKind,
+        value: float,
+        ts: float,
+        flow_at_meter: bool,
+        now: float,
+        source: str | None = None,
     ) -> None:
         device_id = self.registry.ids[slot]
         household_id = self.registry.household_of[slot]
+        if kind is AlarmKind.LEAK and self._household_leak(household_id, device_id, source):
+            return
         hh = self.registry.households[household_id]
         policy = response.POLICIES[kind]
         name = response.kind_name(kind)
         gas = kind in GAS_KINDS
         incident = self._building_incident(hh.building, household_id, now) if gas else False
         self.metrics.alarms.labels(name).inc()
-        evidence = [{"device": device_id, "value": round(value, 3), "ts": ts}]
+        evidence: list[dict[str, Any]] = [{"device": device_id, "value": round(value, 3), "ts": ts}]
+        if source is not None:
+            evidence[0]["source"] = source
         batch = self.outbox.batch
         batch.alarms.append(
             AlarmRow(
@@ -388,6 +402,32 @@ class Actions:
                     key,
                 )
             )
+
+    def _household_leak(self, household_id: str, device_id: str, source: str | None) -> bool:
+        """One leak alarm per household: a second detector's leak (or a leak while another
+        detector's local alarm is open) is attached to the open one as an audit row. True
+        when attached."""
+        holder = self._leaks.get(household_id)
+        if holder is not None and holder != device_id:
+            slot = self.registry.index.get(holder)
+            if slot is not None and self.state.active[slot] & KIND_BITS[AlarmKind.LEAK]:
+                self.outbox.batch.audit.append(
+                    (
+                        "gateway",
+                        "alarm.attached",
+                        "household",
+                        household_id,
+                        {
+                            "device": device_id,
+                            "kind": "leak",
+                            "attached_to": holder,
+                            "source": source or "readings",
+                        },
+                    )
+                )
+                return True
+        self._leaks[household_id] = device_id
+        return False
 
     def _building_incident(self, building: str, household: str, now: float) -> bool:
         """Gas in a second household of the same building within the window: one incident."""

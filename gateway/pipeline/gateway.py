@@ -20,8 +20,10 @@ from gateway.core import detection
 from gateway.core.alarms import AlarmKind
 from gateway.core.commands import CommandBook, ValveCommand
 from gateway.core.detection import Effects, FleetState
+from gateway.core.events import apply_events
 from gateway.core.registry import Registry, rows_to_registry_input
 from gateway.pipeline.actions import Actions
+from gateway.pipeline.events import EventActions
 from gateway.pipeline.fast_lane import FastLane, at_least
 from gateway.pipeline.ingest import DET_DTYPES, MET_DTYPES, Ingest, Read, Router
 from gateway.pipeline.metrics import Metrics
@@ -85,6 +87,9 @@ class Gateway:
             clock,
             new_id,
         )
+        self.events = EventActions(
+            settings, self.registry, self.state, self.book, self.outbox, self.actions
+        )
         router = Router(settings.mqtt.topic_prefix, self.registry)
         self.ingest = Ingest(
             settings.detection.clock_skew_s,
@@ -97,6 +102,7 @@ class Gateway:
             self.outbox,
             self.actions,
             self.actions.apply,
+            self.events.valve_closed,
         )
         self.fast_lane = FastLane(
             settings.detection,
@@ -108,7 +114,7 @@ class Gateway:
             self._fast_cut,
             self.actions.close_valve,
         )
-        self.ticks = Ticks(self.state, self.book, self.actions, self.outbox)
+        self.ticks = Ticks(self.state, self.book, self.actions, self.outbox, self.events)
 
     # ------------------------------------------------------------------ outputs
     @property
@@ -238,6 +244,20 @@ class Gateway:
         for e in self._judge(read, batch, now):
             if len(e):
                 self.actions.apply(e, now)
+        if read.events:  # after the readings of the read: a leak they raised is not doubled
+            slots, codes, ts = zip(*read.events, strict=True)
+            self.events.apply(
+                apply_events(
+                    self.state,
+                    self.events.watch,
+                    np.array(slots, np.int32),
+                    np.array(codes, np.uint8),
+                    np.array(ts, np.float64),
+                    now,
+                    self.settings.response.local_cut_confirm_s,
+                ),
+                now,
+            )
         if self._fast_cut:
             self.fast_lane.settle()
         if batch.rows >= self.settings.db.batch_rows:

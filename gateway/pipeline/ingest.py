@@ -19,8 +19,9 @@ import numpy as np
 
 from gateway import protocol
 from gateway.core import detection
-from gateway.core.alarms import VALVE_CODES
+from gateway.core.alarms import VALVE_CODES, DeviceKind
 from gateway.core.detection import Effects, FleetState
+from gateway.core.events import ALLOWED_KINDS, EVENT_CODES, EventCode
 from gateway.core.registry import KIND_METER, Registry
 from gateway.pipeline.actions import Actions
 from gateway.pipeline.metrics import Metrics
@@ -81,6 +82,7 @@ class Read:
         default_factory=lambda: Columns(("vol", "flow", "valve", "batt", "rssi"))
     )
     seen: list[int] = field(default_factory=list)
+    events: list[tuple[int, int, float]] = field(default_factory=list)  # (slot, EventCode, ts)
 
 
 class Router:
@@ -124,6 +126,7 @@ class Ingest:
         outbox: Outbox,
         actions: Actions,
         apply: Callable[[Effects, float], None],
+        valve_closed: Callable[[int], None] = lambda slot: None,
     ) -> None:
         self.skew_s = skew_s
         self.registry = registry
@@ -135,6 +138,7 @@ class Ingest:
         self.outbox = outbox
         self.actions = actions
         self.apply = apply
+        self.valve_closed = valve_closed  # a meter's ack said its valve is closed
 
     def read(self, messages: list[Message], now: float) -> Read:
         """Every message routed and decoded; a bad one becomes a reject row, never an error."""
@@ -201,11 +205,10 @@ class Ingest:
                         v["ch4"].append(reading.ch4)
                         v["fault"].append(reading.fault)
                 elif channel is Channel.ACK:
-                    self.actions.acked(
-                        topic.device_id,
-                        protocol.decode(protocol.Ack, msg.payload, topic.device_id),
-                        now,
-                    )
+                    ack = protocol.decode(protocol.Ack, msg.payload, topic.device_id)
+                    self.actions.acked(topic.device_id, ack, now)
+                    if ack.ok and ack.valve == "closed":
+                        self.valve_closed(slot)
                     seen_other.append(slot)
                 elif channel is Channel.STATUS:
                     self._on_status(
@@ -217,9 +220,10 @@ class Ingest:
                     )
                 elif channel is Channel.EVENT:
                     ev = protocol.decode(protocol.DeviceEvent, msg.payload, topic.device_id)
+                    code = self._event_code(ev, kinds[slot], topic.device_id, now)
                     batch.events.append(
                         (
-                            ts_of(ev.ts if abs(ev.ts - now) <= skew else now),
+                            ts_of(ev.ts),
                             topic.device_id,
                             ev.seq,
                             ev.type,
@@ -228,6 +232,7 @@ class Ingest:
                         )
                     )
                     seen_other.append(slot)
+                    out.events.append((slot, int(code), ev.ts))
                 else:  # a device publishing on `cmd`: only the platform may
                     raise Rejected(
                         RejectReason.UNKNOWN_CHANNEL,
@@ -237,6 +242,31 @@ class Ingest:
             except Rejected as rej:
                 self._reject(msg, rej, now)
         return out
+
+    def _event_code(
+        self, ev: protocol.DeviceEvent, kind: int, device_id: str, now: float
+    ) -> EventCode:
+        """The event's code; raises Rejected for an event this kind of device cannot raise
+        or one whose clock is off (an event acts at once: it is never re-dated)."""
+        if ev.type == "self_test":
+            code = EventCode.SELF_TEST_FAILED if ev.failed else EventCode.SELF_TEST_OK
+        else:
+            code = EVENT_CODES[ev.type]
+        dk = DeviceKind(kind)
+        if dk not in ALLOWED_KINDS[code]:
+            raise Rejected(
+                RejectReason.WRONG_DEVICE_KIND,
+                f"a {dk.name.lower()} does not raise {ev.type}",
+                device_id,
+            )
+        if abs(ev.ts - now) > self.skew_s:
+            self.metrics.clock_skew.inc()
+            raise Rejected(
+                RejectReason.CLOCK_SKEW,
+                f"event ts {ev.ts} is {ev.ts - now:+.0f} s from the platform clock",
+                device_id,
+            )
+        return code
 
     def _reject(self, msg: Message, rej: Rejected, now: float) -> None:
         self.metrics.rejects.labels(rej.reason.value).inc()

@@ -1,5 +1,6 @@
 """The timer's work: every sweep interval the core's offline and age rules over the whole
-fleet, then the command book's deadlines (resends, and escalation after the last one).
+fleet, then the command book's deadlines (resends, and escalation after the last one), then
+detectors' local cuts the meter has not confirmed in time (closed by the platform).
 
 A sweep goes a range of devices at a time and applies a range's effects in parts, pausing
 (yielding) in between so the event loop can read and cut valves meanwhile: a mass event (a
@@ -18,6 +19,7 @@ from gateway.core.commands import CommandBook
 from gateway.core.detection import FleetState
 from gateway.pipeline import actions as actions_mod
 from gateway.pipeline.actions import Actions
+from gateway.pipeline.events import EventActions
 from gateway.pipeline.outbox import Outbox
 
 logger = logging.getLogger(__name__)
@@ -29,9 +31,15 @@ class Ticks:
     """Sweeps in parts, then command timeouts."""
 
     def __init__(
-        self, state: FleetState, book: CommandBook, actions: Actions, outbox: Outbox
+        self,
+        state: FleetState,
+        book: CommandBook,
+        actions: Actions,
+        outbox: Outbox,
+        events: EventActions,
     ) -> None:
         self.state = state
+        self.events = events
         self.book = book
         self.actions = actions
         self.outbox = outbox
@@ -53,6 +61,7 @@ class Ticks:
                 self._flush_if_big()
             yield False
         self.command_timeouts(now)
+        self.events.due(now)  # detectors' cuts the meter did not confirm in time
 
     def command_timeouts(self, now: float) -> None:
         """Commands past their ack deadline: sent again, or escalated after the last try."""

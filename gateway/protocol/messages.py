@@ -48,6 +48,9 @@ class RejectReason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
     UNKNOWN_COMMAND = "unknown_command"
     SEQ_REPLAYED = "seq_replayed"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    WRONG_DEVICE_KIND = "wrong_device_kind"  # an event this kind of device cannot raise
+    CLOCK_SKEW = "clock_skew"  # an event whose device clock is too far from the platform's
 
 
 class Rejected(Exception):
@@ -123,6 +126,14 @@ class DeviceEvent(msgspec.Struct, frozen=True):
     seq: Seq
     ts: Epoch
     type: EventType
+    # self_test: its outcome, `"ok": false` or `"result": "fail"` a failure (either may be
+    # absent; other fields are ignored, as protocol v1 says)
+    ok: bool | None = None
+    result: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.ok is False or (self.result or "").lower() in ("fail", "failed", "error")
 
 
 class Status(msgspec.Struct, frozen=True):
@@ -164,6 +175,8 @@ def _classify(err: msgspec.ValidationError) -> RejectReason:
     msg = str(err)
     if msg.startswith("Object missing required field"):
         return RejectReason.MISSING_FIELD
+    if "Invalid enum value" in msg and msg.endswith("`$.type`"):
+        return RejectReason.UNKNOWN_EVENT_TYPE
     if "Invalid enum value" in msg and "valve" in msg:
         return RejectReason.UNKNOWN_VALVE_STATE
     if msg.startswith("Expected `object`"):

@@ -1,0 +1,97 @@
+"""Device events against the real broker, gateway and database: a detector's local alarm is
+an alarm, an urgent order and a notice, and the platform closes the valve only when the meter
+did not confirm the detector's cut in time (a gateway of the test's own, with a 1 s setting)."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+
+import pytest
+from support import GatewayProcess, wait_row
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def quick_gateway(stack) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(
+        stack,
+        extra_env={
+            "GAS_SAFETY_RESPONSE__LOCAL_CUT_CONFIRM_S": "1",
+            "GAS_SAFETY_MQTT__CLIENT_ID": "gas-safety-events-test",
+        },
+    )
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+def platform_close(meter, timeout_s: float) -> dict | None:
+    """The next valve_close the meter receives within timeout_s, or None."""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            _, cmd = meter.commands.get(True, left)
+        except queue.Empty:
+            return None
+        if cmd["action"] == "valve_close":
+            return cmd
+    return None
+
+
+def test_local_alarm_unconfirmed_cut_is_closed_by_the_platform(
+    quick_gateway, fleet, devices, dsn
+) -> None:
+    house = fleet(1)[0]
+    quick_gateway.wait_devices(dsn)
+    meter = devices(house.meter.id)
+    det = devices(house.detectors[0].id)
+    t0 = det.publish("event", {"seq": 1, "ts": time.time(), "type": "local_alarm"})
+    wait_row(
+        dsn,
+        "SELECT 1 FROM work_orders WHERE household_id = %s AND cause = 'leak'"
+        " AND priority = 'urgent'",
+        (house.id,),
+    )
+    latency = time.time() - t0
+    alarm = wait_row(dsn, "SELECT kind, evidence FROM alarms WHERE device_id = %s", (det.id,))
+    assert alarm[0][0] == "leak" and "detector's own alarm" in alarm[0][1][0]["source"]
+    wait_row(
+        dsn, "SELECT 1 FROM notifications WHERE household_id = %s AND kind = 'leak'", (house.id,)
+    )
+    cmd = platform_close(meter, 10)
+    assert cmd is not None, "the platform did not close an unconfirmed cut"
+    assert time.time() - t0 >= 1.0
+    why = wait_row(
+        dsn,
+        "SELECT details FROM audit_log WHERE action = 'cut.unconfirmed' AND entity_id = %s",
+        (house.id,),
+    )
+    assert why[0][0]["why"] == "meter did not confirm the detector's cut within 1 s"
+    assert latency < 5, f"local_alarm -> work order took {latency:.2f} s"
+
+
+def test_local_alarm_confirmed_by_the_meter_sends_no_command(
+    quick_gateway, fleet, devices, dsn
+) -> None:
+    house = fleet(1)[0]
+    quick_gateway.wait_devices(dsn)
+    meter = devices(house.meter.id)
+    det = devices(house.detectors[0].id)
+    det.publish("event", {"seq": 1, "ts": time.time(), "type": "local_alarm"})
+    meter.publish("event", {"seq": 1, "ts": time.time(), "type": "valve_closed_local"})
+    wait_row(
+        dsn,
+        "SELECT 1 FROM audit_log WHERE action = 'alarm.valve_closed_local' AND entity_id = %s",
+        (house.id,),
+    )
+    # the deadline (1 s) passes, with sweeps every 0.2 s: still no command
+    assert platform_close(meter, 3) is None
+    assert wait_row(
+        dsn,
+        "SELECT count(*) FROM valve_commands WHERE meter_id = %s",
+        (meter.id,),
+        cond=lambda r: r[0][0] == 0,
+    )
