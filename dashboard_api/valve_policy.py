@@ -2,7 +2,7 @@
 API, and the precise reason when not. The routes gather the facts (dashboard_api.valve_facts)
 and act on the verdict; nothing here reads a clock or a database.
 
-Reopen (shared/ARCHITECTURE.md section 4), every condition checked at request time:
+Reopen (README, Security), every condition checked at request time:
   (a) no active gas alarm in the household (workflow.GAS_ALARM_KINDS, acknowledged included),
       and no open blocking order (workflow.BLOCKING_CAUSES);
   (b) a safety order resolved by an engineer since the latest cut of the meter (its newest

@@ -140,7 +140,7 @@ ThresholdOverrides.__doc__ = "Some of Thresholds' numbers, for one device model.
 
 
 class DetectionSettings(BaseModel):
-    """Rule thresholds (defaults: shared/ARCHITECTURE.md section 3, in gateway.detection).
+    """Rule thresholds (defaults: the product's detection rules, in gateway.core.thresholds).
 
     `models` overrides some thresholds for one device model, on top of `thresholds`:
     `GAS_SAFETY_DETECTION__MODELS='{"LD-200": {"leak_lel": 15}}'`.

@@ -4,7 +4,7 @@ Why not paho or gmqtt: a load generator must be cheaper than what it loads. This
 pipelines QoS 1 PUBLISH packets (many per socket write, packet ids allocated without locks),
 counts PUBACKs straight from the byte stream, sets TCP_NODELAY, and keeps its own cap on
 unacknowledged messages (Mosquitto 2.0 stops honouring the in-flight limit once PUBACKs
-flow, shared/MEASUREMENTS.md). It also carries a last will, subscribes, answers incoming
+flow, docs/architecture.md). It also carries a last will, subscribes, answers incoming
 QoS 1 messages, pings, and reconnects resending what was still unacknowledged (DUP set).
 """
 

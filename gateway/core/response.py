@@ -1,4 +1,4 @@
-"""Response rules: what each alarm sets in motion (shared/ARCHITECTURE.md section 4).
+"""Response rules: what each alarm sets in motion (the response lifecycle: docs/architecture.md).
 
 Pure: the policy table maps an alarm kind to a valve action, a work order (cause,
 priority, SLA) and an owner notice; `ESCALATION` is the order for a valve command that

@@ -1,8 +1,8 @@
 """Device protocol v1: topic grammar, payload structs and the validating decoder.
 
 The single source of truth for what devices say and what the platform answers
-(shared/ARCHITECTURE.md section 2). Pure: no I/O, so the gateway, the simulator,
-the API and the tests all speak exactly the same protocol.
+(conformance vectors in tests/data/cases.json). Pure: no I/O, so the gateway, the
+simulator, the API and the tests all speak exactly the same protocol.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from support import wait_row
 from gateway.ops import credentials
 
 pytestmark = pytest.mark.services
-# A copy of shared/protocol-v1/cases.json, the protocol's conformance vectors.
+# The protocol's conformance vectors.
 CASES = json.loads((Path(__file__).parents[1] / "data/cases.json").read_text())["cases"]
 
 
