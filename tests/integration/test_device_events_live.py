@@ -15,17 +15,17 @@ pytestmark = pytest.mark.services
 
 
 @pytest.fixture
-def quick_gateway(stack) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(
-        stack,
-        extra_env={
-            "GAS_SAFETY_RESPONSE__LOCAL_CUT_CONFIRM_S": "1",
-            "GAS_SAFETY_MQTT__CLIENT_ID": "gas-safety-events-test",
-        },
-    )
-    gw.start()
-    yield gw
-    gw.stop()
+def quick_gateway(gateway: GatewayProcess, stack) -> Iterator[GatewayProcess]:
+    """A gateway with a 1 s confirmation setting. The `gateway` account's client id is its
+    user name (use_username_as_clientid): the run's shared gateway steps aside meanwhile."""
+    gateway.stop()
+    gw = GatewayProcess(stack, extra_env={"GAS_SAFETY_RESPONSE__LOCAL_CUT_CONFIRM_S": "1"})
+    try:
+        gw.start()
+        yield gw
+    finally:
+        gw.stop()
+        gateway.start()
 
 
 def platform_close(meter, timeout_s: float) -> dict | None:
