@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -21,16 +22,25 @@ from dashboard_api.errors import Invalid
 from dashboard_api.hub import CHANNEL, COMMANDS_CHANNEL
 from gateway.settings import Settings
 
-METER_LIFE_YEARS = 10  # diaphragm meters, JJG 577-2012
-DETECTOR_LIFE_YEARS = 5  # residential gas alarms
-BATTERY_LOW_V = 3.3
+
+@dataclass(frozen=True, slots=True)
+class HealthLimits:
+    """The gateway's own limits (its detection thresholds), so that the API and the gateway
+    call the same meters' batteries low and the same devices past their service life."""
+
+    battery_low_v: float
+    meter_life_months: int
+    detector_life_months: int
+
+    def life_months(self, kind: str) -> int:
+        return self.meter_life_months if kind == "meter" else self.detector_life_months
 
 
-def battery_low_v(settings: Settings) -> float:
-    """The gateway's low-battery threshold, so both sides call the same meters low."""
-    detection = settings.detection
-    thresholds = getattr(detection, "thresholds", detection)
-    return float(getattr(thresholds, "battery_low_v", BATTERY_LOW_V))
+def health_limits(settings: Settings) -> HealthLimits:
+    t = settings.detection.thresholds
+    return HealthLimits(
+        t.battery_low_v, round(t.meter_life_years * 12), round(t.detector_life_years * 12)
+    )
 
 
 async def record(
@@ -100,17 +110,21 @@ DEVICE_FROM = """
 """
 
 
-def _add_years(day: dt.date, years: int) -> dt.date:
-    try:
-        return day.replace(year=day.year + years)
-    except ValueError:  # 29 February
-        return day.replace(year=day.year + years, day=28)
+def add_months(day: dt.date, months: int) -> dt.date:
+    """`day` plus whole calendar months, as PostgreSQL adds an interval (the 31st of a month
+    becomes the last day of a shorter one)."""
+    year, month = divmod(day.month - 1 + months, 12)
+    year += day.year
+    month += 1
+    last = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)).day
+    return dt.date(year, month, min(day.day, last))
 
 
-def device_view(row: dict[str, Any], today: dt.date, battery_low_v: float) -> dict[str, Any]:
+def device_view(row: dict[str, Any], today: dt.date, limits: HealthLimits) -> dict[str, Any]:
     """A devices/device_state row as DevicePublic: health and service life."""
-    life = METER_LIFE_YEARS if row["kind"] == "meter" else DETECTOR_LIFE_YEARS
-    ends = _add_years(row["installed_on"], life)
+    months = limits.life_months(row["kind"])
+    life = months / 12
+    ends = add_months(row["installed_on"], months)
     remaining = (ends - today).days
     seen = row["last_seen"] is not None
     if not seen:
@@ -141,7 +155,7 @@ def device_view(row: dict[str, Any], today: dt.date, battery_low_v: float) -> di
             "last_seen": row["last_seen"],
             "last_reading": last,
             "battery_v": batt,
-            "battery_low": batt is not None and batt < battery_low_v,
+            "battery_low": batt is not None and batt < limits.battery_low_v,
             "faults": row["fault"] or 0,
             "service_life_years": life,
             "service_life_ends": ends,

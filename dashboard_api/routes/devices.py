@@ -12,13 +12,11 @@ from dashboard_api.deps import Admin, Conn, State, Viewer
 from dashboard_api.errors import NotFound
 from dashboard_api.params import Cursor, IdQuery, LabelQuery, Limit, ident
 from dashboard_api.queries import (
-    DETECTOR_LIFE_YEARS,
     DEVICE_COLUMNS,
     DEVICE_FROM,
-    METER_LIFE_YEARS,
-    battery_low_v,
     device_view,
     given,
+    health_limits,
     record,
     where,
 )
@@ -75,8 +73,8 @@ async def list_devices(
     ).fetchall()
     items, nxt = pagination.page(rows, limit, lambda r: (r["id"], r["id"]))
     today = state.clock().date()
-    low = battery_low_v(state.settings)
-    return {"items": [device_view(r, today, low) for r in items], "next_cursor": nxt}
+    limits = health_limits(state.settings)
+    return {"items": [device_view(r, today, limits) for r in items], "next_cursor": nxt}
 
 
 @router.get("/devices/{device_id}", response_model=DevicePublic, summary="A device's health")
@@ -86,7 +84,7 @@ async def get_device(device_id: DeviceId, conn: Conn, _: Viewer, state: State) -
     ).fetchone()
     if row is None:
         raise NotFound(f"no device {device_id}")
-    return device_view(row, state.clock().date(), battery_low_v(state.settings))
+    return device_view(row, state.clock().date(), health_limits(state.settings))
 
 
 @router.patch(
@@ -119,7 +117,7 @@ async def update_device(
     return await get_device(device_id, conn, admin, state)
 
 
-_SUMMARY = f"""
+_SUMMARY = """
     SELECT count(*) AS devices,
            count(*) FILTER (WHERE d.kind = 'meter') AS meters,
            count(*) FILTER (WHERE d.kind = 'detector') AS detectors,
@@ -128,8 +126,9 @@ _SUMMARY = f"""
                AS offline,
            count(*) FILTER (WHERE s.last_seen IS NULL) AS never_seen,
            count(*) FILTER (WHERE d.installed_on + CASE d.kind
-                                WHEN 'meter' THEN interval '{METER_LIFE_YEARS} years'
-                                ELSE interval '{DETECTOR_LIFE_YEARS} years' END < %(today)s)
+                                WHEN 'meter' THEN make_interval(months => %(meter_months)s)
+                                ELSE make_interval(months => %(detector_months)s) END
+                              < %(today)s)
                AS past_service_life,
            count(*) FILTER (WHERE d.kind = 'meter' AND s.batt_v < %(low)s) AS low_battery,
            count(*) FILTER (WHERE s.fault > 0 OR s.valve = 'fault') AS faulted
@@ -148,7 +147,13 @@ async def fleet_summary(
 ) -> dict[str, Any]:
     now = state.clock()
     conds = ["d.status = 'active'"]
-    params: dict[str, Any] = {"today": now.date(), "low": battery_low_v(state.settings)}
+    limits = health_limits(state.settings)
+    params: dict[str, Any] = {
+        "today": now.date(),
+        "low": limits.battery_low_v,
+        "meter_months": limits.meter_life_months,
+        "detector_months": limits.detector_life_months,
+    }
     if community is not None:
         conds.append("h.community = %(community)s")
         params["community"] = community

@@ -17,9 +17,9 @@ from dashboard_api.params import Cursor, LabelQuery, Limit, ident
 from dashboard_api.queries import (
     DEVICE_COLUMNS,
     DEVICE_FROM,
-    battery_low_v,
     device_view,
     given,
+    health_limits,
     mask,
     record,
     where,
@@ -98,11 +98,11 @@ async def get_household(
     ).fetchone()
     assert counts is not None
     today = state.clock().date()
-    low = battery_low_v(state.settings)
+    limits = health_limits(state.settings)
     return {
         **_shown(row, who),
         **counts,
-        "device_list": [device_view(d, today, low) for d in devices],
+        "device_list": [device_view(d, today, limits) for d in devices],
     }
 
 

@@ -29,7 +29,7 @@ class DeviceHealth(Model):
     battery_v: float | None
     battery_low: bool
     faults: int = Field(description="Fault bitmask of the last reading; 0 is healthy.")
-    service_life_years: int
+    service_life_years: float
     service_life_ends: dt.date
     service_life_remaining_days: int = Field(description="Negative once past its life.")
     past_service_life: bool
