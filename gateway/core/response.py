@@ -1,9 +1,11 @@
 """Response rules: what each alarm sets in motion (the response lifecycle: docs/architecture.md).
 
 Pure: the policy table maps an alarm kind to a valve action, a work order (cause,
-priority, SLA) and an owner notice; `ESCALATION` is the order for a valve command that
-was never confirmed. The commands themselves are tracked in gateway/core/commands.py.
-Time is always an argument.
+priority, SLA) and an owner notice; `escalation_for(action)` is the order for a valve
+command that was never confirmed: a close asks a crew to shut off the gas by hand, a reopen
+or a self-test asks for an on-site check (the gas is already off, or the valve's state is
+unknown: shutting it off would be the wrong order). The commands themselves are tracked in
+gateway/core/commands.py. Time is always an argument.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from gateway.core.commands import UnknownCommand  # the pipeline's ack handler c
 __all__ = [
     "ESCALATION",
     "POLICIES",
+    "VALVE_CHECK",
     "Policy",
     "Priority",
     "UnknownCommand",
+    "escalation_for",
     "kind_name",
     "sla_deadlines",
 ]
@@ -160,6 +164,22 @@ ESCALATION = Policy(
     None,
     "Valve command not confirmed: send a crew to shut off gas manually",
 )
+
+VALVE_CHECK = Policy(
+    "warning",
+    False,
+    "valve_check",
+    Priority.HIGH,
+    None,
+    "Valve command not confirmed: on-site check of the meter (no shut-off needed)",
+)
+
+
+def escalation_for(action: str) -> Policy:
+    """The order for an unconfirmed valve command: only an unconfirmed close leaves gas that
+    should be off flowing, so only it sends a crew to shut it off; a reopen or a self-test
+    that was not confirmed needs someone to look at the meter."""
+    return ESCALATION if action == "valve_close" else VALVE_CHECK
 
 
 def kind_name(kind: AlarmKind) -> str:

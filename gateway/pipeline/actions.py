@@ -291,7 +291,7 @@ class Actions:
             why,
         )
         r = self.settings.response
-        p = response.ESCALATION
+        p = response.escalation_for(cmd.action)
         arrive, resolve = response.sla_deadlines(
             p.priority, ts_of(now), r.emergency_arrival_s, r.routine_repair_s
         )
