@@ -11,8 +11,8 @@ and outcome, so a test can read what was said to whom (a one-time code from an S
 
 In a test: `with PhoneGateway({"+1555": ["answered"]}) as phones: ... phones.calls()`.
 Standalone (a demo): `python -m simulator.phones --port 8099 --default no_answer`; then
-`GET /calls` lists the record and `POST /configure {"to": ..., "script": [...]}` changes a
-number's script.
+`GET /calls` lists the record and `POST /configure {"to": ..., "script": [...],
+"channel": "voice"}` changes a number's script (`channel` optional: both).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class PhoneGateway:
         slow_s: float = 5.0,
     ) -> None:
         self._lock = threading.Lock()
-        self._scripts: dict[str, list[str]] = {}
+        self._scripts: dict[tuple[str, str], list[str]] = {}
         self._taken: dict[tuple[str, str], int] = {}
         self._calls: list[Call] = []
         self.default_voice = default_voice
@@ -63,7 +63,7 @@ class PhoneGateway:
         self.slow_s = slow_s
         for to, script in (scripts or {}).items():
             self.configure(to, script)
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self._server = _Server(("127.0.0.1", port), _handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -76,17 +76,17 @@ class PhoneGateway:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def configure(self, to: str, script: Iterable[str]) -> None:
-        """`to`'s outcomes from now on, in order, the last repeating (voice and SMS alike:
-        an SMS takes `sent` for `answered`/`no_answer`)."""
+    def configure(self, to: str, script: Iterable[str], channel: str | None = None) -> None:
+        """`to`'s outcomes from now on, in order, the last repeating; for one channel
+        (`voice` or `sms`) or both (an SMS takes `sent` for `answered`/`no_answer`)."""
         steps = list(script)
         bad = [s for s in steps if s not in VOICE_OUTCOMES + SMS_OUTCOMES]
-        if not steps or bad:
-            raise ValueError(f"script for {to}: unknown outcomes {bad} or empty")
+        if not steps or bad or channel not in (None, "voice", "sms"):
+            raise ValueError(f"script for {to}: unknown outcomes {bad}, empty, or bad channel")
         with self._lock:
-            self._scripts[to] = steps
-            for key in [k for k in self._taken if k[0] == to]:
-                del self._taken[key]
+            for ch in ("voice", "sms") if channel is None else (channel,):
+                self._scripts[(to, ch)] = steps
+                self._taken.pop((to, ch), None)
 
     def start(self) -> PhoneGateway:
         self._thread = threading.Thread(
@@ -134,7 +134,7 @@ class PhoneGateway:
     # ------------------------------------------------------------------ serve
     def _outcome(self, channel: str, to: str) -> str:
         with self._lock:
-            script = self._scripts.get(to)
+            script = self._scripts.get((to, channel))
             if script is None:
                 return self.default_voice if channel == "voice" else self.default_sms
             i = self._taken.get((to, channel), 0)
@@ -158,6 +158,12 @@ class PhoneGateway:
         if outcome == "error":
             return 500, {"error": "configured to fail"}
         return 200, {"status": outcome}
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A caller that hung up mid-call (a gateway killed in a test) is not an error."""
+        return None
 
 
 def _handler(gw: PhoneGateway) -> type[BaseHTTPRequestHandler]:
@@ -194,7 +200,7 @@ def _handler(gw: PhoneGateway) -> type[BaseHTTPRequestHandler]:
                 self._reply(*gw.handle(self.path[1:], doc))
             elif self.path == "/configure":
                 try:
-                    gw.configure(str(doc.get("to")), doc.get("script") or [])
+                    gw.configure(str(doc.get("to")), doc.get("script") or [], doc.get("channel"))
                 except (ValueError, TypeError) as err:
                     self._reply(400, {"error": str(err)})
                 else:

@@ -27,6 +27,7 @@ from dashboard_api.schemas.common import (
     LABEL_PATTERN,
     LATEST,
     AlarmState,
+    AttemptState,
     Body,
     BookingStatus,
     CommandAction,
@@ -66,6 +67,11 @@ from dashboard_api.schemas.households import (
     HouseholdPublic,
 )
 from dashboard_api.schemas.notifications import (
+    ConfirmRequest,
+    EmergencyContact,
+    EmergencyContactSet,
+    NotificationAttempt,
+    NotificationDetail,
     NotificationPublic,
 )
 from dashboard_api.schemas.readings import (
@@ -126,6 +132,7 @@ __all__ = [
     "ApiKeyCreate",
     "ApiKeyCreated",
     "ApiKeyPublic",
+    "AttemptState",
     "AuditEntry",
     "Body",
     "BookingCreate",
@@ -137,6 +144,7 @@ __all__ = [
     "CommandAccepted",
     "CommandAction",
     "CommandState",
+    "ConfirmRequest",
     "DetectorPoint",
     "DeviceCreate",
     "DeviceHealth",
@@ -145,6 +153,8 @@ __all__ = [
     "DeviceStatus",
     "DeviceUpdate",
     "DispatchRequest",
+    "EmergencyContact",
+    "EmergencyContactSet",
     "FieldError",
     "FleetSummary",
     "Health",
@@ -160,6 +170,8 @@ __all__ = [
     "Me",
     "MeterPoint",
     "Model",
+    "NotificationAttempt",
+    "NotificationDetail",
     "NotificationPublic",
     "NotificationState",
     "OnSiteRequest",

@@ -52,7 +52,10 @@ DeviceStatus = Literal["active", "retired"]
 CommandAction = Literal["valve_close", "valve_open", "self_test"]
 CommandState = Literal["issued", "sent", "acked", "failed", "timeout", "escalated", "attached"]
 ReopenStatus = Literal["pending", "confirmed", "superseded"]
-NotificationState = Literal["pending", "sent", "failed"]
+NotificationState = Literal["pending", "sent", "failed", "confirmed", "escalated"]
+AttemptState = Literal[
+    "calling", "sending", "answered", "no_answer", "sent", "failed", "lost", "flagged"
+]
 BookingStatus = Literal["booked", "done", "cancelled"]
 
 T = TypeVar("T")

@@ -6,7 +6,7 @@ run it) and moves each along its chain (gateway/core/call_chain.py decides; this
 does the I/O), in three short transactions per attempt:
 
 1. claim: the attempt is written as `calling`/`sending` and the row leased (its
-   `next_attempt_at` pushed past the channel's timeout), then committed;
+   `next_attempt_at` pushed to twice the channel's timeout), then committed;
 2. the voice or SMS gateway is asked, outside any transaction;
 3. finish: the outcome is recorded and the planner's next step scheduled.
 
@@ -37,7 +37,6 @@ from gateway.settings import ResponseSettings, Settings
 
 logger = logging.getLogger(__name__)
 
-_LEASE_MARGIN_S = 30.0
 _FINAL = {
     cc.Next.CONFIRMED: "confirmed",
     cc.Next.SENT: "sent",
@@ -210,7 +209,8 @@ class Notifier:
             )
         ).fetchone()
         assert got is not None
-        lease = (r.notify_voice_timeout_s if voice else r.notify_sms_timeout_s) + _LEASE_MARGIN_S
+        # an attempt never outlasts its timeout: twice that leaves room to commit its outcome
+        lease = 2.0 * (r.notify_voice_timeout_s if voice else r.notify_sms_timeout_s)
         await conn.execute(
             "UPDATE notifications SET step = %s, step_attempts = %s, attempts = attempts + 1,"
             " reached = %s, next_attempt_at = to_timestamp(%s) WHERE id = %s",
