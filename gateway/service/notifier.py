@@ -10,6 +10,9 @@ does the I/O), in three short transactions per attempt:
 2. the voice or SMS gateway is asked, outside any transaction;
 3. finish: the outcome is recorded and the planner's next step scheduled.
 
+The loop polls every `notify_poll_s` (backoffs, the confirm window) and also wakes on the
+writer's events on `gas_events`, so a new leak's first call starts without the poll's wait.
+
 An attempt still `calling` when its lease ran out was cut short (the gateway died): the next
 claim marks it `lost`, counted as a failed attempt, so a restart repeats at most that one
 attempt and skips nothing. Contacts are read from `households` at each step, so a changed
@@ -92,9 +95,11 @@ class Notifier:
         self.channel = channel or make_channel(settings.response)
         self.poll_s = settings.response.notify_poll_s
         self.clock = clock
+        self._wake = asyncio.Event()
 
     async def run(self) -> None:
         failing = False
+        listener = asyncio.create_task(self._listen(), name="notifier-listen")
         try:
             while not self.stopping.is_set():
                 try:
@@ -103,19 +108,47 @@ class Notifier:
                     ) as conn:
                         failing = False
                         while not self.stopping.is_set():
-                            n = await self.deliver_due(conn)
-                            if n == 0:
-                                with contextlib.suppress(asyncio.TimeoutError):
-                                    await asyncio.wait_for(self.stopping.wait(), self.poll_s)
+                            self._wake.clear()
+                            if await self.deliver_due(conn) == 0:
+                                await self._idle(self.poll_s)
                 except psycopg.OperationalError as err:
                     (logger.debug if failing else logger.warning)(
                         "notifier lost the database (%s); retrying", str(err).strip()[:200]
                     )
                     failing = True
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self.stopping.wait(), 2.0)
+                    await self._idle(2.0)
         finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
             await self.channel.aclose()
+
+    async def _idle(self, timeout_s: float) -> None:
+        """Until a wake-up, the stop, or `timeout_s` (the poll: backoffs and windows)."""
+        waits = {
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self.stopping.wait()),
+        }
+        done, pending = await asyncio.wait(waits, timeout=timeout_s, return_when="FIRST_COMPLETED")
+        for t in pending:
+            t.cancel()
+        if done and self._wake.is_set():  # a burst of events (an alarm storm) is one round
+            await asyncio.sleep(0.01)
+
+    async def _listen(self) -> None:
+        """Wakes the loop on the writer's live events (a new alarm or order comes with its
+        notice, committed together), so a leak's first call does not wait for the poll."""
+        while not self.stopping.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.settings.db.dsn, autocommit=True
+                ) as lc:
+                    await lc.execute("LISTEN gas_events")
+                    async for note in lc.notifies():
+                        if '"type": "notification.' not in note.payload[:40]:
+                            self._wake.set()
+            except psycopg.OperationalError:
+                await asyncio.sleep(2.0)  # the poll still runs meanwhile
 
     async def deliver_due(self, conn: psycopg.AsyncConnection[Any], limit: int = 20) -> int:
         """Moves every due notice one step; the calls of one round run concurrently."""
