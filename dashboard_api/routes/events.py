@@ -35,6 +35,7 @@ EVENT_TYPES = (
     "work_order.opened",
     "work_order.changed",
     "notification.state",
+    "work_order.flagged",
 )
 EventType = Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}\.[a-z_]{1,32}$")]
 _EXAMPLE = (

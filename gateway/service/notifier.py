@@ -7,11 +7,12 @@ does the I/O), in three short transactions per attempt:
 
 1. claim: the attempt is written as `calling`/`sending` and the row leased (its
    `next_attempt_at` pushed to twice the channel's timeout), then committed;
-2. the voice or SMS gateway is asked, outside any transaction;
+2. the voice or SMS gateway is asked, outside any transaction, in a task of its own (a call
+   that rings for a minute holds up no other notice);
 3. finish: the outcome is recorded and the planner's next step scheduled.
 
-The loop polls every `notify_poll_s` (backoffs, the confirm window) and also wakes on the
-writer's events on `gas_events`, so a new leak's first call starts without the poll's wait.
+The loop polls every `notify_poll_s` (backoffs, the confirm window) and also wakes when the
+writer commits new notices (`gas_notices`), so a leak's first call waits for no poll.
 
 An attempt still `calling` when its lease ran out was cut short (the gateway died): the next
 claim marks it `lost`, counted as a failed attempt, so a restart repeats at most that one
@@ -40,6 +41,8 @@ from gateway.settings import ResponseSettings, Settings
 
 logger = logging.getLogger(__name__)
 
+_MAX_IN_FLIGHT = 100  # attempts at once per gateway (calls ringing, texts going out)
+_FINISH_TRIES = 30
 _FINAL = {
     cc.Next.CONFIRMED: "confirmed",
     cc.Next.SENT: "sent",
@@ -96,6 +99,9 @@ class Notifier:
         self.poll_s = settings.response.notify_poll_s
         self.clock = clock
         self._wake = asyncio.Event()
+        self._db = asyncio.Lock()  # one transaction at a time on the shared connection
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         failing = False
@@ -106,11 +112,13 @@ class Notifier:
                     async with await psycopg.AsyncConnection.connect(
                         self.settings.db.dsn, row_factory=dict_row
                     ) as conn:
+                        self._conn = conn
                         failing = False
                         while not self.stopping.is_set():
                             self._wake.clear()
                             if await self.deliver_due(conn) == 0:
                                 await self._idle(self.poll_s)
+                        await self._drain()
                 except psycopg.OperationalError as err:
                     (logger.debug if failing else logger.warning)(
                         "notifier lost the database (%s); retrying", str(err).strip()[:200]
@@ -118,10 +126,18 @@ class Notifier:
                     failing = True
                     await self._idle(2.0)
         finally:
+            for t in list(self._in_flight):  # left `calling`: the next claim counts them lost
+                t.cancel()
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
             await self.channel.aclose()
+
+    async def _drain(self, timeout_s: float = 5.0) -> None:
+        """On stop: attempts in flight get a moment to finish and be recorded."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=timeout_s)
 
     async def _idle(self, timeout_s: float) -> None:
         """Until a wake-up, the stop, or `timeout_s` (the poll: backoffs and windows)."""
@@ -136,31 +152,51 @@ class Notifier:
             await asyncio.sleep(0.01)
 
     async def _listen(self) -> None:
-        """Wakes the loop on the writer's live events (a new alarm or order comes with its
-        notice, committed together), so a leak's first call does not wait for the poll."""
+        """Wakes the loop when the writer commits new notices (`gas_notices`, notified in
+        their transaction), so a leak's first call does not wait for the poll."""
         while not self.stopping.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(
                     self.settings.db.dsn, autocommit=True
                 ) as lc:
-                    await lc.execute("LISTEN gas_events")
-                    async for note in lc.notifies():
-                        if '"type": "notification.' not in note.payload[:40]:
-                            self._wake.set()
+                    await lc.execute("LISTEN gas_notices")
+                    async for _ in lc.notifies():
+                        self._wake.set()
             except psycopg.OperationalError:
                 await asyncio.sleep(2.0)  # the poll still runs meanwhile
 
     async def deliver_due(self, conn: psycopg.AsyncConnection[Any], limit: int = 20) -> int:
-        """Moves every due notice one step; the calls of one round run concurrently."""
-        async with conn.transaction():
-            rows = await (await conn.execute(_CLAIM, (limit,))).fetchall()
+        """Claims due notices and starts their attempts as tasks: a call that rings for a
+        minute holds up neither the next leak's call nor the claims. Returns the rows taken."""
+        free = min(limit, _MAX_IN_FLIGHT - len(self._in_flight))
+        if free <= 0:
+            return 0
+        async with self._db, conn.transaction():
+            rows = await (await conn.execute(_CLAIM, (free,))).fetchall()
             jobs = [j for row in rows if (j := await self._claim(conn, row)) is not None]
-        if jobs:
-            results = await asyncio.gather(*(self._ask(j) for j in jobs))
-            for job, result in zip(jobs, results, strict=True):
-                async with conn.transaction():
-                    await self._finish(conn, job, result)
+        for job in jobs:
+            task = asyncio.create_task(self._attempt(job), name=f"notify-{job.doc['call_id']}")
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
         return len(rows)
+
+    async def _attempt(self, job: Job) -> None:
+        """One call or text, then its outcome recorded on the loop's current connection
+        (tried again while the database is away; past the lease the row's next claim finds
+        the attempt unfinished and counts it lost)."""
+        result = await self._ask(job)
+        for _ in range(_FINISH_TRIES):
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                try:
+                    async with self._db, conn.transaction():
+                        await self._finish(conn, job, result)
+                    self._wake.set()  # the next step may be due now
+                    return
+                except psycopg.OperationalError as err:
+                    logger.debug("notify outcome not recorded yet (%s)", str(err).strip()[:200])
+            await asyncio.sleep(1.0)
+        logger.warning("notify outcome of %s lost: the database stayed away", job.doc["call_id"])
 
     # ------------------------------------------------------------------ claim
     async def _claim(self, conn: psycopg.AsyncConnection[Any], row: dict[str, Any]) -> Job | None:

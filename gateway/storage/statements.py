@@ -60,6 +60,7 @@ def write_decisions(cur: psycopg.Cursor[Any], b: Batch) -> None:
                 for n in b.notifications
             ],
         )
+        cur.execute("SELECT pg_notify('gas_notices', '')")  # wakes the notifiers on COMMIT
     if b.audit:
         cur.executemany(
             "INSERT INTO audit_log (at, actor, action, entity, entity_id,"

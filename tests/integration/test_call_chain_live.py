@@ -7,7 +7,9 @@ its successor carries on. Also measures local_alarm -> work order and -> first c
 from __future__ import annotations
 
 import itertools
+import json
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -64,6 +66,32 @@ def http(api: Any, as_role: dict[str, dict[str, str]]) -> Iterator[Any]:
 
 
 _numbers = iter(range(10_000))
+
+
+class EventTap(threading.Thread):
+    """The API's live stream (SSE) read in a thread: every event's JSON, as a client sees it."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], types: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.base_url, self.headers, self.types = base_url, headers, types
+        self.events: list[dict[str, Any]] = []
+        self.opened = threading.Event()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        params = [("types", t) for t in self.types]
+        with (
+            httpx.Client(base_url=self.base_url, timeout=None) as c,
+            c.stream("GET", "/events", params=params, headers=self.headers) as r,
+        ):
+            for line in r.iter_lines():  # keep-alives every 0.5 s: the stop is seen
+                if line.startswith("data: "):
+                    doc = json.loads(line[6:])
+                    if doc["type"] == "stream.open":
+                        self.opened.set()
+                    self.events.append(doc)
+                if self.stop.is_set():
+                    return
 
 
 def own_numbers(dsn: str, house: Any, emergency: bool) -> tuple[str, str | None]:
@@ -134,8 +162,38 @@ def test_nobody_answers_walks_the_chain_to_the_control_room(
     assert r.status_code == 200, r.text
     phones.configure(owner, ["no_answer"])
     phones.configure(emergency, ["no_answer"])
+    tap = EventTap(
+        str(http.base_url), http.roles["viewer"], ["notification.state", "work_order.flagged"]
+    )
+    tap.start()
+    assert tap.opened.wait(10), "the live stream did not open"
     det.publish("event", {"seq": 1, "ts": time.time(), "type": "local_alarm"})
     n = notice(dsn, house.id, cond=lambda r: r and r[0][1] == "escalated", timeout_s=30)
+    seen = wait_until(
+        lambda: (
+            [e for e in tap.events if e.get("household_id") == house.id]
+            if any(
+                e["type"] == "work_order.flagged" and e["household_id"] == house.id
+                for e in tap.events
+            )
+            else None
+        ),
+        10,
+        what="the control room's flag on the live stream",
+    )
+    tap.stop.set()
+    steps = [(e.get("step"), e.get("attempt_state")) for e in seen if e["type"] != "stream.open"]
+    assert steps == [
+        ("voice_owner", "calling"),
+        ("voice_owner", "no_answer"),
+        ("sms_owner", "sending"),
+        ("sms_owner", "sent"),
+        ("voice_emergency", "calling"),
+        ("voice_emergency", "no_answer"),
+        (None, None),  # work_order.flagged
+        ("control_room", "flagged"),
+    ], steps
+    assert owner not in json.dumps(seen) and emergency not in json.dumps(seen)
     got = mine(phones.calls(), house.id)
     assert [(c.channel, c.to) for c in got] == [
         ("voice", owner),
