@@ -5,9 +5,10 @@ gateway/service/phone_channels.py: `POST /voice` places a "call" and answers
 `{"status": "answered" | "no_answer" | "failed"}`, `POST /sms` "sends" a text and answers
 `{"status": "sent"}`. What each number does is configured as a script of outcomes taken in
 order, the last one repeating: `["failed", "failed", "answered"]` fails twice then answers.
-Besides the JSON statuses, `error` answers HTTP 500 and `slow` answers `no_answer` after
-`slow_s` (to run past a client's timeout). Every request is recorded with its message text
-and outcome, so a test can read what was said to whom (a one-time code from an SMS, say).
+Besides the JSON statuses, `error` answers HTTP 500, `garbled` a 200 that is not JSON, and
+`slow` answers `no_answer` (or `sent`) after `slow_s` (to run past a client's timeout).
+Every request is recorded with its message text and outcome, so a test can read what was
+said to whom (a one-time code from an SMS, say).
 
 In a test: `with PhoneGateway({"+1555": ["answered"]}) as phones: ... phones.calls()`.
 Standalone (a demo): `python -m simulator.phones --port 8099 --default no_answer`; then
@@ -26,8 +27,8 @@ from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-VOICE_OUTCOMES = ("answered", "no_answer", "failed", "error", "slow")
-SMS_OUTCOMES = ("sent", "failed", "error", "slow")
+VOICE_OUTCOMES = ("answered", "no_answer", "failed", "error", "slow", "garbled")
+SMS_OUTCOMES = ("sent", "failed", "error", "slow", "garbled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +145,7 @@ class PhoneGateway:
             return "sent"
         return got
 
-    def handle(self, channel: str, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def handle(self, channel: str, doc: dict[str, Any]) -> tuple[int, Any]:
         to, body, call_id = doc.get("to"), doc.get("body"), doc.get("call_id")
         if not all(isinstance(v, str) and v for v in (to, body, call_id)):
             return 400, {"error": "to, body and call_id are required strings"}
@@ -157,6 +158,8 @@ class PhoneGateway:
             return 200, {"status": "no_answer" if channel == "voice" else "sent"}
         if outcome == "error":
             return 500, {"error": "configured to fail"}
+        if outcome == "garbled":
+            return 200, ["not", "the", "contract"]
         return 200, {"status": outcome}
 
 

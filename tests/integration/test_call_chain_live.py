@@ -269,6 +269,32 @@ def test_a_gateway_killed_mid_call_is_followed_by_one_retry_and_nothing_lost(
     ]
 
 
+def test_an_operator_confirming_during_the_call_stops_the_chain(
+    chain_gateway: Any, phones: PhoneGateway, fleet: Any, devices: Any, dsn: str, http: Any
+) -> None:
+    house, det = start_leak(chain_gateway, fleet, devices, dsn)
+    owner, _ = own_numbers(dsn, house, False)
+    phones.configure(owner, ["slow"], "voice")  # rings, then no answer
+    det.publish("event", {"seq": 1, "ts": time.time(), "type": "local_alarm"})
+    phones.wait_for(lambda calls: len(mine(calls, house.id)) >= 1, 20)
+    n = notice(dsn, house.id)
+    r = http.post(
+        f"/notifications/{n[0]}/confirm",
+        json={"comment": "the owner called the control room"},
+        headers=http.roles["operator"],
+    )
+    assert r.status_code == 200 and r.json()["state"] == "confirmed", r.text
+    # the call in flight still ends and is recorded; nothing follows it
+    wait_until(
+        lambda: attempt_states(http, house.id) == [("voice_owner", "no_answer", owner)],
+        10,
+        what="the ringing call's outcome recorded",
+    )
+    time.sleep(1.0)
+    assert [c.channel for c in mine(phones.calls(), house.id)] == ["voice"]
+    assert notice(dsn, house.id)[1] == "confirmed"
+
+
 def test_latency_from_local_alarm_to_order_and_first_call(
     chain_gateway: Any, phones: PhoneGateway, fleet: Any, devices: Any, dsn: str
 ) -> None:
