@@ -47,7 +47,7 @@ WorkOrderId = Annotated[int, row_id(17)]
 
 WORK_ORDER_COLUMNS = """w.id, w.household_id, h.community, w.cause, w.priority, w.status,
     w.title, w.opened_at, w.arrive_by, w.resolve_by, w.crew, w.findings, w.repeats,
-    w.alarm_id, w.incident_id, w.cmd_id, w.version, w.updated_at"""
+    w.alarm_id, w.incident_id, w.cmd_id, w.version, w.updated_at, w.flagged_at, w.flag"""
 _FROM = "FROM work_orders w JOIN households h ON h.id = w.household_id"
 _OVERDUE = """((w.status IN ('open', 'dispatched') AND w.arrive_by < %(now)s)
                OR (w.status IN ('open', 'dispatched', 'on_site') AND w.resolve_by < %(now)s))"""

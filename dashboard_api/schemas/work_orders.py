@@ -61,6 +61,10 @@ class WorkOrderPublic(Model):
     )
     version: int
     updated_at: dt.datetime
+    flagged_at: dt.datetime | None = Field(
+        default=None, description="The control room's flag: nobody confirmed the owner notice."
+    )
+    flag: str | None = None
     overdue_arrival: bool = Field(description="Not on site yet and past arrive_by.")
     overdue_resolution: bool = Field(description="Not resolved yet and past resolve_by.")
 

@@ -422,8 +422,9 @@ class Notifier:
         )
         if wo is not None:
             await conn.execute(
-                "UPDATE work_orders SET flagged_at = now(), flag = %s, updated_at = now(),"
-                " version = version + 1 WHERE id = %s",
+                # not a new version: an operator's dispatch in flight stays valid
+                "UPDATE work_orders SET flagged_at = now(), flag = %s, updated_at = now()"
+                " WHERE id = %s",
                 (reason, wo),
             )
             await conn.execute(

@@ -211,7 +211,8 @@ def test_nobody_answers_walks_the_chain_to_the_control_room(
     ]
     order = http.get(f"/work-orders/{n[3]}", headers=http.roles["viewer"])
     assert order.status_code == 200, order.text
-    assert order.json()["cause"] == "leak"
+    assert order.json()["cause"] == "leak" and "not confirmed" in order.json()["flag"]
+    assert order.json()["flagged_at"] is not None
     assert [s["action"] for s in order.json()["steps"]].count("control_room_flag") == 1
     with psycopg.connect(dsn) as conn:
         flagged = conn.execute(
