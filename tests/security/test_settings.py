@@ -85,12 +85,13 @@ def test_config_check_json_refusal(tmp_path: Path) -> None:
     assert json.loads(r.stdout) == {"valid": False, "error": LEAK_LELL.removeprefix("gas-safety: ")}
 
 
-SECRETS = ("mqtt-pw-1", "db-pw-2", "hook-pw-3", "stack-pw-4", "jwt-secret-5")
+SECRETS = ("mqtt-pw-1", "db-pw-2", "hook-pw-3", "stack-pw-4", "jwt-secret-5", "voice-pw-6")
 CONFIG = ('[mqtt]\nhost = "broker.internal"\npassword = "mqtt-pw-1"\n'
           '[db]\ndsn = "host=db.internal dbname=gas user=gw password=db-pw-2"\n'
           '[detection.thresholds]\nleak_lel = 25.0\n'
           '[response]\nnotify_channel = "webhook"\n'
-          'notify_webhook_url = "https://bot:hook-pw-3@sms.internal/send"\n')
+          'notify_webhook_url = "https://bot:hook-pw-3@sms.internal/send"\n'
+          'notify_voice_url = "https://bot:voice-pw-6@voice.internal/call"\n')
 
 
 def _with_stack(tmp_path: Path) -> None:
@@ -117,6 +118,7 @@ def test_config_check_shows_sources_and_masks_secrets(tmp_path: Path) -> None:
     assert lines["api.jwt_secret"].endswith("# env GAS_SAFETY_API__JWT_SECRET")
     assert lines["db.retention_days"].endswith("# default")
     assert "https://bot:********@sms.internal/send" in lines["response.notify_webhook_url"]
+    assert "https://bot:********@voice.internal/call" in lines["response.notify_voice_url"]
 
 
 def test_config_check_json(tmp_path: Path) -> None:
