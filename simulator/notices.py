@@ -17,8 +17,8 @@ def read_notices(conn: Any, household_ids: Sequence[str], since: dt.datetime) ->
     attempts, created_at and delivered_at (epoch seconds), error."""
     rows = conn.execute(
         "SELECT household_id, kind, channel, state, attempts,"
-        " extract(epoch FROM created_at)::float8, extract(epoch FROM delivered_at)::float8,"
-        " last_error FROM notifications WHERE household_id = ANY(%s) AND created_at >= %s"
+        " extract(epoch FROM created_at)::float8 AS created,"
+        " extract(epoch FROM delivered_at)::float8 AS delivered, last_error FROM notifications WHERE household_id = ANY(%s) AND created_at >= %s"
         " ORDER BY created_at, id",
         (list(household_ids), since),
     ).fetchall()
@@ -43,9 +43,9 @@ def read_orders(conn: Any, household_ids: Sequence[str], since: dt.datetime) -> 
     opened_at and dispatched_at (epoch seconds of the step to `dispatched`, or None)."""
     rows = conn.execute(
         "SELECT w.household_id, w.cause, w.priority, w.status,"
-        " extract(epoch FROM w.opened_at)::float8,"
+        " extract(epoch FROM w.opened_at)::float8 AS opened,"
         " (SELECT extract(epoch FROM min(s.at))::float8 FROM work_order_steps s"
-        "   WHERE s.work_order_id = w.id AND s.to_status = 'dispatched')"
+        "   WHERE s.work_order_id = w.id AND s.to_status = 'dispatched') AS dispatched"
         " FROM work_orders w WHERE w.household_id = ANY(%s) AND w.opened_at >= %s"
         " ORDER BY w.opened_at, w.id",
         (list(household_ids), since),

@@ -22,6 +22,7 @@ LEAK_MIX = (
     LeakKind.SEEP,
     LeakKind.RISER,
 )
+STUCK_MIN_LEL = 0.6
 CONTINUOUS_FLOW_M3H = 0.3
 MICRO_FLOW_M3H = 0.024
 FAULT_MIX = (
@@ -186,7 +187,8 @@ def plan(
         inj.fault_kind[d] = fkind
         inj.fault_start[d] = start
         if fkind is FaultKind.STUCK:
-            inj.fault_value[d] = round(float(model_background[d]), 2)
+            # stuck at a plausible background; a flat zero would be a healthy clean room
+            inj.fault_value[d] = round(max(float(model_background[d]), STUCK_MIN_LEL), 2)
         elif fkind is FaultKind.FAULT_BITS:
             inj.fault_value[d] = FAULT_SENSOR
         elif fkind is FaultKind.LASER:

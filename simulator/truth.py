@@ -492,7 +492,7 @@ class Truth:
             orders = db.get("orders", {}).get(e.household_id, [])
             o = next((o for o in orders if o["cause"] == "tamper"), None)
             out["sent"] = e.published_at is not None
-            out["order"] = None if o is None else f"{o['cause']} [{o['priority']}] {o['status']}"
+            out["order"] = None if o is None else f"{o['cause']} ({o['priority']}, {o['status']})"
         else:
             out["power_on_sent"] = e.published_at is not None
             out["power_on_recorded"] = e.device_id in db.get("power_on", set())
