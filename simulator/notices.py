@@ -18,7 +18,8 @@ def read_notices(conn: Any, household_ids: Sequence[str], since: dt.datetime) ->
     rows = conn.execute(
         "SELECT household_id, kind, channel, state, attempts,"
         " extract(epoch FROM created_at)::float8 AS created,"
-        " extract(epoch FROM delivered_at)::float8 AS delivered, last_error FROM notifications WHERE household_id = ANY(%s) AND created_at >= %s"
+        " extract(epoch FROM delivered_at)::float8 AS delivered, last_error"
+        " FROM notifications WHERE household_id = ANY(%s) AND created_at >= %s"
         " ORDER BY created_at, id",
         (list(household_ids), since),
     ).fetchall()
