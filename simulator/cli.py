@@ -205,7 +205,7 @@ def print_scores(scores: dict[str, Any]) -> None:
         (
             "cut by the detector / by the platform",
             f"{scores['cut_by_detector']} / {scores['cut_by_platform']}"
-            f" (Type A meters that failed to close: {len(scores['local_close_failed'])})",
+            f" (Type A alarms whose meter failed to close: {len(scores['local_close_failed'])})",
         ),
         ("missed (cut due, valve never closed)", ", ".join(scores["missed"]) or "none"),
         ("false cuts", ", ".join(c["household_id"] for c in scores["false_cuts"]) or "none"),

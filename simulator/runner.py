@@ -170,7 +170,7 @@ class FleetRun:
         self.det_last_publish = np.full(d, np.nan)
         self.type_a = bh.uniform(opts.seed, 70, np.arange(d)) < opts.type_a_share
         self.local_fail = bh.uniform(opts.seed, 71, np.arange(h)) < opts.local_close_fail
-        self.truth.mark_type_a(self.type_a, self.local_fail)
+        self.truth.mark_type_a(self.type_a)
         self.out_start = np.full(d, np.inf)  # detectors' power cuts (sim time)
         self.out_end = np.full(d, np.inf)
         self.powered_off = np.zeros(d, bool)
@@ -352,7 +352,7 @@ class FleetRun:
     def _local_alarm(self, d: int, at: float) -> None:
         self._event(DETECTOR, d, round(self.stamp(at), 3), b',"type":"local_alarm"')
         h = int(self.fleet.detector_household[d])
-        self.truth.local_alarm(d, at)
+        self.truth.local_alarm(d, at, bool(self.local_fail[h]))
         if self.local_fail[h]:
             self.on_event(
                 "alarm",

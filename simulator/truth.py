@@ -58,7 +58,7 @@ class LeakRecord:
     local_alarm_publish: float | None = None  # first local_alarm of its detectors
     local_alarm_device: str | None = None
     local_close_at: float | None = None  # the meter closed on the detector's word
-    local_close_failed: bool = False  # ... or was told and did not
+    local_close_failed: bool = False  # ... or was told and did not (a Type A alarm went out)
 
 
 @dataclass
@@ -158,15 +158,14 @@ class Truth:
         self.fault_detectors = np.fromiter(self._fault_of_detector, np.int64)
 
     # ------------------------------------------------------------ observations
-    def mark_type_a(self, type_a: np.ndarray, local_fail: np.ndarray) -> None:
-        """Which leaking households have a Type A detector (and a meter that ignores it)."""
+    def mark_type_a(self, type_a: np.ndarray) -> None:
+        """Which leaking households have a Type A detector."""
         for d, rec in self._leak_of_detector.items():
             if type_a[d]:
                 rec.type_a = True
-        for h, rec in self._leak_of_household.items():
-            rec.local_close_failed = bool(rec.type_a and local_fail[h])
 
-    def local_alarm(self, d: int, at: float) -> None:
+    def local_alarm(self, d: int, at: float, meter_fails: bool = False) -> None:
+        """A Type A detector's own alarm went out; `meter_fails`: its meter will not close."""
         rec = self._leak_of_detector.get(d)
         if rec is None:
             self.unexpected_local_alarms.append({"device_id": self.fleet.detector_ids[d], "at": at})
@@ -174,6 +173,7 @@ class Truth:
         if rec.local_alarm_publish is None:
             rec.local_alarm_publish = at
             rec.local_alarm_device = self.fleet.detector_ids[d]
+            rec.local_close_failed = meter_fails
 
     def tamper(self, event_id: str, at: float) -> None:
         self._event_by_id[event_id].published_at = at

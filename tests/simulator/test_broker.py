@@ -298,6 +298,7 @@ async def test_type_a_detectors_tamper_and_outage_against_the_gateway(
     run = FleetRun(fleet, BridgeTransport(fleet, "127.0.0.1", runtime.mqtt_port, runtime, (3,)),
                    opts)
     assert run.local_fail[[lp.household for lp in run.plan.leaks]].any(), "seed: no failure"
+    assert run.type_a.all()
     await run.start()
     truth = await run.run()
     await run.transport.close()

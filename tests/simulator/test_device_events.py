@@ -41,16 +41,14 @@ def seep_truth(fleet: Fleet, leaks: int = 3) -> tuple[Truth, list]:
 def test_detector_cut_platform_cut_and_failed_local_close(fleet: Fleet) -> None:
     truth, (a, b, c) = seep_truth(fleet)
     type_a = np.zeros(fleet.detectors, bool)
-    fail = np.zeros(fleet.households, bool)
     for lk in (a, b):
         type_a[lk.detectors[0]] = True
-    fail[b.household] = True
-    truth.mark_type_a(type_a, fail)
+    truth.mark_type_a(type_a)
     # a: the detector alarms, the meter closes on its word, the platform only confirms
     truth.local_alarm(a.detectors[0], 2000.0)
     truth.valve_moved(a.household, "closed", None, 2000.2, local=True)
     # b: the detector alarms, its meter does not close; the platform closes 5 s later
-    truth.local_alarm(b.detectors[0], 2001.0)
+    truth.local_alarm(b.detectors[0], 2001.0, meter_fails=True)
     truth.command_received(b.household, "c-b", "valve_close", "prompt", 2006.0)
     truth.valve_moved(b.household, "closed", "c-b", 2006.001)
     # c: no Type A; the rules make the cut due, nobody cuts it
@@ -60,6 +58,7 @@ def test_detector_cut_platform_cut_and_failed_local_close(fleet: Fleet) -> None:
     assert [cut_by(recs[x.id]) for x in (a, b, c)] == ["detector", "platform", None]
     assert all(cut_due(recs[x.id]) for x in (a, b, c))
     assert recs[b.id].local_close_failed and not recs[a.id].local_close_failed
+    assert recs[a.id].type_a and recs[b.id].type_a and not recs[c.id].type_a
     s = truth.score()
     assert (s["cut_due"], s["cut"], s["cut_by_detector"], s["cut_by_platform"]) == (3, 2, 1, 1)
     assert s["missed"] == [c.id] and s["local_close_failed"] == [b.id]
