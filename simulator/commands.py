@@ -123,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "--local-close-fail",
             type=float,
             default=0.25,
-            help="share of households whose meter ignores its Type A detector's alarm",
+            help="share of leaking Type A households whose meter ignores the detector",
         )
         p.add_argument("--tampers", type=int, default=1, help="tamper events to send")
         p.add_argument(

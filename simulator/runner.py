@@ -169,7 +169,7 @@ class FleetRun:
         self.det_alarmed = np.zeros(d, bool)
         self.det_last_publish = np.full(d, np.nan)
         self.type_a = bh.uniform(opts.seed, 70, np.arange(d)) < opts.type_a_share
-        self.local_fail = bh.uniform(opts.seed, 71, np.arange(h)) < opts.local_close_fail
+        self.local_fail = self._failing_meters(opts.local_close_fail)
         self.truth.mark_type_a(self.type_a)
         self.out_start = np.full(d, np.inf)  # detectors' power cuts (sim time)
         self.out_end = np.full(d, np.inf)
@@ -214,6 +214,24 @@ class FleetRun:
             self.on_event(
                 "plan", f"{lk.id} {lk.kind} in {lk.household_id} at +{lk.start_wall - now:.0f}s"
             )
+
+    def _failing_meters(self, share: float) -> np.ndarray:
+        """Meters that ignore their Type A detector: `share` of the leaking households with
+        one (rounded up, those whose detector will smell the leak first), so that a run
+        shows the platform closing them itself; the same ones for a seed."""
+        fail = np.zeros(self.fleet.households, bool)
+        houses = [lp for lp in self.plan.leaks if self.type_a[lp.detectors].any()]
+        k = int(np.ceil(share * len(houses) - 1e-9))
+        at_detector = (bh.LeakKind.SEEP, bh.LeakKind.RUPTURE)  # riser, hose off: maybe not
+        houses.sort(
+            key=lambda lp: (
+                lp.kind not in at_detector,
+                float(bh.uniform(self.opts.seed, 71, lp.household)),
+            )
+        )
+        for lp in houses[:k]:
+            fail[lp.household] = True
+        return fail
 
     # ------------------------------------------------------------ commands
     def _on_command(self, h: int, msg: Message, received_at: float) -> None:
