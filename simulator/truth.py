@@ -319,12 +319,15 @@ class Truth:
             lk.id for lk in self.leaks if not cut_due(lk) and lk.close_received_at is not None
         ]
         # the platform's own path: the reading that made the cut due -> valve_close (a Type A
-        # household's cut may rightly come earlier, on the detector's word: not counted here)
+        # household's cut may rightly come earlier, on the detector's word, or later, after
+        # the confirmation window (audited cut.unconfirmed): neither is counted here)
+        unconfirmed = set(db.get("unconfirmed_cmds", ())) if db is not None else set()
         by_rule = [
             lk
             for lk in self.leaks
             if lk.close_received_at is not None
             and lk.cut_due_publish is not None
+            and lk.close_cmd_id not in unconfirmed
             and (lk.local_alarm_publish is None or lk.close_received_at >= lk.cut_due_publish)
         ]
         confirm = [
@@ -595,6 +598,14 @@ def read_platform(
 
         out["orders"] = notices.read_orders(conn, fleet.household_ids, since)
         out["notices"] = notices.read_notices(conn, fleet.household_ids, since)
+        out["unconfirmed_cmds"] = [
+            r["cmd_id"]
+            for r in conn.execute(
+                "SELECT details->>'cmd_id' AS cmd_id FROM audit_log"
+                " WHERE action = 'cut.unconfirmed' AND entity_id = ANY(%s) AND at >= %s",
+                (fleet.household_ids, since),
+            ).fetchall()
+        ]
         out["power_on"] = {
             r["device_id"]
             for r in conn.execute(

@@ -285,9 +285,10 @@ async def test_type_a_detectors_tamper_and_outage_against_the_gateway(
     meter fails to, the platform closes it after its confirmation window. A tamper opens a
     high-priority order; a detector back from a power cut says power_on. Each leak's order
     and notice are read back."""
+    from support import wait_row
+
     from simulator import truth as truth_mod
     from simulator.behaviour import LeakKind
-    from support import wait_row
 
     fleet = provisioned(stack, runtime, prefix, 40)
     gateway.wait_devices(runtime.dsn)

@@ -66,6 +66,11 @@ def test_detector_cut_platform_cut_and_failed_local_close(fleet: Fleet) -> None:
     assert s["local_alarm_to_platform_close_ms"]["p50"] == pytest.approx(5000.0, abs=0.01)
     # the platform's own rule path does not count a cut on the detector's word
     assert s["latency_to_command_ms"]["n"] == 0 and s["early_cuts"] == 0
+    # nor one after the confirmation window, where the rules made the cut due meanwhile
+    d = np.array(b.detectors[:1])
+    truth.detectors_published(d, 50.0, np.array([True]), np.array([True]), 2002.0)
+    assert truth.score()["latency_to_command_ms"]["n"] == 1
+    assert truth.score({"unconfirmed_cmds": ["c-b"]})["latency_to_command_ms"]["n"] == 0
 
 
 def test_a_local_alarm_without_a_leak_is_reported(fleet: Fleet) -> None:
@@ -78,7 +83,7 @@ def test_a_local_alarm_without_a_leak_is_reported(fleet: Fleet) -> None:
 
 
 def test_leak_outcomes_read_orders_and_notices(fleet: Fleet) -> None:
-    truth, (a, b, c) = seep_truth(fleet)
+    truth, (a, b, _) = seep_truth(fleet)
     truth.local_alarm(a.detectors[0], 2000.0)
     truth.valve_moved(a.household, "closed", None, 2000.2, local=True)
     h = fleet.household_ids
