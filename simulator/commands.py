@@ -116,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--type-a",
             type=float,
-            default=0.4,
+            default=0.6,
             help="share of detectors that close their meter themselves (Type A)",
         )
         p.add_argument(
