@@ -18,8 +18,9 @@ import difflib
 import json
 import logging
 import os
+import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -227,6 +228,33 @@ class ResponseSettings(BaseModel):
         return self
 
 
+class ClockSettings(BaseModel):
+    """The platform clock. For tests of time-based rules only: a clock that runs `speed`
+    times faster than the wall clock from `wall_origin` (epoch seconds; standing still at
+    `sim_origin` until then), so that hours or days of device life pass in seconds. Every
+    rule, ack timeout and deadline then runs that much faster, and devices on the real clock
+    look skewed: refused unless `environment` is "test" (see Settings)."""
+
+    model_config = _STRICT
+
+    speed: float = Field(default=1.0, gt=0)
+    wall_origin: float | None = None
+    sim_origin: float | None = None  # the platform's time at wall_origin (default: wall_origin)
+
+    @property
+    def accelerated(self) -> bool:
+        return self.speed != 1.0 or self.sim_origin is not None
+
+    def source(self, wall: Callable[[], float] = time.time) -> Callable[[], float]:
+        """The clock function: `wall` itself unless accelerated or shifted."""
+        if not self.accelerated:
+            return wall
+        w0 = wall() if self.wall_origin is None else self.wall_origin
+        s0 = w0 if self.sim_origin is None else self.sim_origin
+        speed = self.speed
+        return lambda: s0 + max(0.0, wall() - w0) * speed
+
+
 class ApiSettings(BaseModel):
     model_config = _STRICT
 
@@ -268,11 +296,21 @@ class Settings(BaseSettings):
     response: ResponseSettings = ResponseSettings()
     api: ApiSettings = ApiSettings()
     priority: PrioritySettings = PrioritySettings()
+    clock: ClockSettings = ClockSettings()
 
     @field_validator("log_level")
     @classmethod
     def _level(cls, v: str) -> str:
         return v.upper()
+
+    @model_validator(mode="after")
+    def _clock_for_tests_only(self) -> Settings:
+        if self.clock.accelerated and self.environment != "test":
+            raise ValueError(
+                "clock: an accelerated or shifted clock is for tests only"
+                f" (environment is {self.environment!r}, not 'test')"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

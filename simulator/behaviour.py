@@ -14,7 +14,8 @@ Signals, in %LEL for detectors and m3/h for meters:
   at the meter (flow > 1.5 × qmax) and a riser leak felt in several flats of one building;
   gas stops when the valve closes, except in a riser, which is upstream of the flat's valve;
 - faults (`FaultKind`): a stuck sensor, fault bits, a degrading laser, a detector going
-  offline, a meter battery draining.
+  offline, a meter battery draining; at the meter, a flow that never pauses (an appliance
+  left on) and a micro-flow in a flat nobody uses (a micro-leak behind the meter).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class FaultKind(IntEnum):
     LASER = 3
     OFFLINE = 4
     BATTERY = 5  # meter
+    CONTINUOUS = 6  # meter: an appliance left on, the flow never pauses
+    MICRO_FLOW = 7  # meter: a micro-leak behind the meter in a flat nobody uses
 
 
 # ---------------------------------------------------------------- counter-based randomness
@@ -144,6 +147,9 @@ class Injection:
     fault_span_s: np.ndarray  # float32 [D] laser: time to lose half its gain
     battery_start: np.ndarray  # float64 [H] fast drain begins
     battery_rate: np.ndarray  # float32 [H] volts per simulated hour
+    flow_start: np.ndarray  # float64 [H] an extra flow begins (CONTINUOUS, MICRO_FLOW)
+    flow_extra: np.ndarray  # float32 [H] m3/h added to the household's use ...
+    flow_alone: np.ndarray  # bool [H] ... or instead of it (nobody home: MICRO_FLOW)
 
     @classmethod
     def empty(cls, households: int, detectors: int) -> Injection:
@@ -163,6 +169,9 @@ class Injection:
             np.ones(detectors, np.float32),
             nan_h.copy(),
             np.zeros(households, np.float32),
+            nan_h.copy(),
+            np.zeros(households, np.float32),
+            np.zeros(households, bool),
         )
 
 
@@ -262,9 +271,15 @@ class Model:
     def meter_flow(self, idx: np.ndarray, t: float | np.ndarray) -> np.ndarray:
         """Flow (m3/h) through meters `idx` at `t`, before the valve."""
         flow = demand_m3h(self.seed, idx, self.qmax[idx], t)
-        hs = self.inj.hose_start[idx]
+        inj = self.inj
+        fs = inj.flow_start[idx]
+        extra = np.isfinite(fs) & (fs <= t)
+        if extra.any():
+            base = np.where(extra & inj.flow_alone[idx], 0.0, flow)
+            flow = np.where(extra, base + inj.flow_extra[idx], flow)
+        hs = inj.hose_start[idx]
         hose = np.isfinite(hs) & (hs <= t)
-        return np.where(hose, self.inj.hose_factor[idx] * self.qmax[idx], flow)
+        return np.where(hose, inj.hose_factor[idx] * self.qmax[idx], flow)
 
     def integrate(self, idx: np.ndarray, t: float) -> None:
         """Advance the volumes of meters `idx` to `t`, integrating flow slot by slot."""

@@ -83,6 +83,10 @@ def options_from(args: argparse.Namespace) -> Any:
         grace_s=args.grace,
         start_hour=args.start_hour,
         resident_press_share=args.resident_press,
+        type_a_share=args.type_a,
+        local_close_fail=args.local_close_fail,
+        tampers=args.tampers,
+        outages=args.outages,
     )
 
 
@@ -198,12 +202,22 @@ def print_scores(scores: dict[str, Any]) -> None:
             "leaks planned / cut due / cut",
             f"{scores['leaks']} / {scores['cut_due']} / {scores['cut']}",
         ),
-        ("missed (cut due, no valve_close)", ", ".join(scores["missed"]) or "none"),
+        (
+            "cut by the detector / by the platform",
+            f"{scores['cut_by_detector']} / {scores['cut_by_platform']}"
+            f" (Type A alarms whose meter failed to close: {len(scores['local_close_failed'])})",
+        ),
+        ("missed (cut due, valve never closed)", ", ".join(scores["missed"]) or "none"),
         ("false cuts", ", ".join(c["household_id"] for c in scores["false_cuts"]) or "none"),
         ("cuts not required (warning-level leaks)", len(scores["cut_not_required"])),
         ("due -> meter got valve_close (ms)", _pct(scores["latency_to_command_ms"])),
         ("due -> valve closed (ms)", _pct(scores["latency_to_valve_closed_ms"])),
         ("due -> ack published (ms)", _pct(scores["latency_to_ack_ms"])),
+        ("detector alarm -> valve closed (ms)", _pct(scores["local_alarm_to_valve_closed_ms"])),
+        (
+            "detector alarm, meter failed -> platform close (ms)",
+            _pct(scores["local_alarm_to_platform_close_ms"]),
+        ),
         ("commands received", dict(scores["commands"]) or "none"),
         ("chaos sent", scores["chaos_sent"] or "none"),
     ]
@@ -216,6 +230,18 @@ def print_scores(scores: dict[str, Any]) -> None:
             ("faults with an alarm", f"{plat['faults_with_alarm']} / {len(plat['faults'])}"),
             ("rejects expected vs found", plat["rejects_vs_expected"] or "none"),
         ]
+        for path, p in plat["leak_paths"].items():
+            lat = p["leak_to_order_s"]
+            rows.append(
+                (
+                    f"leaks cut by {path}" if path != "not_cut" else "leaks not cut",
+                    f"{p['leaks']}: work orders {p['orders']} (dispatched {p['dispatched']}),"
+                    + (f" leak -> order p50 {lat['p50']} s max {lat['max']} s," if lat["n"] else "")
+                    + f" owner notice {p['notices']}",
+                )
+            )
+        for e in plat["events"]:
+            rows.append((e["id"], {k: v for k, v in e.items() if k != "id"}))
     Console().print(summary_table("run summary", rows))
 
 

@@ -113,6 +113,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default="seep,rupture,hose_off,rupture,seep,riser",
             help="leak kinds to inject, in turn",
         )
+        p.add_argument(
+            "--type-a",
+            type=float,
+            default=0.6,
+            help="share of detectors that close their meter themselves (Type A)",
+        )
+        p.add_argument(
+            "--local-close-fail",
+            type=float,
+            default=0.25,
+            help="share of leaking Type A households whose meter ignores the detector",
+        )
+        p.add_argument("--tampers", type=int, default=1, help="tamper events to send")
+        p.add_argument(
+            "--outages",
+            type=int,
+            default=1,
+            help="detectors losing power for a while, then back with power_on",
+        )
         p.add_argument("--truth-out", type=Path, default=None)
         p.add_argument("--quiet", action="store_true", help="no live display")
 

@@ -11,6 +11,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from simulator.truth import cut_by, cut_due
+
 STYLE = {
     "leak": "bold red",
     "alarm": "yellow",
@@ -44,8 +46,9 @@ class EventLog:
 def run_view(run: Any, log: EventLog, platform: dict[str, Any] | None = None) -> Group:
     now = time.time()
     tr = run.truth
-    due = sum(1 for lk in tr.leaks if lk.cut_due_publish is not None)
-    cut = sum(1 for lk in tr.leaks if lk.close_received_at is not None)
+    due = sum(1 for lk in tr.leaks if cut_due(lk))
+    local = sum(1 for lk in tr.leaks if cut_by(lk) == "detector")
+    cut = sum(1 for lk in tr.leaks if cut_by(lk) is not None)
     lat = sorted(
         1000 * (lk.close_received_at - lk.cut_due_publish)
         for lk in tr.leaks
@@ -63,7 +66,7 @@ def run_view(run: Any, log: EventLog, platform: dict[str, Any] | None = None) ->
     head.add_row(
         f"[b]leaks[/b] {len(tr.leaks)} planned",
         f"[b]cut due[/b] {due}",
-        f"[b]cut[/b] [green]{cut}[/green]",
+        f"[b]cut[/b] [green]{cut}[/green] ({local} by the detector)",
         "[b]latency[/b] "
         + (f"p50 {lat[len(lat) // 2]:.1f} ms max {lat[-1]:.1f} ms" if lat else "-"),
         f"[b]chaos[/b] {sum(tr.chaos.values()):,}",

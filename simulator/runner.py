@@ -5,6 +5,13 @@ for the readings of the devices that are due, publishes them, lets the rule mirr
 truth stamp what went out, routes commands to the valve state machines and carries out
 their effects (valve moves, acks) when they are due. Simulated time runs `speed` times
 faster than the wall clock; publishing is real.
+
+Devices stamp `ts` with the wall clock (their own clocks are real), unless the run shares
+an accelerated clock with a gateway under test (`RunOptions.clock`, the gateway's
+`clock` settings): then model time, device clocks and the platform clock are one, and
+hours of device life pass in seconds. Type A detectors (`type_a_share`) close their
+household's meter themselves when they smell gas, as real ones do; the platform is told
+by their `local_alarm` and the meter's `valve_closed_local`.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from simulator import behaviour as bh
 from simulator import chaos as ch
 from simulator import valve as vv
 from simulator.fleet import Fleet
-from simulator.scenario import LEAK_MIX
+from simulator.scenario import FAULT_MIX, LEAK_MIX
 from simulator.scenario import plan as plan_scenario
 from simulator.transport import DETECTOR, METER, Transport
 from simulator.truth import Truth
@@ -56,16 +63,31 @@ class RunOptions:
     leak_window: tuple[float, float] = (0.05, 0.6)
     leak_kinds: tuple[bh.LeakKind, ...] = LEAK_MIX
     status_on_start: bool = True
+    fault_kinds: tuple[bh.FaultKind, ...] = FAULT_MIX
+    fault_window: tuple[float, float] = (0.05, 0.5)
+    # Type A detectors: their own alarm closes the meter (valve_closed_local), the platform
+    # confirms; the others leave the cut to the platform
+    type_a_share: float = 0.0
+    local_alarm_lel: float = bh.CUT_LEL  # a Type A detector's own alarm level
+    local_close_delay_s: float = 0.2  # wall: detector alarm -> meter valve closed
+    local_close_fail: float = 0.0  # share of households whose meter ignores the detector
+    tampers: int = 0  # tamper events
+    outages: int = 0  # detectors losing power, then back with power_on
+    outage_share: float = 0.2  # of the simulated span
+    # (wall_origin, sim_origin, speed) shared with a gateway on an accelerated clock
+    # (gateway settings `clock`): devices then stamp model time
+    clock: tuple[float, float, float] | None = None
 
 
 class Clock:
-    """Simulated time = sim0 + (wall - wall0) x speed."""
+    """Simulated time = sim0 + (wall - wall0) x speed (standing at sim0 before wall0: the
+    same function as the gateway's accelerated clock, so both can share one)."""
 
     def __init__(self, wall0: float, sim0: float, speed: float) -> None:
         self.wall0, self.sim0, self.speed = wall0, sim0, speed
 
     def sim(self, wall: float) -> float:
-        return self.sim0 + (wall - self.wall0) * self.speed
+        return self.sim0 + max(0.0, wall - self.wall0) * self.speed
 
     def wall(self, sim: float) -> float:
         return self.wall0 + (sim - self.sim0) / self.speed
@@ -91,26 +113,37 @@ class FleetRun:
         self.per_device = per_device
         self.on_event = on_event or (lambda kind, text: None)
         now = time.time()
-        sim0 = now
-        if opts.start_hour is not None:
-            day = now - now % 86400
-            sim0 = day + opts.start_hour * 3600
-        self.clock = Clock(now, sim0, opts.speed)
+        self.shared_clock = opts.clock is not None
+        if opts.clock is not None:
+            self.clock = Clock(*opts.clock)
+        else:
+            sim0 = now
+            if opts.start_hour is not None:
+                day = now - now % 86400
+                sim0 = day + opts.start_hour * 3600
+            self.clock = Clock(now, sim0, opts.speed)
+        sim_now = self.clock.sim(now)
+        speed = self.clock.speed
         self.model = bh.Model(
             opts.seed, fleet.detector_household, fleet.qmax_m3h, fleet.meter_age_days
         )
-        span = opts.duration_s * opts.speed
+        span = opts.duration_s * speed
         self.plan = plan_scenario(
             fleet,
             self.model.background,
             opts.seed,
             opts.leaks,
             opts.faults,
-            sim0,
+            sim_now,
             span,
             opts.leak_window,
             opts.leak_kinds,
             busy_households,
+            opts.fault_kinds,
+            opts.fault_window,
+            opts.tampers,
+            opts.outages,
+            opts.outage_share,
         )
         self.model.inj = self.plan.injection
         self.truth = Truth(fleet, self.plan, self.clock.wall)
@@ -135,6 +168,23 @@ class FleetRun:
         self.det_online = np.ones(d, bool)
         self.det_alarmed = np.zeros(d, bool)
         self.det_last_publish = np.full(d, np.nan)
+        self.type_a = bh.uniform(opts.seed, 70, np.arange(d)) < opts.type_a_share
+        self.local_fail = self._failing_meters(opts.local_close_fail)
+        self.truth.mark_type_a(self.type_a)
+        self.out_start = np.full(d, np.inf)  # detectors' power cuts (sim time)
+        self.out_end = np.full(d, np.inf)
+        self.powered_off = np.zeros(d, bool)
+        for ev in self.plan.events:
+            if ev.kind == "outage" and ev.end_sim is not None:
+                self.out_start[ev.device], self.out_end[ev.device] = ev.start_sim, ev.end_sim
+        self._tampers = sorted(
+            (
+                (ev.start_sim, ev.id, ev.device, ev.is_meter)
+                for ev in self.plan.events
+                if ev.kind == "tamper"
+            ),
+            reverse=True,
+        )
         self._effects: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self._ghosts = itertools.count()
@@ -144,14 +194,17 @@ class FleetRun:
         self.truth.meta.update(
             {
                 "seed": opts.seed,
-                "speed": opts.speed,
+                "speed": speed,
+                "platform_clock": "shared" if self.shared_clock else "wall",
+                "type_a_detectors": int(self.type_a.sum()),
+                "local_close_fail_households": int(self.local_fail.sum()),
                 "duration_s": opts.duration_s,
                 "households": h,
                 "devices": h + d,
                 "mode": "per-device" if per_device else "bridge",
                 "chaos": opts.chaos,
                 "started_at": now,
-                "sim_start": sim0,
+                "sim_start": sim_now,
                 "responders": {
                     r.value: sum(1 for x in self.responders if x.kind is r) for r in vv.Responder
                 },
@@ -161,6 +214,24 @@ class FleetRun:
             self.on_event(
                 "plan", f"{lk.id} {lk.kind} in {lk.household_id} at +{lk.start_wall - now:.0f}s"
             )
+
+    def _failing_meters(self, share: float) -> np.ndarray:
+        """Meters that ignore their Type A detector: `share` of the leaking households with
+        one (rounded up, those whose detector will smell the leak first), so that a run
+        shows the platform closing them itself; the same ones for a seed."""
+        fail = np.zeros(self.fleet.households, bool)
+        houses = [lp for lp in self.plan.leaks if self.type_a[lp.detectors].any()]
+        k = int(np.ceil(share * len(houses) - 1e-9))
+        at_detector = (bh.LeakKind.SEEP, bh.LeakKind.RUPTURE)  # riser, hose off: maybe not
+        houses.sort(
+            key=lambda lp: (
+                lp.kind not in at_detector,
+                float(bh.uniform(self.opts.seed, 71, lp.household)),
+            )
+        )
+        for lp in houses[:k]:
+            fail[lp.household] = True
+        return fail
 
     # ------------------------------------------------------------ commands
     def _on_command(self, h: int, msg: Message, received_at: float) -> None:
@@ -212,10 +283,31 @@ class FleetRun:
 
     def _ack(self, h: int, ack: protocol.Ack) -> None:
         now = time.time()
-        ack = msgspec.structs.replace(ack, ts=round(self.clock.sim(now), 3))
+        ack = msgspec.structs.replace(ack, ts=round(self.stamp(now), 3))
         topic = protocol.topic(self.fleet.meter_ids[h], "ack", self.fleet.prefix).encode()
         at = self.transport.publish(METER, h, topic, protocol.encode(ack))
         self.truth.ack_published(h, ack.cmd_id, at)
+
+    def stamp(self, wall: float) -> float:
+        """A device's clock at `wall`: model time when shared with the gateway, else real."""
+        return self.clock.sim(wall) if self.shared_clock else wall
+
+    def _close_locally(self, h: int, d: int) -> None:
+        """A Type A detector's alarm reached its meter: the valve closes, the meter says so."""
+        state = self.valves.setdefault(h, vv.ValveState())
+        if state.valve == "closed":  # the platform was quicker
+            return
+        state.valve = "closed"
+        state.awaiting_press = False
+        now = time.time()
+        self.model.set_valve(h, bh.VALVE_CLOSED, self.clock.sim(now))
+        self.truth.valve_moved(h, "closed", None, now, local=True)
+        self._event(METER, h, self.stamp(now), b',"type":"valve_closed_local"')
+        self.on_event(
+            "valve",
+            f"{self.fleet.meter_ids[h]} valve closed by detector {self.fleet.detector_ids[d]}",
+        )
+        self.meter_due[h] = now  # and the next reading says "closed"
 
     def _press(self, h: int) -> None:
         for eff in vv.on_button_press(self.valves[h], time.time()):
@@ -239,6 +331,7 @@ class FleetRun:
             self.transport.drop(DETECTOR, int(d))
             self.on_event("fault", f"{self.fleet.detector_ids[d]} went offline")
         due = due[online]
+        due = self._power(due, now, t)
         if not due.size:
             return 0
         ch4, fault = self.model.detector_lel(due, t)
@@ -246,7 +339,7 @@ class FleetRun:
         h0 = self.fleet.households
         g = due + h0
         seqs = self.seq[g]
-        ts = round(t, 3)
+        ts = round(self.stamp(now), 3)
         topics = self.fleet.detector_topics
         payloads = [
             b'{"seq":%d,"ts":%.3f,"ch4":%.2f,"fault":%d}' % (s, ts, c, f)
@@ -264,14 +357,57 @@ class FleetRun:
         alarmed = ch4 >= bh.PREALARM_LEL
         interval = np.where(alarmed, self.opts.alarm_interval_s, self.opts.interval_s)
         self.det_due[due] = now + interval
-        newly = due[dangerous & ~self.det_alarmed[due]]
-        self.det_alarmed[due] = dangerous | (self.det_alarmed[due] & alarmed)
+        # a Type A detector's own alarm: once, re-armed when the gas is below pre-alarm
+        local = self.type_a[due] & (fault == 0) & (ch4 >= self.opts.local_alarm_lel)
+        newly = due[local & ~self.det_alarmed[due]]
+        self.det_alarmed[due] = local | (self.det_alarmed[due] & alarmed)
         for d in newly.tolist():
-            self._event(DETECTOR, d, t, b',"type":"local_alarm"')
-            self.on_event("alarm", f"{self.fleet.detector_ids[d]} smells gas")
+            self._local_alarm(d, at)
         if self.opts.chaos:
-            self._chaos(DETECTOR, due, payloads, t)
+            self._chaos(DETECTOR, due, payloads, ts)
         return len(due)
+
+    def _local_alarm(self, d: int, at: float) -> None:
+        self._event(DETECTOR, d, round(self.stamp(at), 3), b',"type":"local_alarm"')
+        h = int(self.fleet.detector_household[d])
+        self.truth.local_alarm(d, at, bool(self.local_fail[h]))
+        if self.local_fail[h]:
+            self.on_event(
+                "alarm",
+                f"{self.fleet.detector_ids[d]} alarms; meter {self.fleet.meter_ids[h]}"
+                " does not close",
+            )
+            return
+        self.on_event("alarm", f"{self.fleet.detector_ids[d]} alarms and closes its meter")
+        self._schedule(at + self.opts.local_close_delay_s, lambda: self._close_locally(h, d))
+
+    def _power(self, due: np.ndarray, now: float, t: float) -> np.ndarray:
+        """Detectors without power stay silent; one whose power came back says power_on."""
+        off = (self.out_start[due] <= t) & (t < self.out_end[due])
+        if off.any():
+            for d in due[off & ~self.powered_off[due]].tolist():
+                self.powered_off[d] = True
+                self.truth.outage(d, now, float(self.det_last_publish[d]))
+                self.on_event("fault", f"{self.fleet.detector_ids[d]} lost power")
+            self.det_due[due[off]] = now + self.opts.interval_s
+        back = due[~off & self.powered_off[due]]
+        for d in back.tolist():
+            self.powered_off[d] = False
+            self.out_start[d] = np.inf
+            self._event(DETECTOR, d, round(self.stamp(now), 3), b',"type":"power_on"')
+            self.truth.power_on(d, time.time())
+            self.on_event("fault", f"{self.fleet.detector_ids[d]} power back: power_on")
+        return due[~off]
+
+    def _tamper(self, t: float) -> None:
+        while self._tampers and self._tampers[-1][0] <= t:
+            _, eid, i, is_meter = self._tampers.pop()
+            kind = METER if is_meter else DETECTOR
+            now = time.time()
+            self._event(kind, i, round(self.stamp(now), 3), b',"type":"tamper"')
+            self.truth.tamper(eid, now)
+            dev = (self.fleet.meter_ids if is_meter else self.fleet.detector_ids)[i]
+            self.on_event("fault", f"{dev} reports tamper")
 
     def _publish_meters(self, now: float, t: float) -> int:
         due = np.flatnonzero(self.meter_due <= now)
@@ -280,7 +416,7 @@ class FleetRun:
         vol, flow, valve, batt, rssi = self.model.meter_reading(due, t)
         overflow = self.mirror.meters(due, flow)
         seqs = self.seq[due]
-        ts = round(t, 3)
+        ts = round(self.stamp(now), 3)
         names = [n.encode() for n in bh.VALVE_NAMES]
         payloads = [
             b'{"seq":%d,"ts":%.3f,"vol":%.3f,"flow":%.3f,"valve":"%s","batt":%.2f,'
@@ -306,7 +442,7 @@ class FleetRun:
         interval = np.where(overflow, self.opts.alarm_interval_s, self.opts.interval_s)
         self.meter_due[due] = now + interval
         if self.opts.chaos:
-            self._chaos(METER, due, payloads, t)
+            self._chaos(METER, due, payloads, ts)
         return len(due)
 
     def _event(self, kind: int, i: int, t: float, body: bytes) -> None:
@@ -405,6 +541,7 @@ class FleetRun:
                 _, lid, kind, hid = leak_starts[announced]
                 self.on_event("leak", f"{lid}: {kind} leak starts in {hid}")
                 announced += 1
+            self._tamper(t)
             self.published += self._publish_detectors(now, t)
             self.published += self._publish_meters(now, t)
             while self._effects and self._effects[0][0] <= now:

@@ -22,6 +22,9 @@ LEAK_MIX = (
     LeakKind.SEEP,
     LeakKind.RISER,
 )
+STUCK_MIN_LEL = 0.6
+CONTINUOUS_FLOW_M3H = 0.3
+MICRO_FLOW_M3H = 0.024
 FAULT_MIX = (
     FaultKind.STUCK,
     FaultKind.FAULT_BITS,
@@ -52,10 +55,25 @@ class FaultPlan:
 
 
 @dataclass
+class EventPlan:
+    """A device event that is not a reading's consequence: a `tamper` (the event at
+    `start_sim`), or an `outage` (a detector loses power: silent from `start_sim`, back at
+    `end_sim` with `power_on`)."""
+
+    id: str
+    kind: str  # tamper | outage
+    device: int  # detector index, or household index for a meter
+    is_meter: bool
+    start_sim: float
+    end_sim: float | None = None
+
+
+@dataclass
 class Plan:
     injection: Injection
     leaks: list[LeakPlan] = field(default_factory=list)
     faults: list[FaultPlan] = field(default_factory=list)
+    events: list[EventPlan] = field(default_factory=list)
 
     @property
     def households(self) -> set[int]:
@@ -75,9 +93,16 @@ def plan(
     leak_window: tuple[float, float] = (0.05, 0.6),
     kinds: tuple[LeakKind, ...] = LEAK_MIX,
     exclude: set[int] | None = None,
+    fault_kinds: tuple[FaultKind, ...] = FAULT_MIX,
+    fault_window: tuple[float, float] = (0.05, 0.5),
+    tampers: int = 0,
+    outages: int = 0,
+    outage_share: float = 0.2,
 ) -> Plan:
-    """Inject `leaks` leak events and `faults` faults into the window [start, start + span];
-    households in `exclude` (the platform still deals with them) get nothing."""
+    """Inject `leaks` leak events and `faults` faults (of `fault_kinds`, in turn) into the
+    window [start, start + span], and `tampers` tamper events and `outages` detector power
+    cuts lasting `outage_share` of the span; households in `exclude` (the platform still
+    deals with them) get nothing."""
     rng = np.random.default_rng([seed, 7])
     inj = Injection.empty(fleet.households, fleet.detectors)
     out = Plan(inj)
@@ -136,9 +161,10 @@ def plan(
             _set_leak(inj, dets, LeakKind.SEEP, start, 4.0, seep_rise, stops=True)
         out.leaks.append(LeakPlan(lid, kind, h, dets.tolist(), start, peak))
 
-    flo, fhi = sim_start + 0.05 * sim_span, sim_start + 0.5 * sim_span
+    flo = sim_start + fault_window[0] * sim_span
+    fhi = sim_start + fault_window[1] * sim_span
     for n in range(faults):
-        fkind = FAULT_MIX[n % len(FAULT_MIX)]
+        fkind = fault_kinds[n % len(fault_kinds)]
         fh = take()
         if fh is None:
             break
@@ -149,16 +175,42 @@ def plan(
             inj.battery_rate[fh] = 0.5 / max(0.3 * sim_span / 3600.0, 1e-3)  # 0.5 V lost
             out.faults.append(FaultPlan(fid, fkind, fh, True, start))
             continue
+        if fkind in (FaultKind.CONTINUOUS, FaultKind.MICRO_FLOW):
+            inj.flow_start[fh] = start
+            micro = fkind is FaultKind.MICRO_FLOW
+            # an appliance left on low; or 1.5 x a meter's starting flow (0.016 m3/h), alone
+            inj.flow_extra[fh] = MICRO_FLOW_M3H if micro else CONTINUOUS_FLOW_M3H
+            inj.flow_alone[fh] = micro
+            out.faults.append(FaultPlan(fid, fkind, fh, True, start))
+            continue
         d = int(fleet.detectors_of(fh)[0])
         inj.fault_kind[d] = fkind
         inj.fault_start[d] = start
         if fkind is FaultKind.STUCK:
-            inj.fault_value[d] = round(float(model_background[d]), 2)
+            # stuck at a plausible background; a flat zero would be a healthy clean room
+            inj.fault_value[d] = round(max(float(model_background[d]), STUCK_MIN_LEL), 2)
         elif fkind is FaultKind.FAULT_BITS:
             inj.fault_value[d] = FAULT_SENSOR
         elif fkind is FaultKind.LASER:
             inj.fault_span_s[d] = max(0.1 * sim_span, 10.0)
         out.faults.append(FaultPlan(fid, fkind, d, False, start))
+    for n in range(tampers + outages):
+        eh = take()
+        if eh is None:
+            break
+        start = float(rng.uniform(lo, hi))
+        dets = fleet.detectors_of(eh)
+        if n < tampers:  # every other tamper is at the meter
+            on_meter = n % 2 == 1
+            dev = eh if on_meter else int(dets[0])
+            out.events.append(EventPlan(f"tamper-{n + 1:03d}", "tamper", dev, on_meter, start))
+        else:
+            end = start + outage_share * sim_span
+            out.events.append(
+                EventPlan(
+                    f"outage-{n - tampers + 1:03d}", "outage", int(dets[0]), False, start, end
+                )
+            )
     return out
 
 

@@ -56,7 +56,7 @@ class GatewayService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.clock = time.time
+        self.clock = settings.clock.source()  # the wall clock, except in tests
         self.gw = Gateway(settings, clock=self.clock, new_id=new_command_id)
         self._stopping = asyncio.Event()
         s = settings.mqtt

@@ -277,3 +277,55 @@ def test_loss_accounting_counts_distinct_seqs_in_range(dsn, prefix) -> None:
                      (t, meter))
     n = storage.count_stored(dsn, [det, meter], np.array([10, 5]), np.array([14, 6]), now - 5)
     assert n == 5 + 1
+
+
+async def test_type_a_detectors_tamper_and_outage_against_the_gateway(
+        stack, runtime, prefix, gateway) -> None:
+    """Type A detectors close their meters themselves and the platform records it; where a
+    meter fails to, the platform closes it after its confirmation window. A tamper opens a
+    high-priority order; a detector back from a power cut says power_on. Each leak's order
+    and notice are read back."""
+    from support import wait_row
+
+    from simulator import truth as truth_mod
+    from simulator.behaviour import LeakKind
+
+    fleet = provisioned(stack, runtime, prefix, 40)
+    gateway.wait_devices(runtime.dsn)
+    opts = RunOptions(duration_s=10, speed=30, interval_s=0.5, leaks=4, faults=0, seed=5,
+                      grace_s=12, responders=ResponderShares(), leak_kinds=(LeakKind.SEEP,),
+                      leak_window=(0.05, 0.3), type_a_share=1.0, local_close_fail=0.5,
+                      tampers=1, outages=1, outage_share=0.3)
+    run = FleetRun(fleet, BridgeTransport(fleet, "127.0.0.1", runtime.mqtt_port, runtime, (3,)),
+                   opts)
+    assert run.local_fail[[lp.household for lp in run.plan.leaks]].any(), "seed: no failure"
+    assert run.type_a.all()
+    await run.start()
+    truth = await run.run()
+    await run.transport.close()
+    by_detector = [lk for lk in truth.leaks if truth_mod.cut_by(lk) == "detector"]
+    failed = [lk for lk in truth.leaks if lk.local_close_failed]
+    assert by_detector and failed
+    for lk in by_detector:  # recorded on the leak alarm the detector's event raised
+        wait_row(runtime.dsn, "SELECT 1 FROM audit_log WHERE action = 'alarm.valve_closed_local'"
+                 " AND entity_id = %s", (lk.household_id,))
+    for lk in failed:  # the platform's own close, after the confirmation window
+        assert truth_mod.cut_by(lk) == "platform", lk
+        assert lk.close_received_at - lk.local_alarm_publish >= 4.9
+        wait_row(runtime.dsn, "SELECT 1 FROM audit_log WHERE action = 'cut.unconfirmed'"
+                 " AND entity_id = %s", (lk.household_id,))
+    (tamper,) = [e for e in truth.events if e.kind == "tamper"]
+    wait_row(runtime.dsn, "SELECT 1 FROM work_orders WHERE household_id = %s AND cause = 'tamper'"
+             " AND priority = 'high'", (tamper.household_id,))
+    wait_row(runtime.dsn, "SELECT 1 FROM work_orders WHERE household_id = ANY(%s)"
+             " AND cause = 'leak'", ([lk.household_id for lk in truth.leaks],),
+             cond=lambda r: len(r) == len(truth.leaks))
+    s = truth.score(truth_mod.read_platform(runtime.dsn, fleet, run.started_at,
+                                            list(truth.commands)))
+    assert not s["missed"] and not s["false_cuts"] and not s["unexpected_local_alarms"]
+    assert s["cut_by_detector"] == len(by_detector)
+    for o in s["platform"]["leak_outcomes"]:
+        assert o["order"]["cause"] == "leak" and o["order"]["priority"] == "urgent", o
+        assert o["notice"] is not None and o["notice"]["kind"] == "leak", o
+    outage = next(e for e in s["platform"]["events"] if e["kind"] == "outage")
+    assert outage["power_on_sent"] and outage["power_on_recorded"], outage
