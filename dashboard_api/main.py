@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from dashboard_api import clients, errors
+from dashboard_api.console import routes as console
 from dashboard_api.deps import AppState
 from dashboard_api.gate import PUBLIC_PATHS, AuthGate
 from dashboard_api.hub import EventHub
@@ -32,11 +33,13 @@ from dashboard_api.routes import (
     alarms,
     audit,
     auth,
+    board,
     devices,
     events,
     households,
     notifications,
     readings,
+    refresh,
     service,
     upgrades,
     users,
@@ -195,6 +198,9 @@ def create_app(
         events,
         upgrades,
         audit,
+        board,
+        refresh,
+        console,
     ):
         app.include_router(module.router)
 

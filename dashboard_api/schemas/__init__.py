@@ -21,6 +21,14 @@ from dashboard_api.schemas.auth import (
     Me,
     Token,
 )
+from dashboard_api.schemas.board import (
+    Board,
+    BoardAlarm,
+    BoardIncident,
+    IncidentDetail,
+    IncidentPublic,
+    ShelveRequest,
+)
 from dashboard_api.schemas.common import (
     EARLIEST,
     IDENT_PATTERN,
@@ -127,6 +135,9 @@ __all__ = [
     "ApiKeyCreated",
     "ApiKeyPublic",
     "AuditEntry",
+    "Board",
+    "BoardAlarm",
+    "BoardIncident",
     "Body",
     "BookingCreate",
     "BookingPublic",
@@ -152,6 +163,8 @@ __all__ = [
     "HouseholdDetail",
     "HouseholdPublic",
     "Ident",
+    "IncidentDetail",
+    "IncidentPublic",
     "InspectionOpened",
     "Instant",
     "KindCount",
@@ -179,6 +192,7 @@ __all__ = [
     "ResolveRequest",
     "RoleName",
     "Severity",
+    "ShelveRequest",
     "T",
     "Text",
     "Token",
