@@ -31,6 +31,7 @@ from dashboard_api.metrics import Metrics, MetricsMiddleware
 from dashboard_api.rollup import RollupWorker
 from dashboard_api.routes import (
     alarms,
+    assignment,
     audit,
     auth,
     board,
@@ -199,6 +200,7 @@ def create_app(
         upgrades,
         audit,
         board,
+        assignment,
         refresh,
         console,
     ):

@@ -44,7 +44,8 @@ SELECT a.id, a.device_id, a.household_id, h.address, h.unit, h.community, h.buil
        vc.cmd_id AS v_cmd_id, vc.action AS v_action, vc.state AS v_state, vc.ack_ok AS v_ack_ok,
        vc.issued_at AS v_issued_at, vc.acked_at AS v_acked_at,
        w.id AS w_id, w.status AS w_status, w.priority AS w_priority, w.cause AS w_cause,
-       w.arrive_by AS w_arrive_by, w.resolve_by AS w_resolve_by, w.crew AS w_crew
+       w.arrive_by AS w_arrive_by, w.resolve_by AS w_resolve_by, w.crew AS w_crew,
+       w.assignee AS w_assignee
 FROM alarms a
 JOIN households h ON h.id = a.household_id
 LEFT JOIN LATERAL (
@@ -55,11 +56,14 @@ LEFT JOIN LATERAL (
       AND c.issued_at >= a.raised_at - interval '5 seconds'
     ORDER BY c.issued_at DESC LIMIT 1) vc ON true
 LEFT JOIN LATERAL (
-    SELECT w.id, w.status, w.priority, w.cause, w.arrive_by, w.resolve_by, w.crew
-    FROM work_orders w
-    WHERE w.alarm_id = a.id
-       OR (w.household_id = a.household_id AND w.status IN ('open', 'dispatched', 'on_site'))
-    ORDER BY (w.alarm_id = a.id) DESC NULLS LAST, w.id DESC LIMIT 1) w ON true
+    (SELECT w.id, w.status, w.priority, w.cause, w.arrive_by, w.resolve_by, w.crew, w.assignee
+     FROM work_orders w WHERE w.alarm_id = a.id ORDER BY w.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT w.id, w.status, w.priority, w.cause, w.arrive_by, w.resolve_by, w.crew, w.assignee
+     FROM work_orders w
+     WHERE w.household_id = a.household_id AND w.status IN ('open', 'dispatched', 'on_site')
+     ORDER BY w.opened_at DESC LIMIT 1)
+    LIMIT 1) w ON true
 WHERE {_NEEDS_ATTENTION} AND a.kind <> ALL(%(lifecycle)s)
   AND (a.shelved_until IS NULL OR a.shelved_until <= %(now)s)
 ORDER BY CASE a.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
@@ -121,6 +125,7 @@ def board_row(r: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
             "arrive_by": r["w_arrive_by"],
             "resolve_by": r["w_resolve_by"],
             "crew": r["w_crew"],
+            "assignee": r["w_assignee"],
             "arrive_in_s": (r["w_arrive_by"] - now).total_seconds()
             if r["w_status"] in ("open", "dispatched")
             else None,

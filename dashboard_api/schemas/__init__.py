@@ -68,6 +68,13 @@ from dashboard_api.schemas.devices import (
     KindCount,
     LastReading,
 )
+from dashboard_api.schemas.dispatch import (
+    AssignRequest,
+    DispatchBoard,
+    EngineerPublic,
+    MyOrder,
+    OrderCard,
+)
 from dashboard_api.schemas.households import (
     HouseholdCreate,
     HouseholdDetail,
@@ -134,6 +141,7 @@ __all__ = [
     "ApiKeyCreate",
     "ApiKeyCreated",
     "ApiKeyPublic",
+    "AssignRequest",
     "AuditEntry",
     "Board",
     "BoardAlarm",
@@ -155,7 +163,9 @@ __all__ = [
     "DevicePublic",
     "DeviceStatus",
     "DeviceUpdate",
+    "DispatchBoard",
     "DispatchRequest",
+    "EngineerPublic",
     "FieldError",
     "FleetSummary",
     "Health",
@@ -173,9 +183,11 @@ __all__ = [
     "Me",
     "MeterPoint",
     "Model",
+    "MyOrder",
     "NotificationPublic",
     "NotificationState",
     "OnSiteRequest",
+    "OrderCard",
     "Page",
     "Phone",
     "Priority",

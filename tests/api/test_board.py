@@ -135,3 +135,38 @@ async def test_last_event_id_replays_what_was_missed(client: httpx.AsyncClient, 
         event, _ = await sse.next()
         assert event == "stream.gap"  # from before this process: reload
     assert first < second < third
+
+
+async def test_assign_to_engineer_accounts(client: httpx.AsyncClient, city, as_role, users,
+                                           raise_alarm) -> None:
+    op, eng = as_role["operator"], as_role["engineer"]
+    _, wo = await raise_alarm(city[0])
+    url = f"/work-orders/{wo}/assign"
+    assert (await client.post(url, json={"engineer": users["engineer"]},
+                              headers=as_role["viewer"])).status_code == 403
+    for who in (users["viewer"], users["operator"], "no.such.user"):  # not engineer accounts
+        r = await client.post(url, json={"engineer": who}, headers=op)
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "engineer", who
+    r = await client.post(url, json={"engineer": users["engineer"], "crew": "crew-2"}, headers=op)
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["assignee"], r.json()["crew"]) == (
+        "dispatched", users["engineer"], "crew-2")
+    assert r.json()["arrive_in_s"] > 0
+    mine = (await client.get("/me/work-orders", headers=eng)).json()
+    assert wo in [o["id"] for o in mine]
+    mine_row = next(o for o in mine if o["id"] == wo)
+    assert mine_row["meter_id"] == city[0].meter.id and len(mine_row["devices"]) >= 2
+    assert (await client.get("/me/work-orders", headers=op)).status_code == 403
+    # a reassignment keeps the status; the timeline has both steps
+    r = await client.post(url, json={"engineer": users["admin"]}, headers=op)
+    assert r.status_code == 200 and r.json()["status"] == "dispatched"
+    steps = (await client.get(f"/work-orders/{wo}", headers=op)).json()["steps"]
+    assert [s["action"] for s in steps][-2:] == ["dispatch", "reassign"]
+    board = (await client.get("/dispatch", params={"community": city[0].community},
+                              headers=as_role["viewer"])).json()
+    assert [o["assignee"] for o in board["orders"] if o["id"] == wo] == [users["admin"]]
+    names = [e["username"] for e in (await client.get("/engineers", headers=op)).json()]
+    assert users["engineer"] in names and users["viewer"] not in names
+    await client.post(f"/work-orders/{wo}/cancel", json={"reason": "test"}, headers=op)
+    r = await client.post(url, json={"engineer": users["engineer"]}, headers=op)
+    assert r.status_code == 409

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_fixtures import PASSWORD
 from playwright.async_api import Browser, Page, async_playwright
 
 CHROMIUM = os.environ.get("GAS_SAFETY_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -64,13 +63,3 @@ def shot(tmp_path: Path) -> Any:
         return path
 
     return take
-
-
-async def sign_in(page: Page, base_url: str, username: str, *, language: str = "en") -> None:
-    await page.goto(base_url + "/")
-    await page.select_option("#lang", language)
-    await page.fill("input[name=username]", username)
-    await page.fill("input[name=password]", PASSWORD)
-    await page.click("#login-form button[type=submit]")
-    await page.wait_for_selector("#board:not([hidden])")
-    await page.wait_for_selector("body[data-live=on]")

@@ -98,10 +98,20 @@ async function refresh() {
 }
 
 // ------------------------------------------------------------------ views
-function show(view) {
-  $("login").hidden = view !== "login";
-  $("board").hidden = view !== "board";
-  const signedIn = view !== "login";
+const VIEWS = ["board", "orders", "mine"];
+let view = "board";
+
+function currentView() {
+  const wanted = location.hash.slice(1);
+  if (VIEWS.includes(wanted) && (wanted !== "mine" || session.may("engineer"))) return wanted;
+  return session.role === "engineer" ? "mine" : "board";
+}
+
+function show(name) {
+  view = name;
+  for (const v of ["login", ...VIEWS]) $(v).hidden = v !== name;
+  $("nav-mine").hidden = !session.may("engineer");
+  const signedIn = name !== "login";
   $("nav").hidden = !signedIn;
   $("signout").hidden = !signedIn;
   $("live").hidden = !signedIn;
@@ -110,10 +120,9 @@ function show(view) {
 
 function start() {
   if (location.hash === "#docs") { location.href = "/docs"; return; }
-  show("board");
+  show(currentView());
   scheduleRefresh();
-  reload();
-  listen();
+  listen(); // loads the board once the stream is open
 }
 
 // ------------------------------------------------------------------ live events
@@ -130,7 +139,9 @@ async function listen() {
       if (!r.ok) throw new Error("events " + r.status);
       setLive(true);
       delay = 500;
-      reload(); // whatever happened while disconnected
+      // loaded once the stream is open, so nothing raised in between is missed; after a
+      // reconnect, whatever happened while disconnected
+      reload();
       const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = "";
       for (;;) {
@@ -202,8 +213,19 @@ function reload() {
   if (reloading) { reloadAgain = true; return reloading; }
   reloading = (async () => {
     try {
-      const r = await api("/board");
-      if (r.ok) { board = await r.json(); render(); }
+      if (view === "orders") await loadOrders();
+      else if (view === "mine") await loadMine();
+      else {
+        performance.mark("board-fetch");
+        const r = await api("/board");
+        if (r.ok) {
+          board = await r.json();
+          performance.mark("board-render");
+          render();
+          performance.measure("board.fetch", "board-fetch", "board-render");
+          performance.measure("board.render", "board-render");
+        }
+      }
     } catch (err) { /* signed out or unreachable: the stream's reconnect reloads */ }
     reloading = null;
     if (reloadAgain) { reloadAgain = false; reload(); }
@@ -211,9 +233,15 @@ function reload() {
   return reloading;
 }
 
-const fmtTime = () => new Intl.DateTimeFormat(language(), {
-  timeZone: config.timeZone || "Asia/Shanghai", month: "2-digit", day: "2-digit",
-  hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+const formats = new Map(); // one formatter per language: making one costs about a millisecond
+function fmtTime() {
+  if (!formats.has(language())) {
+    formats.set(language(), new Intl.DateTimeFormat(language(), {
+      timeZone: config.timeZone || "Asia/Shanghai", month: "2-digit", day: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false }));
+  }
+  return formats.get(language());
+}
 
 function duration(seconds) {
   const s = Math.abs(Math.round(seconds));
@@ -340,25 +368,128 @@ function tick() {
 }
 
 // ------------------------------------------------------------------ acknowledge, shelve
-function act(kind, alarm) {
+const ACTS = {
+  ack: { title: "ack.title", label: "ack.comment",
+    send: (a, d) => api(`/alarms/${a.id}/acknowledge`, { method: "POST", json: { comment: d.get("text") } }) },
+  shelve: { title: "shelve.title", label: "shelve.reason", minutes: true,
+    send: (a, d) => api(`/alarms/${a.id}/shelve`, { method: "POST",
+      json: { minutes: Number(d.get("minutes")), reason: d.get("text") } }) },
+  resolve: { title: "resolve.title", label: "resolve.findings",
+    send: (o, d) => api(`/work-orders/${o.id}/resolve`, { method: "POST",
+      json: { findings: d.get("text"), expected_version: o.version } }) },
+  reopen: { title: "reopen.title", label: "reopen.reason",
+    send: (o, d) => api(`/valves/${o.meter_id}/reopen`, { method: "POST", json: { reason: d.get("text") } }) },
+};
+
+function act(kind, subject, done) {
+  const spec = ACTS[kind];
   const dialog = $("act");
   const form = $("act-form");
   form.reset();
   $("act-error").textContent = "";
-  $("act-title").textContent = t(kind === "ack" ? "ack.title" : "shelve.title");
-  $("act-subject").textContent = `${t("kind." + alarm.kind)} · ${alarm.address}`;
-  $("act-minutes-row").hidden = kind !== "shelve";
-  $("act-text-label").textContent = t(kind === "ack" ? "ack.comment" : "shelve.reason");
+  $("act-title").textContent = t(spec.title);
+  $("act-subject").textContent = subject.kind ? `${t("kind." + subject.kind)} · ${subject.address}`
+    : `#${subject.id} · ${subject.address}`;
+  $("act-minutes-row").hidden = !spec.minutes;
+  $("act-text-label").textContent = t(spec.label);
+  form.onsubmit = async (event) => {
+    if (event.submitter && event.submitter.value === "cancel") return;
+    event.preventDefault();
+    const r = await spec.send(subject, new FormData(form));
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      // the API's own words: an interlock's reason, a state that changed meanwhile
+      $("act-error").textContent = body.detail || String(r.status);
+      return;
+    }
+    dialog.close();
+    if (done) done(body);
+    reload();
+  };
+  dialog.showModal();
+}
+
+// ------------------------------------------------------------------ work orders
+let orders = null;
+
+function fillSelect(select, values, labelOf) {
+  const keep = select.value;
+  select.replaceChildren(el("option", { value: "" }, t("filter.all")),
+    ...values.map((v) => el("option", { value: v }, labelOf ? labelOf(v) : v)));
+  select.value = values.includes(keep) ? keep : "";
+}
+
+async function loadOrders() {
+  const q = new URLSearchParams();
+  for (const [id, key] of [["f-community", "community"], ["f-priority", "priority"], ["f-cause", "cause"]]) {
+    if ($(id).value) q.set(key, $(id).value);
+  }
+  const r = await api("/dispatch?" + q);
+  if (!r.ok) return;
+  orders = await r.json();
+  renderOrders();
+}
+
+function slaSpans(o) {
+  const out = [];
+  if (o.arrive_in_s !== null) out.push(el("span", { class: "sla", "data-deadline": o.arrive_by, "data-what": "arrive" }));
+  if (o.resolve_in_s !== null) out.push(" ", el("span", { class: "sla", "data-deadline": o.resolve_by, "data-what": "resolve" }));
+  return out;
+}
+
+function orderCard(o, buttons) {
+  return el("div", { class: `card p-${o.priority}${o.overdue ? " overdue" : ""}`, "data-order": o.id },
+    el("div", { class: "card-head" }, `#${o.id} · ${t("priority." + o.priority)} · ${t("kind." + o.cause) === "kind." + o.cause ? o.cause : t("kind." + o.cause)}`),
+    el("div", { class: "addr" }, o.address),
+    el("div", { class: "muted" }, `${o.community} / ${o.building}`),
+    el("div", { class: "status", "data-status": o.status }, t("order." + o.status)),
+    el("div", {}, ...slaSpans(o)),
+    el("div", { class: "assignee" }, o.assignee ? t("order.assignee", { name: o.assignee }) : t("order.unassigned"),
+      o.crew ? " · " + t("order.crew", { crew: o.crew }) : ""),
+    el("div", { class: "buttons" }, ...buttons));
+}
+
+function renderOrders() {
+  if (!orders) return;
+  const all = orders.orders;
+  fillSelect($("f-community"), [...new Set(all.map((o) => o.community))].sort());
+  fillSelect($("f-priority"), ["urgent", "high", "normal"], (p) => t("priority." + p));
+  fillSelect($("f-cause"), [...new Set(all.map((o) => o.cause))].sort());
+  const columns = [["open", (o) => o.status === "open"], ["dispatched", (o) => o.status === "dispatched"],
+    ["on_site", (o) => o.status === "on_site"], ["closed", (o) => o.status === "resolved" || o.status === "cancelled"]];
+  $("columns").replaceChildren(...columns.map(([name, match]) => {
+    const mine = all.filter(match);
+    return el("div", { class: "column", "data-column": name },
+      el("h3", {}, `${t("column." + name)} (${mine.length})`),
+      ...mine.map((o) => orderCard(o, [
+        ...(session.may("operator") && name !== "closed"
+          ? [el("button", { type: "button", class: "assign", onclick: () => assign(o) }, t("action.assign"))] : []),
+        el("button", { type: "button", class: "timeline", onclick: () => timeline(o) }, t("action.timeline")),
+      ])));
+  }));
+  tick();
+}
+
+async function assign(o) {
+  const dialog = $("assign");
+  const form = $("assign-form");
+  form.reset();
+  $("assign-error").textContent = "";
+  $("assign-subject").textContent = `#${o.id} · ${o.address}`;
+  const r = await api("/engineers");
+  const engineers = r.ok ? await r.json() : [];
+  form.elements.engineer.replaceChildren(...engineers.map((e) =>
+    el("option", { value: e.username }, `${e.username} (${e.open_orders})`)));
+  if (o.assignee) form.elements.engineer.value = o.assignee;
   form.onsubmit = async (event) => {
     if (event.submitter && event.submitter.value === "cancel") return;
     event.preventDefault();
     const data = new FormData(form);
-    const r = kind === "ack"
-      ? await api(`/alarms/${alarm.id}/acknowledge`, { method: "POST", json: { comment: data.get("text") } })
-      : await api(`/alarms/${alarm.id}/shelve`, { method: "POST",
-        json: { minutes: Number(data.get("minutes")), reason: data.get("text") } });
-    if (!r.ok) {
-      $("act-error").textContent = (await r.json().catch(() => ({}))).detail || String(r.status);
+    const body = { engineer: data.get("engineer"), expected_version: o.version };
+    if (data.get("crew")) body.crew = data.get("crew");
+    const res = await api(`/work-orders/${o.id}/assign`, { method: "POST", json: body });
+    if (!res.ok) {
+      $("assign-error").textContent = (await res.json().catch(() => ({}))).detail || String(res.status);
       return;
     }
     dialog.close();
@@ -367,18 +498,69 @@ function act(kind, alarm) {
   dialog.showModal();
 }
 
+async function timeline(o) {
+  const r = await api(`/work-orders/${o.id}`);
+  if (!r.ok) return;
+  const detail = await r.json();
+  $("timeline-title").textContent = `#${o.id} · ${o.address}`;
+  $("timeline-steps").replaceChildren(...detail.steps.map((step) => el("li", {},
+    `${fmtTime().format(new Date(step.at))} · ${step.actor} · ${step.action}`,
+    step.to_status ? ` → ${t("order." + step.to_status)}` : "", step.note ? ` · ${step.note}` : "")));
+  $("timeline").showModal();
+}
+
+// ------------------------------------------------------------------ my orders (phone)
+let notes = new Map(); // order id -> a message shown on its card (reopen pending...)
+
+async function loadMine() {
+  const r = await api("/me/work-orders");
+  if (!r.ok) return;
+  const mine = await r.json();
+  const cards = mine.map((o) => {
+    const buttons = [];
+    if (o.status === "dispatched") {
+      buttons.push(el("button", { type: "button", class: "on-site", onclick: () => onSite(o) }, t("action.on_site")));
+    }
+    if (o.status === "on_site") {
+      buttons.push(el("button", { type: "button", class: "resolve", onclick: () => act("resolve", o) }, t("action.resolve")));
+    }
+    if (o.meter_id && o.status !== "cancelled") {
+      buttons.push(el("button", { type: "button", class: "reopen",
+        onclick: () => act("reopen", o, (res) => { notes.set(o.id, res.request ? "reopen.pending" : "reopen.sent"); }) },
+        t("action.reopen")));
+    }
+    buttons.push(el("button", { type: "button", class: "timeline", onclick: () => timeline(o) }, t("action.timeline")));
+    const card = orderCard(o, buttons);
+    card.insertBefore(el("ul", { class: "devices" },
+      ...o.devices.map((d) => el("li", {}, `${d.kind} ${d.id} · ${d.model}`))), card.lastChild);
+    if (notes.has(o.id)) card.append(el("p", { class: "note" }, t(notes.get(o.id))));
+    return card;
+  });
+  $("my-orders").replaceChildren(...(cards.length ? cards : [el("p", { class: "empty" }, t("mine.empty"))]));
+  tick();
+}
+
+async function onSite(o) {
+  const r = await api(`/work-orders/${o.id}/on-site`, { method: "POST", json: { expected_version: o.version } });
+  if (!r.ok) alert((await r.json().catch(() => ({}))).detail || r.status);
+  reload();
+}
+
 // ------------------------------------------------------------------ start
 function init() {
   const lang = localStorage.getItem(KEY.lang) || config.language || "zh-CN";
   $("lang").value = setLanguage(lang);
   $("lang").addEventListener("change", (e) => {
     localStorage.setItem(KEY.lang, setLanguage(e.target.value));
-    show(session.token ? "board" : "login");
+    show(session.token ? currentView() : "login");
     setLive(document.body.dataset.live === "on");
     render();
+    if (session.token && view !== "board") reload();
   });
   $("login-form").addEventListener("submit", signIn);
   $("signout").addEventListener("click", () => signOut());
+  window.addEventListener("hashchange", () => { if (session.token) { show(currentView()); reload(); } });
+  for (const id of ["f-community", "f-priority", "f-cause"]) $(id).addEventListener("change", () => reload());
   setInterval(tick, 1000);
   if (session.token) start(); else show("login");
 }

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import uvicorn
-from conftest import sign_in
+from console_pages import sign_in
 from support import wait_until
 
 from dashboard_api.main import create_app

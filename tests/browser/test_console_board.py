@@ -13,7 +13,7 @@ import time
 
 import psycopg
 import pytest
-from conftest import sign_in
+from console_pages import sign_in
 
 pytestmark = pytest.mark.services
 
