@@ -80,7 +80,8 @@ async def stream_alarms(dsn: str, houses: list[Any], rate: float, seconds: float
             )[0]
             await conn.execute(
                 "SELECT pg_notify('gas_events', %s)",
-                (json.dumps({"type": "alarm.raised", "alarm_id": aid, "severity": "warning"}),),
+                (json.dumps({"type": "alarm.raised", "alarm_id": aid, "household_id": h.id,
+                            "severity": "warning"}),),
             )
             out.append((aid, time.monotonic()))
     return out
@@ -99,9 +100,11 @@ async def browse(base: str, dsn: str, houses: list[Any], args: argparse.Namespac
         await page.fill("input[name=password]", PASSWORD)
         await page.click("#login-form button[type=submit]")
         await page.wait_for_selector("body[data-live=on]", timeout=30_000)
-        # first render: a fresh navigation with the session already held
+        # first render: a fresh navigation with the session already held (the tab's
+        # sessionStorage), from a blank page so that unloading the board is not counted
+        await page.goto("about:blank")
         started = time.perf_counter()
-        await page.reload()
+        await page.goto(base + "/")
         await page.wait_for_function(
             f"document.querySelectorAll('tr[data-alarm]').length >= {args.alarms}",
             timeout=60_000,
@@ -117,6 +120,10 @@ async def browse(base: str, dsn: str, houses: list[Any], args: argparse.Namespac
             " return [n.domContentLoadedEventEnd, n.loadEventEnd]; })()"
         )
         print(f"  page phases (ms): {phases}; DOMContentLoaded/load at {nav}")
+        in_page_ms = await page.evaluate(
+            "(() => { const m = performance.getEntriesByName('board.render')[0];"
+            " return m.startTime + m.duration; })()")
+        print(f"  board rendered {in_page_ms:.0f} ms after the navigation started (page clock)")
         await page.wait_for_selector("body[data-live=on]")
 
         lags: list[float] = []
@@ -144,9 +151,17 @@ async def browse(base: str, dsn: str, houses: list[Any], args: argparse.Namespac
         while streamed and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         sampler.cancel()
+        reads = await page.evaluate(
+            "performance.getEntriesByType('measure').map(m => [m.name, Math.round(m.duration)])")
+        by: dict[str, list[int]] = {}
+        for name, ms in reads:
+            by.setdefault(name, []).append(ms)
+        print("  reads while streaming (ms, median/max/count): " + ", ".join(
+            f"{k} {statistics.median(v)}/{max(v)}/{len(v)}" for k, v in by.items()), flush=True)
         await browser.close()
     return {
         "first_render_s": round(first_render_s, 3),
+        "first_render_page_clock_ms": round(in_page_ms),
         "streamed": len(inserted),
         "never_shown": len(streamed),
         "lag_p50_s": round(statistics.median(lags), 2) if lags else None,

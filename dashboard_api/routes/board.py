@@ -6,8 +6,9 @@ Lifecycle notices (service life, battery) are counted but kept off the board: th
 planned work, not emergencies. Shelving (ISA-18.2) takes a non-critical alarm off the
 board for a set time with a reason; it comes back by itself when the time is up.
 
-One read (a few indexed queries) per call: the console reloads it when a live event says
-something changed, so the board is never assembled from events alone.
+One read (a few indexed queries) per call: the console reads it whole when it opens or
+reconnects, and then, for the households its live events name, only their rows
+(`household_id`), so the board is never assembled from events alone.
 """
 
 from __future__ import annotations
@@ -16,12 +17,20 @@ import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import StringConstraints
 
 from dashboard_api.deps import Conn, Operator, State, Viewer
 from dashboard_api.errors import Conflict, NotFound
 from dashboard_api.params import row_id
 from dashboard_api.queries import record
-from dashboard_api.schemas import AlarmPublic, Board, IncidentDetail, IncidentPublic, ShelveRequest
+from dashboard_api.schemas import (
+    IDENT_PATTERN,
+    AlarmPublic,
+    Board,
+    IncidentDetail,
+    IncidentPublic,
+    ShelveRequest,
+)
 
 router = APIRouter(tags=["board"])
 
@@ -66,6 +75,7 @@ LEFT JOIN LATERAL (
     LIMIT 1) w ON true
 WHERE {_NEEDS_ATTENTION} AND a.kind <> ALL(%(lifecycle)s)
   AND (a.shelved_until IS NULL OR a.shelved_until <= %(now)s)
+  AND (%(households)s::text[] IS NULL OR a.household_id = ANY(%(households)s::text[]))
 ORDER BY CASE a.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
          (a.acknowledged_at IS NOT NULL), a.raised_at DESC, a.id DESC
 LIMIT %(n)s"""
@@ -144,9 +154,22 @@ async def board(
     _: Viewer,
     state: State,
     limit: Annotated[int, Query(ge=1, le=BOARD_MAX)] = BOARD_MAX,
+    household_id: Annotated[
+        list[Annotated[str, StringConstraints(pattern=IDENT_PATTERN)]] | None,
+        Query(
+            max_length=200,
+            description="Only these households' alarms (repeat the parameter): the console"
+            " asks for the households its live events named, not the whole board",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     now = state.clock()
-    params = {"lifecycle": list(LIFECYCLE_KINDS), "now": now, "n": limit + 1}
+    params = {
+        "lifecycle": list(LIFECYCLE_KINDS),
+        "now": now,
+        "n": limit + 1,
+        "households": household_id,
+    }
     rows = await (await conn.execute(_BOARD, params)).fetchall()
     counts = await (await conn.execute(_COUNTS, params)).fetchone()
     incidents = await (await conn.execute(_INCIDENTS)).fetchall()

@@ -38,6 +38,11 @@ async def test_board_orders_and_filters(client: httpx.AsyncClient, city, as_role
     assert row["work_order"]["id"] == wo and 0 < row["work_order"]["arrive_in_s"] <= 1800
     assert body["counts"]["lifecycle"] >= 1 and body["counts"]["critical"] >= 1
     assert (await client.get("/board")).status_code == 401
+    # one household's rows only (the console's read after a live event named it)
+    r = await client.get("/board", params={"household_id": city[1].id}, headers=viewer)
+    assert [a["id"] for a in r.json()["alarms"]] == [leak]
+    r = await client.get("/board", params={"household_id": "bad id!"}, headers=viewer)
+    assert r.status_code == 422
 
 
 async def test_shelve(client: httpx.AsyncClient, city, as_role, raise_alarm) -> None:

@@ -63,3 +63,15 @@ def shot(tmp_path: Path) -> Any:
         return path
 
     return take
+
+
+@pytest.fixture
+def own_gateway(stack: Any) -> Any:
+    """A gateway for this test only, stopped after it: the API tests play the gateway's part
+    and assert exact lists, which a gateway left running (offline, service life...) would
+    upset."""
+    from support import GatewayProcess
+
+    gw = GatewayProcess(stack).start()
+    yield gw
+    gw.stop()

@@ -28,10 +28,10 @@ async def _same_document(page) -> bool:
     return await page.evaluate("window.__sameDocument === true")
 
 
-async def test_leak_appears_live_and_valve_confirmed(api, users, gateway, fleet, devices, dsn,
+async def test_leak_appears_live_and_valve_confirmed(api, users, own_gateway, fleet, devices, dsn,
                                                      new_page, shot) -> None:
     house = fleet(1)[0]
-    gateway.wait_devices(dsn)
+    own_gateway.wait_devices(dsn)
     meter = devices(house.meter.id)
     det = devices(house.detectors[0].id)
     page = await new_page()

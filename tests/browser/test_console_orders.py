@@ -16,10 +16,10 @@ from support import wait_until_async
 pytestmark = pytest.mark.services
 
 
-async def test_leak_worked_from_board_to_reopen(api, users, as_role, gateway, fleet, devices,
+async def test_leak_worked_from_board_to_reopen(api, users, as_role, own_gateway, fleet, devices,
                                                 dsn, new_page, shot) -> None:
     house = fleet(1)[0]
-    gateway.wait_devices(dsn)
+    own_gateway.wait_devices(dsn)
     meter = devices(house.meter.id)
     det = devices(house.detectors[0].id)
 

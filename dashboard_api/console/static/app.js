@@ -141,7 +141,7 @@ async function listen() {
       delay = 500;
       // loaded once the stream is open, so nothing raised in between is missed; after a
       // reconnect, whatever happened while disconnected
-      reload();
+      reload(true);
       const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = "";
       for (;;) {
@@ -187,6 +187,16 @@ function onFrame(frame) {
     return;
   }
   if (type === "alarm.raised" && body.severity === "critical") alertNew();
+  changed(body.household_id);
+}
+
+// What live events named since the last read: households, or "everything" (a gap, an
+// event without a household). The board then reads only those households' rows.
+const pending = { households: new Set(), all: false };
+
+function changed(household) {
+  if (household && view === "board" && board) pending.households.add(household);
+  else pending.all = true;
   reload();
 }
 
@@ -209,28 +219,50 @@ function alertNew() {
 }
 
 // ------------------------------------------------------------------ the board
-function reload() {
+function reload(full = false) {
+  if (full) pending.all = true;
   if (reloading) { reloadAgain = true; return reloading; }
   reloading = (async () => {
     try {
       if (view === "orders") await loadOrders();
       else if (view === "mine") await loadMine();
-      else {
-        performance.mark("board-fetch");
-        const r = await api("/board");
-        if (r.ok) {
-          board = await r.json();
-          performance.mark("board-render");
-          render();
-          performance.measure("board.fetch", "board-fetch", "board-render");
-          performance.measure("board.render", "board-render");
-        }
-      }
+      else await loadBoard();
     } catch (err) { /* signed out or unreachable: the stream's reconnect reloads */ }
     reloading = null;
     if (reloadAgain) { reloadAgain = false; reload(); }
   })();
   return reloading;
+}
+
+async function loadBoard() {
+  const houses = [...pending.households];
+  const whole = !board || pending.all || !houses.length || houses.length > 200;
+  pending.households.clear();
+  pending.all = false;
+  performance.mark("board-fetch");
+  const query = whole ? "" : "?" + houses.map((h) => "household_id=" + encodeURIComponent(h)).join("&");
+  const r = await api("/board" + query);
+  if (!r.ok) { if (!whole) pending.all = true; return; }
+  const got = await r.json();
+  if (whole) {
+    board = got;
+  } else { // those households' rows replaced; the counts and incidents are always whole
+    const named = new Set(houses);
+    const rows = board.alarms.filter((a) => !named.has(a.household_id)).concat(got.alarms);
+    rows.sort(boardOrder);
+    board = { ...got, alarms: rows, truncated: board.truncated };
+  }
+  performance.mark("board-render");
+  render();
+  performance.measure(whole ? "board.fetch" : "board.delta", "board-fetch", "board-render");
+  performance.measure("board.render", "board-render");
+}
+
+const RANK = { critical: 0, warning: 1, info: 2 };
+function boardOrder(a, b) { // as the API sorts: severity, unacknowledged first, newest first
+  return RANK[a.severity] - RANK[b.severity]
+    || Number(a.acknowledged_at !== null) - Number(b.acknowledged_at !== null)
+    || (a.raised_at < b.raised_at ? 1 : a.raised_at > b.raised_at ? -1 : b.id - a.id);
 }
 
 const formats = new Map(); // one formatter per language: making one costs about a millisecond
@@ -269,6 +301,7 @@ function render() {
   const ids = new Set(board.alarms.map((a) => a.id));
   if (known) for (const a of board.alarms) if (!known.has(a.id) && a.severity === "critical") flashing.add(a.id);
   known = ids;
+  for (const id of rowCache.keys()) if (!ids.has(id)) rowCache.delete(id);
   const incidents = new Map(board.incidents.map((i) => [i.id, i]));
   const rows = [];
   const grouped = new Set();
@@ -317,7 +350,18 @@ function actionsCell(a) {
   return td;
 }
 
+const rowCache = new Map(); // alarm id -> {sig, tr}: unchanged rows are not built again
+
 function alarmRow(a) {
+  const sig = JSON.stringify(a) + language() + session.role;
+  const cached = rowCache.get(a.id);
+  if (cached && cached.sig === sig) return cached.tr;
+  const tr = buildAlarmRow(a);
+  rowCache.set(a.id, { sig, tr });
+  return tr;
+}
+
+function buildAlarmRow(a) {
   const tr = el("tr", { class: `sev-${a.severity}${a.acknowledged_at ? " acked" : ""}${a.returned_to_normal ? " rtn" : ""}`,
     "data-alarm": a.id, "data-household": a.household_id },
     el("td", { class: "sev" }, t("severity." + a.severity)),
@@ -404,7 +448,7 @@ function act(kind, subject, done) {
     }
     dialog.close();
     if (done) done(body);
-    reload();
+    reload(true);
   };
   dialog.showModal();
 }
@@ -559,7 +603,9 @@ function init() {
   });
   $("login-form").addEventListener("submit", signIn);
   $("signout").addEventListener("click", () => signOut());
-  window.addEventListener("hashchange", () => { if (session.token) { show(currentView()); reload(); } });
+  window.addEventListener("hashchange", () => { if (session.token) { show(currentView()); reload(true); } });
+  // a whole read now and then: shelving that ran out, clocks that moved a row between states
+  setInterval(() => { if (session.token) reload(true); }, 60_000);
   for (const id of ["f-community", "f-priority", "f-cause"]) $(id).addEventListener("change", () => reload());
   setInterval(tick, 1000);
   if (session.token) start(); else show("login");
