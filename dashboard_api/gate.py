@@ -31,8 +31,16 @@ from dashboard_api.identity import Principal, Role
 logger = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset(
-    {"/healthz", "/auth/token", "/upgrades/resident/lookup", "/upgrades/resident/bookings"}
+    {
+        "/healthz",
+        "/auth/token",
+        "/upgrades/resident/lookup",
+        "/upgrades/resident/bookings",
+        "/",  # the console's page and the OpenAPI browser: files, no data
+        "/docs",
+    }
 )
+PUBLIC_PREFIX = "/console/"  # the console's scripts, styles and pinned packages
 
 _USER_BY_NAME = "SELECT id, username, role, disabled, token_version FROM users WHERE username = %s"
 _KEY_BY_PREFIX = """
@@ -131,7 +139,8 @@ class AuthGate:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX):
             await self.app(scope, receive, send)
             return
         state = scope["app"].state.api

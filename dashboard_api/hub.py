@@ -7,6 +7,11 @@ reconnects and the page reloads its lists. When the LISTEN connection drops (dat
 restart), it reconnects with backoff and tells every stream `stream.gap`: notifications
 sent meanwhile are lost, so clients refetch.
 
+Event ids grow across restarts (they start at the process's start time in microseconds), and
+the last `replay_size` events are kept: a client reconnecting with `Last-Event-ID` gets what
+it missed (`replay_after`), or `stream.gap` when its id is older than what is kept (or from
+before a restart), so it reloads instead of missing something silently.
+
 Payloads are JSON objects with at least {"type": ...}; anything else is logged and skipped.
 Each stream knows its owner (the credential that opened it): dashboard_api.sessions closes
 the streams whose credential stopped being valid, with the reason (`end`).
@@ -19,6 +24,8 @@ import contextlib
 import itertools
 import json
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,14 +61,23 @@ class Subscription:
 
 class EventHub:
     def __init__(
-        self, dsn: str, metrics: Metrics, *, queue_size: int = 256, reconnect_max_s: float = 10.0
+        self,
+        dsn: str,
+        metrics: Metrics,
+        *,
+        queue_size: int = 256,
+        reconnect_max_s: float = 10.0,
+        replay_size: int = 4096,
     ) -> None:
         self.dsn = dsn
         self.metrics = metrics
         self.queue_size = queue_size
         self.reconnect_max_s = reconnect_max_s
         self._subs: set[Subscription] = set()
-        self._ids = itertools.count(1)
+        self.first_id = time.time_ns() // 1000  # below 2**53: exact in a browser's Number
+        self._ids = itertools.count(self.first_id)
+        self._recent: deque[Event] = deque(maxlen=replay_size)
+        self._forgotten = self.first_id - 1  # the newest id no longer kept
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
 
@@ -137,6 +153,10 @@ class EventHub:
         self._fan_out(Event(next(self._ids), type_, json.dumps(obj)))
 
     def _fan_out(self, event: Event) -> None:
+        if not event.type.startswith("stream."):
+            if len(self._recent) == self._recent.maxlen:
+                self._forgotten = self._recent[0].id
+            self._recent.append(event)
         for sub in list(self._subs):
             if not sub.wants(event):
                 continue
@@ -155,6 +175,13 @@ class EventHub:
         self._subs.add(sub)
         self.metrics.sse_clients.set(len(self._subs))
         return sub
+
+    def replay_after(self, last_id: int) -> list[Event] | None:
+        """The kept events after `last_id`, or None when some after it were not kept (an id
+        older than the oldest kept, or issued before this process started)."""
+        if last_id < self._forgotten:
+            return None
+        return [e for e in self._recent if e.id > last_id]
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)

@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from dashboard_api import clients, errors
+from dashboard_api.console import routes as console
 from dashboard_api.deps import AppState
 from dashboard_api.gate import PUBLIC_PATHS, AuthGate
 from dashboard_api.hub import EventHub
@@ -30,14 +31,17 @@ from dashboard_api.metrics import Metrics, MetricsMiddleware
 from dashboard_api.rollup import RollupWorker
 from dashboard_api.routes import (
     alarms,
+    assignment,
     audit,
     auth,
+    board,
     contacts,
     devices,
     events,
     households,
     notifications,
     readings,
+    refresh,
     service,
     upgrades,
     users,
@@ -197,6 +201,10 @@ def create_app(
         events,
         upgrades,
         audit,
+        board,
+        assignment,
+        refresh,
+        console,
     ):
         app.include_router(module.router)
 

@@ -20,6 +20,7 @@ import logging
 import os
 import time
 import tomllib
+import zoneinfo
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,6 +272,21 @@ class ApiSettings(BaseModel):
     valve_mass_action_threshold: int = Field(default=10, ge=1)
     valve_rate_limit_per_minute: int = Field(default=30, ge=1)
     valve_mass_reason_min_chars: int = Field(default=20, ge=1, le=500)
+    # The console: the utility's time zone (IANA name) its pages show times in, and the
+    # language a first visit sees ("zh-CN" or "en").
+    time_zone: str = "Asia/Shanghai"
+    console_language: Literal["zh-CN", "en"] = "zh-CN"
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name such as Asia/Shanghai)"
+            ) from None
+        return value
 
     @model_validator(mode="after")
     def _valve_limits(self) -> ApiSettings:

@@ -3,7 +3,9 @@
 #   1. Debian packages (Mosquitto, PostgreSQL 15, the TimescaleDB build tools);
 #   2. TimescaleDB (Apache build) for PostgreSQL 15, from Debian trixie's source
 #      package, through a private apt configuration (the system's sources stay untouched);
-#   3. a virtual environment (.venv) with the project installed.
+#   3. a virtual environment (.venv) with the project installed;
+#   4. the console's front-end packages (npm ci from package-lock.json into node_modules) and
+#      Debian's chromium, which the console's browser tests drive.
 # A second run finds everything in place and returns in a few seconds.
 set -euo pipefail
 
@@ -12,7 +14,8 @@ state="${GAS_SAFETY_HOME:-$root/.stack}"
 pg_version=15
 tsdb_version="${TSDB_VERSION:-2.19.3}"
 packages=(mosquitto mosquitto-clients postgresql-$pg_version postgresql-client-$pg_version
-          postgresql-server-dev-$pg_version cmake gcc make dpkg-dev libssl-dev libkrb5-dev openssl)
+          postgresql-server-dev-$pg_version cmake gcc make dpkg-dev libssl-dev libkrb5-dev openssl
+          nodejs npm chromium fonts-noto-cjk)
 
 log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31mbootstrap: %s\033[0m\n' "$*" >&2; exit 1; }
@@ -97,6 +100,18 @@ install_venv() {
   echo "$want" > "$stamp"
 }
 
+# The console's pinned front-end packages (Swagger UI, uPlot), served by the API from
+# node_modules; --ignore-scripts: nothing runs at install, and nothing is fetched at run time.
+install_assets() {
+  local stamp="$root/node_modules/.gas-safety-installed" want
+  want=$(sha256sum "$root/package-lock.json" | cut -c1-16)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  log "installing the console's front-end packages (npm ci)"
+  (cd "$root" && SCARF_ANALYTICS=false npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) \
+    || die "npm ci failed (the npm registry must be reachable once, at install)"
+  echo "$want" > "$stamp"
+}
+
 # The detection core's compiled engine (numba) is compiled once into gateway/__pycache__;
 # doing it here keeps the first gateway start, test or demo from paying for it (≈ 7 s).
 warm_kernels() {
@@ -107,4 +122,5 @@ warm_kernels() {
 install_packages
 install_timescaledb
 install_venv
+install_assets
 warm_kernels

@@ -1,5 +1,7 @@
 """Alarms raised by the gateway: list and filter, detail with the readings behind each,
-and acknowledgement with a comment (operator). Newest first."""
+and acknowledgement with a comment (operator). Newest first. An alarm that returned to
+normal (cleared) before anyone acknowledged it can still be acknowledged, once: it stays on
+the console's board until someone has seen it (ISA-18.2)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ AlarmId = Annotated[int, row_id(7)]
 
 ALARM_COLUMNS = """a.id, a.device_id, a.household_id, h.community, h.building, a.kind,
     a.severity, a.state, a.value, a.raised_at, a.cleared_at, a.flow_at_meter, a.incident_id,
-    a.acknowledged_by, a.acknowledged_at, a.ack_comment"""
+    a.acknowledged_by, a.acknowledged_at, a.ack_comment, a.shelved_until, a.shelved_by,
+    a.shelve_reason"""
 ALARM_FROM = "FROM alarms a JOIN households h ON h.id = a.household_id"
 
 
@@ -146,8 +149,8 @@ async def get_alarm(
 @router.post(
     "/{alarm_id}/acknowledge",
     response_model=AlarmPublic,
-    summary="Acknowledge an alarm with a comment (operator)",
-    responses={409: {"description": "Already acknowledged, or cleared"}},
+    summary="Acknowledge an alarm with a comment, also one that returned to normal (operator)",
+    responses={409: {"description": "Already acknowledged"}},
 )
 async def acknowledge(
     alarm_id: AlarmId, body: AckRequest, conn: Conn, who: Operator, state: State
@@ -163,16 +166,16 @@ async def acknowledge(
         ).fetchone()
         if row is None:
             raise NotFound(f"no alarm {alarm_id}")
-        if row["state"] == "cleared" or row["cleared_at"] is not None:
-            raise Conflict(f"alarm {alarm_id} is cleared; nothing to acknowledge")
-        if row["state"] == "acknowledged":
+        if row["acknowledged_at"] is not None:
             raise Conflict(
                 f"alarm {alarm_id} was acknowledged by {row['acknowledged_by']} "
                 f"at {row['acknowledged_at']}"
             )
+        returned = row["cleared_at"] is not None  # returned to normal: stays cleared
         await conn.execute(
-            "UPDATE alarms SET state = 'acknowledged', acknowledged_by = %s,"
-            " acknowledged_at = %s, ack_comment = %s WHERE id = %s",
+            "UPDATE alarms SET state = CASE WHEN cleared_at IS NULL THEN 'acknowledged'"
+            " ELSE state END, acknowledged_by = %s, acknowledged_at = %s, ack_comment = %s"
+            " WHERE id = %s",
             (who.username, now, body.comment, alarm_id),
         )
         await record(
@@ -181,7 +184,7 @@ async def acknowledge(
             "alarm.acknowledge",
             "alarm",
             alarm_id,
-            {"comment": body.comment},
+            {"comment": body.comment, "returned_to_normal": returned},
             event={
                 "type": "alarm.acknowledged",
                 "alarm_id": alarm_id,

@@ -7,7 +7,9 @@ reconnected) and `stream.overflow` closes a stream whose client fell behind: in 
 reload the lists. `stream.closed` (with a `reason`) ends a stream whose credential ended:
 user disabled, token revoked (password, role or status changed), token or API key expired
 or revoked; sign in again before reconnecting. Comment lines (`: keepalive`) keep idle
-connections open through proxies. There is no replay: `Last-Event-ID` is ignored.
+connections open through proxies. A reconnecting client sends `Last-Event-ID` (browsers do
+it themselves): the events it missed are sent first, or `stream.gap` when they are no longer
+kept (the API restarted, or too many went by), and the client reloads its lists.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from pydantic import StringConstraints
 
@@ -30,6 +32,8 @@ EVENT_TYPES = (
     "alarm.raised",
     "alarm.cleared",
     "alarm.acknowledged",
+    "alarm.shelved",
+    "alarm.unshelved",
     "command.state",
     "command.requested",
     "work_order.opened",
@@ -74,8 +78,16 @@ async def events(
             f"{', '.join(EVENT_TYPES)}"
         ),
     ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            max_length=32,
+            description="The id of the last event received: replay what came after it",
+        ),
+    ] = None,
 ) -> StreamingResponse:
     wanted = frozenset(types) if types else None
+    last_id = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
     hub = state.hub
     keepalive_s = state.sse_keepalive_s
 
@@ -85,6 +97,15 @@ async def events(
             yield b"retry: 3000\n" + _control(
                 "stream.open", user=who.username, listening=hub.listening.is_set()
             )
+            sent = -1
+            if last_id is not None:
+                missed = hub.replay_after(last_id)
+                if missed is None:
+                    yield _control("stream.gap", reason="missed events are no longer kept")
+                for old in missed or ():
+                    if sub.wants(old):
+                        yield _frame(old)
+                        sent = old.id
             while True:
                 try:
                     event = await asyncio.wait_for(sub.queue.get(), keepalive_s)
@@ -97,7 +118,8 @@ async def events(
                     elif sub.ended:
                         yield _control("stream.closed", reason=sub.ended)
                     return
-                yield _frame(event)
+                if event.id > sent:  # not already replayed
+                    yield _frame(event)
         finally:
             hub.unsubscribe(sub)
 

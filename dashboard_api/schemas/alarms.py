@@ -38,6 +38,9 @@ class AlarmPublic(Model):
                     "acknowledged_by": None,
                     "acknowledged_at": None,
                     "ack_comment": None,
+                    "shelved_until": None,
+                    "shelved_by": None,
+                    "shelve_reason": None,
                 }
             ]
         },
@@ -58,6 +61,11 @@ class AlarmPublic(Model):
     acknowledged_by: str | None
     acknowledged_at: dt.datetime | None
     ack_comment: str | None
+    shelved_until: dt.datetime | None = Field(
+        default=None, description="Off the console's board until then (ISA-18.2 shelving)"
+    )
+    shelved_by: str | None = None
+    shelve_reason: str | None = None
 
 
 class AckRequest(Body):

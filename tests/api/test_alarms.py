@@ -103,6 +103,11 @@ async def test_acknowledge_once(client, city, as_role, raise_alarm, dsn) -> None
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         await conn.execute("UPDATE alarms SET state = 'cleared', cleared_at = now()"
                            " WHERE id = %s", (cleared,))
+    # returned to normal unacknowledged: acknowledged once, and it stays cleared
     r = await client.post(f"/alarms/{cleared}/acknowledge", json={"comment": "late"},
                           headers=as_role["operator"])
-    assert r.status_code == 409 and "cleared" in r.json()["detail"]
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "cleared" and r.json()["acknowledged_by"] == "operator.one"
+    r = await client.post(f"/alarms/{cleared}/acknowledge", json={"comment": "again"},
+                          headers=as_role["operator"])
+    assert r.status_code == 409 and "operator.one" in r.json()["detail"]
