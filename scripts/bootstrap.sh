@@ -15,7 +15,10 @@ pg_version=15
 tsdb_version="${TSDB_VERSION:-2.19.3}"
 packages=(mosquitto mosquitto-clients postgresql-$pg_version postgresql-client-$pg_version
           postgresql-server-dev-$pg_version cmake gcc make dpkg-dev libssl-dev libkrb5-dev openssl
-          nodejs npm chromium fonts-noto-cjk)
+          chromium fonts-noto-cjk)
+# Node.js and npm from Debian, unless the machine already has an npm (a Node.js build that
+# bundles npm conflicts with Debian's npm package)
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 
 log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31mbootstrap: %s\033[0m\n' "$*" >&2; exit 1; }
