@@ -76,6 +76,7 @@ from dashboard_api.schemas.readings import (
     RawReadings,
 )
 from dashboard_api.schemas.service import (
+    GatewayHealth,
     Health,
 )
 from dashboard_api.schemas.upgrades import (
@@ -147,6 +148,7 @@ __all__ = [
     "DispatchRequest",
     "FieldError",
     "FleetSummary",
+    "GatewayHealth",
     "Health",
     "HouseholdCreate",
     "HouseholdDetail",
