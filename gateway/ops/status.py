@@ -138,8 +138,8 @@ def check_api(host: str, port: int, timeout_s: float) -> Check:
         f"events listener {'up' if doc.get('events_listener') else 'DOWN'}"
     )
     gateway = doc.get("gateway")
-    if gateway is not None:
-        detail += f", gateway {'seen' if gateway.get('seen') else 'NOT seen'}"
+    if isinstance(gateway, dict):
+        detail += f", gateway {gateway.get('status')}"
     return Check("api", doc.get("status") == "ok", url, detail)
 
 
