@@ -132,14 +132,15 @@ class Metrics:
 # overdue as dashboard_api.routes.work_orders.with_overdue says it
 _COUNTS_SQL = """
 SELECT
-  (SELECT count(*) FROM alarms WHERE severity = 'critical' AND cleared_at IS NULL),
+  (SELECT count(*) FROM alarms WHERE severity = 'critical' AND cleared_at IS NULL) AS critical,
   (SELECT count(*) FROM alarms
-    WHERE severity = 'critical' AND cleared_at IS NULL AND acknowledged_at IS NULL),
-  count(*) FILTER (WHERE status IN ('open', 'dispatched') AND arrive_by < now()),
-  count(*) FILTER (WHERE resolve_by < now()),
-  count(*) FILTER (WHERE priority = 'urgent'),
-  count(*) FILTER (WHERE priority = 'high'),
-  count(*) FILTER (WHERE priority = 'normal')
+    WHERE severity = 'critical' AND cleared_at IS NULL AND acknowledged_at IS NULL)
+    AS unacked,
+  count(*) FILTER (WHERE status IN ('open', 'dispatched') AND arrive_by < now()) AS late_arrival,
+  count(*) FILTER (WHERE resolve_by < now()) AS late_resolution,
+  count(*) FILTER (WHERE priority = 'urgent') AS urgent,
+  count(*) FILTER (WHERE priority = 'high') AS high,
+  count(*) FILTER (WHERE priority = 'normal') AS normal
 FROM work_orders WHERE status IN ('open', 'dispatched', 'on_site')
 """
 

@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on an unexpected error, show the traceback (default: one line)",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True)
     registrations: dict[str, Callable[[Any], None]] = {}
     for ep in command_entry_points():
         try:

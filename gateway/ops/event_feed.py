@@ -34,7 +34,7 @@ _LABEL = {"alarms": "ALARM", "commands": "COMMAND", "orders": "ORDER", "notices"
 
 SNAPSHOT_SQL = """
 SELECT
-  (SELECT count(*) FROM alarms WHERE cleared_at IS NULL),
+  (SELECT count(*) FROM alarms WHERE cleared_at IS NULL) AS alarms,
   (SELECT count(*) FROM alarms WHERE cleared_at IS NULL AND severity = 'critical'),
   (SELECT count(*) FROM work_orders WHERE status IN ('open', 'dispatched', 'on_site')),
   (SELECT count(*) FROM work_orders WHERE status IN ('open', 'dispatched', 'on_site')
@@ -97,7 +97,7 @@ class EventLine:
         return f"{stamp} {_LABEL.get(self.kind, t.upper()):<8} {' '.join(parts)}"
 
     def json(self) -> str:
-        return json.dumps({"at": round(self.at, 3), "kind": self.kind, **self.doc})
+        return json.dumps({"at": round(self.at, 3), "feed": self.kind, **self.doc})
 
 
 def parse(payload: str, now: float) -> EventLine | None:

@@ -151,7 +151,7 @@ def test_dashboard_is_a_valid_grafana_document() -> None:
     assert len(ids) == len(set(ids))
     for p in doc["panels"]:
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
         assert p["type"] in ("row", "stat", "timeseries"), p["type"]
         if p["type"] != "row":
             assert p["targets"] and p["datasource"]["uid"] == "${datasource}", p["title"]
