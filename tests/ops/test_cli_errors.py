@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import Cli, one_line
+from ops_support import Cli, one_line
 
 
 def test_malformed_toml_names_the_file_and_the_line(cli: Cli) -> None:

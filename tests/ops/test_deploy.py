@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, SCRIPT, clean_env
+from ops_support import REPO, SCRIPT, asked_for, clean_env
 
 DEPLOY = REPO / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
@@ -128,11 +128,6 @@ def metrics_exported() -> set[str]:
     from gateway.pipeline.metrics import Metrics as GatewayMetrics
 
     return exported(GatewayMetrics().registry) | exported(ApiMetrics().registry) | {"up"}
-
-
-def asked_for(expr: str) -> set[str]:
-    """The series names a PromQL expression reads (ours all start with gas_)."""
-    return set(re.findall(r"\b(gas_[a-z0-9_]+|up)\b(?=\s*[{\[)])", expr))
 
 
 def _dashboard() -> dict[str, Any]:

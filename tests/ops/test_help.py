@@ -7,7 +7,7 @@ import argparse
 import re
 from collections.abc import Iterator
 
-from conftest import Cli
+from ops_support import Cli
 
 from gateway.cli import build_parser, version
 

@@ -18,9 +18,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conftest import SCRIPT
+from ops_support import SCRIPT, asked_for
 from support import GatewayProcess, wait_until
-from test_deploy import asked_for
 
 from gateway.ops.stack import Stack, free_port
 
