@@ -7,6 +7,7 @@ benchmarks) never collide.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -79,8 +80,69 @@ class Metrics:
             registry=self.registry,
         )
 
+        # What the control room must see at once, counted from the database at each scrape
+        # (alert rules: deploy/prometheus/gas-safety.rules.yml)
+        self.critical_alarms = Gauge(
+            "gas_api_active_critical_alarms",
+            "Critical alarms not cleared (acknowledged or not)",
+            registry=self.registry,
+        )
+        self.unacknowledged_critical = Gauge(
+            "gas_api_unacknowledged_critical_alarms",
+            "Critical alarms nobody has acknowledged yet",
+            registry=self.registry,
+        )
+        self.overdue_orders = Gauge(
+            "gas_api_overdue_work_orders",
+            "Open work orders past their SLA, by clock (arrival: not on site by arrive_by;"
+            " resolution: not resolved by resolve_by)",
+            ["clock"],
+            registry=self.registry,
+        )
+        self.open_orders = Gauge(
+            "gas_api_open_work_orders",
+            "Work orders open, dispatched or on site, by priority",
+            ["priority"],
+            registry=self.registry,
+        )
+        for priority in ("urgent", "high", "normal"):
+            self.open_orders.labels(priority)
+        for clock in ("arrival", "resolution"):
+            self.overdue_orders.labels(clock)
+
     def refuse(self, reason: str) -> None:
         self.refused.labels(reason).inc()
+
+    async def refresh(self, conn: Any) -> None:
+        """The gauges read from the database (one round trip, at each scrape)."""
+        cur = await conn.execute(_COUNTS_SQL)
+        row = await cur.fetchone()
+        if row is None:
+            return
+        values = row if isinstance(row, (tuple, list)) else tuple(row.values())
+        critical, unacked, late_arrival, late_resolution, urgent, high, normal = values
+        self.critical_alarms.set(critical)
+        self.unacknowledged_critical.set(unacked)
+        self.overdue_orders.labels("arrival").set(late_arrival)
+        self.overdue_orders.labels("resolution").set(late_resolution)
+        for priority, n in (("urgent", urgent), ("high", high), ("normal", normal)):
+            self.open_orders.labels(priority).set(n)
+
+
+# overdue as dashboard_api.routes.work_orders.with_overdue says it
+_COUNTS_SQL = """
+SELECT
+  (SELECT count(*) FROM alarms WHERE severity = 'critical' AND cleared_at IS NULL) AS critical,
+  (SELECT count(*) FROM alarms
+    WHERE severity = 'critical' AND cleared_at IS NULL AND acknowledged_at IS NULL)
+    AS unacked,
+  count(*) FILTER (WHERE status IN ('open', 'dispatched') AND arrive_by < now()) AS late_arrival,
+  count(*) FILTER (WHERE resolve_by < now()) AS late_resolution,
+  count(*) FILTER (WHERE priority = 'urgent') AS urgent,
+  count(*) FILTER (WHERE priority = 'high') AS high,
+  count(*) FILTER (WHERE priority = 'normal') AS normal
+FROM work_orders WHERE status IN ('open', 'dispatched', 'on_site')
+"""
 
 
 class MetricsMiddleware:

@@ -14,11 +14,13 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, NoReturn
 
-from gateway.logs import setup_logging
+from gateway.logs import LogFileError, setup_logging
+from gateway.ops.options import add_service_options, count_type
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +33,40 @@ COMMAND_GROUP = "gas_safety.commands"
 OWN_ENTRY_POINT = "gateway"
 
 
+# the most households one `fleet provision` makes: ids carry six digits (h000000-h999999)
+MAX_HOUSEHOLDS = 1_000_000
+# `gas-safety` exit statuses, for scripts and service managers
+EXIT_FAILED = 1  # the command ran and failed (or found something unhealthy)
+EXIT_USAGE = 2  # a usage or configuration error: nothing was done
+EXIT_STARTUP = 3  # a service could not start (a port in use): as uvicorn's own
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless it says one or has none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and default not in (None, False, argparse.SUPPRESS)
+            and not isinstance(action, argparse._HelpAction | argparse._VersionAction)
+            and "default" not in text
+        ):
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            text += f" (default: {shown})"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line (exit 2), like configuration errors."""
+    """Usage errors in one line (exit 2), like configuration errors; defaults in --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _days(text: str) -> int:
@@ -174,6 +205,18 @@ def _gateway(args: argparse.Namespace) -> int:
     return app.main()
 
 
+def _status(args: argparse.Namespace) -> int:
+    from gateway import settings
+    from gateway.ops import status
+
+    checks = status.check_all(settings.load(), timeout_s=args.timeout)
+    if args.json:
+        print(json.dumps(status.as_json(checks), indent=2))
+    else:
+        print(status.as_text(checks))
+    return 0 if all(c.healthy for c in checks) else EXIT_FAILED
+
+
 def register(subparsers: Any) -> None:
     """Add the gateway's own commands: stack, db, config, fleet, gateway and watch."""
     from gateway.ops import watch
@@ -223,20 +266,66 @@ def register(subparsers: Any) -> None:
         help="validate the settings; show each value and where it came from (secrets masked)",
     )
     check.add_argument("--json", action="store_true", help="one JSON document")
+    add_service_options(check)
     check.set_defaults(func=_config_check)
+    show = config.add_parser(
+        "show",
+        help="the effective settings, each with the source that set it (secrets masked)",
+    )
+    show.add_argument("--json", action="store_true", help="one JSON document")
+    add_service_options(show)
+    show.set_defaults(func=_config_check)
 
     fleet = subparsers.add_parser("fleet", help="the device registry").add_subparsers(
         dest="action", required=True
     )
     prov = fleet.add_parser("provision", help="create households, devices and credentials")
-    prov.add_argument("--households", type=int, required=True)
-    prov.add_argument("--seed", type=int, default=1)
-    prov.add_argument("--prefix", default="", help="id prefix (isolates test fleets)")
-    prov.add_argument("--start", type=int, default=0, help="index of the first household")
+    prov.add_argument(
+        "--households",
+        type=count_type(1, MAX_HOUSEHOLDS, "households"),
+        required=True,
+        help=f"how many households to create (1 to {MAX_HOUSEHOLDS:,}; required)",
+    )
+    prov.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="random seed: the same seed and counts make the same registry",
+    )
+    prov.add_argument(
+        "--prefix", default="", help="id prefix (isolates test fleets; default: none)"
+    )
+    prov.add_argument(
+        "--start",
+        type=count_type(0, MAX_HOUSEHOLDS - 1, "household index"),
+        default=0,
+        help="index of the first household",
+    )
     prov.set_defaults(func=_fleet_provision)
 
-    subparsers.add_parser("gateway", help="run the MQTT gateway").set_defaults(func=_gateway)
+    gw = subparsers.add_parser(
+        "gateway",
+        help="run the MQTT gateway (until SIGTERM or Ctrl-C)",
+        description="Run the MQTT gateway: ingest, detection, valve commands, the writer, "
+        "Prometheus metrics and /healthz on metrics_host:metrics_port.",
+    )
+    add_service_options(gw)
+    gw.set_defaults(func=_gateway)
     watch.register(subparsers)
+
+    st = subparsers.add_parser(
+        "status",
+        help="stack, gateway and API: one line each; exit 0 only when all are healthy",
+        description="One line per component (the private stack's PostgreSQL and Mosquitto, "
+        "or the configured servers; the gateway's /healthz; the API's /healthz). "
+        "Exit status 0 when every component is healthy, 1 otherwise.",
+    )
+    st.add_argument("--json", action="store_true", help="one JSON document")
+    st.add_argument(
+        "--timeout", type=float, default=3.0, metavar="SECONDS", help="per component check"
+    )
+    add_service_options(st)
+    st.set_defaults(func=_status)
 
 
 def command_entry_points() -> list[EntryPoint]:
@@ -251,6 +340,22 @@ def command_entry_points() -> list[EntryPoint]:
     return sorted(found.values(), key=lambda ep: (ep.name != OWN_ENTRY_POINT, ep.name))
 
 
+def version() -> str:
+    """The installed distribution's version (the source tree's when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("gas-safety")
+    except PackageNotFoundError:
+        import tomllib
+
+        from gateway.settings import ROOT
+
+        with (ROOT / "pyproject.toml").open("rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole `gas-safety` parser, from every installed package's registration.
 
@@ -258,8 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     is left out: its commands are missing, the others work. The gateway's own commands are
     there even in a source tree that was never installed.
     """
-    p = _Parser(
-        prog="gas-safety", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog="gas-safety", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an unexpected error, show the traceback (default: one line)",
     )
     sub = p.add_subparsers(dest="command", required=True)
     registrations: dict[str, Callable[[Any], None]] = {}
@@ -281,18 +390,56 @@ def _refuse(err: Exception, args: argparse.Namespace) -> int:
     if getattr(args, "json", False) and getattr(args, "command", None) == "config":
         print(json.dumps({"valid": False, "error": str(err)}))
     print(f"gas-safety: {err}", file=sys.stderr)
-    return 2
+    return EXIT_USAGE
+
+
+def _apply_service_options(args: argparse.Namespace) -> str | None:
+    """--config and --log-level as the variables they stand for; an error line, or None."""
+    from gateway import settings
+
+    config = getattr(args, "config", None)
+    if config is not None:
+        path = os.path.abspath(config)
+        if not os.path.isfile(path):
+            what = "is not a file" if os.path.exists(path) else "no such file"
+            return f"--config {config}: {what}"
+        os.environ[settings.CONFIG_ENV] = path
+    level = getattr(args, "log_level", None)
+    if level is not None:
+        os.environ[settings.ENV_PREFIX + "LOG_LEVEL"] = level
+    return None
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its first line, with its kind when that says something."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    kind = type(err).__name__
+    return f"{kind}: {text}" if text else kind
+
+
+def _is_database_error(err: Exception) -> bool:
+    """psycopg's "server away" (imported only when psycopg already is)."""
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(err, psycopg.OperationalError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gateway import settings
 
+    problem = _apply_service_options(args)
+    if problem is not None:
+        print(f"gas-safety: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         s = settings.load()
     except settings.SettingsError as err:
         return _refuse(err, args)
-    setup_logging(s.log_level, s.log_json)
+    try:
+        setup_logging(s.log_level, s.log_json, s.log_file, s.log_max_mb, s.log_backups)
+    except LogFileError as err:
+        print(f"gas-safety: {err}", file=sys.stderr)
+        return EXIT_USAGE
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -304,14 +451,24 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.ops.retention import RetentionError
         from gateway.ops.stack import StackError
 
+        if args.debug:
+            traceback.print_exc()
         if isinstance(err, StackError):
             print(f"gas-safety: {err}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         if isinstance(err, RetentionError):
             print(f"gas-safety: {err}", file=sys.stderr)
-            return 1
-        logger.exception("command failed")
-        return 1
+            return EXIT_FAILED
+        if _is_database_error(err):
+            print(
+                f"gas-safety {args.command}: cannot reach the database: {one_line(err)}"
+                " (check db.dsn with `gas-safety config show`, then `gas-safety status`)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        hint = "" if args.debug else " (--debug shows the traceback)"
+        print(f"gas-safety {args.command}: {one_line(err)}{hint}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -303,9 +303,16 @@ class Settings(BaseSettings):
     )
 
     environment: Literal["development", "test", "production"] = "development"
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_json: bool = False
-    metrics_port: int = 9108
+    # Logs go to stderr (the journal under systemd); with log_file also to that file, rotated
+    # at log_max_mb and keeping log_backups old files.
+    log_file: str | None = None
+    log_max_mb: int = Field(default=100, ge=1)
+    log_backups: int = Field(default=5, ge=0)
+    # The gateway's Prometheus /metrics and /healthz; 0.0.0.0 to be scraped from elsewhere.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9108, ge=0, le=65535)  # 0: no metrics endpoint
     mqtt: MqttSettings = MqttSettings()
     db: DbSettings = DbSettings()
     detection: DetectionSettings = DetectionSettings()
@@ -314,10 +321,10 @@ class Settings(BaseSettings):
     priority: PrioritySettings = PrioritySettings()
     clock: ClockSettings = ClockSettings()
 
-    @field_validator("log_level")
+    @field_validator("log_level", mode="before")
     @classmethod
-    def _level(cls, v: str) -> str:
-        return v.upper()
+    def _level(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _clock_for_tests_only(self) -> Settings:

@@ -5,7 +5,9 @@
 #      package, through a private apt configuration (the system's sources stay untouched);
 #   3. a virtual environment (.venv) with the project installed;
 #   4. the console's front-end packages (npm ci from package-lock.json into node_modules) and
-#      Debian's chromium, which the console's browser tests drive.
+#      Debian's chromium, which the console's browser tests drive;
+#   5. promtool (checks deploy/prometheus's alert rules), unpacked from Debian's prometheus
+#      package into .stack/tools: never installed, so no Prometheus daemon starts here.
 # A second run finds everything in place and returns in a few seconds.
 set -euo pipefail
 
@@ -122,8 +124,23 @@ warm_kernels() {
     || die "the detection kernels did not compile (see above)"
 }
 
+install_promtool() {
+  local dir="$root/.stack/tools/prometheus"
+  if [ -x "$dir/usr/bin/promtool" ]; then return 0; fi
+  local tmp
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"  # apt's download user writes there
+  (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null) \
+    || die "apt-get download prometheus failed (promtool, for the alert rules' test)"
+  mkdir -p "$dir"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$dir" || die "cannot unpack the prometheus package"
+  rm -rf "$tmp" "$dir/usr/bin/prometheus" "$dir/usr/share"  # promtool is all we use
+  log "promtool unpacked into $dir/usr/bin"
+}
+
 install_packages
 install_timescaledb
 install_venv
 install_assets
+install_promtool
 warm_kernels

@@ -97,6 +97,7 @@ from dashboard_api.schemas.readings import (
     RawReadings,
 )
 from dashboard_api.schemas.service import (
+    GatewayHealth,
     Health,
 )
 from dashboard_api.schemas.upgrades import (
@@ -178,6 +179,7 @@ __all__ = [
     "EngineerPublic",
     "FieldError",
     "FleetSummary",
+    "GatewayHealth",
     "Health",
     "HouseholdCreate",
     "HouseholdDetail",

@@ -6,10 +6,23 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from dashboard_api.schemas.common import Model
+
+
+class GatewayHealth(Model):
+    status: Literal["ok", "degraded", "unreachable", "unknown"] = Field(
+        description="The gateway's /healthz as the API reaches it on metrics_host:metrics_port"
+        " (unknown: metrics_port = 0)."
+    )
+    broker_connected: bool | None = Field(
+        description="Whether the gateway's ingest connection to the broker is up."
+    )
 
 
 class Health(Model):
     status: Literal["ok", "degraded"]
     database: bool
     events_listener: bool
+    gateway: GatewayHealth | None = None

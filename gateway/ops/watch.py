@@ -1,9 +1,12 @@
-"""`gas-safety watch`: a live tail of devices' traffic for field technicians and operators.
+"""`gas-safety watch`: a live tail for the control room and for field technicians.
 
-Subscribes read-only (the broker's `monitor` account on the private stack; any account with
-read rights in production) to one device, a household's devices, or the whole fleet, and
-prints each message as it arrives: readings, events, status, command and acknowledgement,
-each decoded by the protocol's own decoder (an invalid payload shows its reject reason).
+With no device named, the platform's live events (alarms, commands, work orders, notices:
+gateway.ops.event_feed). With `--device ID` (or device ids, `--household`, `--fleet`), the
+devices' own MQTT traffic: it subscribes read-only (the broker's `monitor` account on the
+private stack; any account with read rights in production) to one device, a household's
+devices, or the whole fleet, and prints each message as it arrives: readings, events,
+status, command and acknowledgement, each decoded by the protocol's own decoder (an
+invalid payload shows its reject reason).
 
 aiomqtt serves here where it does not on the gateway's hot path: a tail acknowledges on
 receipt, needs no ordering guarantees against commits, and carries tens of messages a
@@ -29,6 +32,7 @@ from gateway import protocol
 from gateway.protocol import Channel, Rejected
 
 CHANNELS = ("telemetry", "event", "status", "ack", "cmd")
+_STYLES = {"cmd": "bold cyan", "ack": "green", "event": "yellow", "status": "dim"}
 _DECODERS: dict[str, type[Any]] = {
     "event": protocol.DeviceEvent,
     "status": protocol.Status,
@@ -50,6 +54,10 @@ class Line:
     channel: str
     fields: dict[str, Any]
     error: str | None = None
+
+    @property
+    def style(self) -> str:
+        return "bold red" if self.error is not None else _STYLES.get(self.channel, "")
 
     def text(self) -> str:
         stamp = dt.datetime.fromtimestamp(self.at).strftime("%H:%M:%S.%f")[:-3]
@@ -113,6 +121,10 @@ async def tail(
     duration_s: float | None,
 ) -> int:
     """Print messages until `count` of them, `duration_s`, or Ctrl-C; how many were shown."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(highlight=False, soft_wrap=True)
     shown = 0
     deadline = None if duration_s is None else time.monotonic() + duration_s
     try:
@@ -143,7 +155,10 @@ async def tail(
                 line = describe(msg.topic.value, bytes(msg.payload), prefix, time.time())
                 if line is None:
                     continue
-                print(line.json() if as_json else line.text(), flush=True)
+                if as_json:
+                    print(line.json(), flush=True)
+                else:
+                    console.print(escape(line.text()), style=line.style)
                 shown += 1
     except aiomqtt.MqttError as err:
         raise WatchError(f"mqtt {host}:{port} as {username}: {err}") from None
@@ -152,34 +167,59 @@ async def tail(
 
 def register(subparsers: Any) -> None:
     """Adds `watch` to the `gas-safety` command line."""
+    from gateway.ops.event_feed import KINDS
+    from gateway.ops.options import add_service_options
+
     p = subparsers.add_parser(
         "watch",
-        help="live tail of devices' MQTT traffic (read-only)",
-        description=__doc__.splitlines()[0],
+        help="live tail: the platform's events, or devices' MQTT traffic (read-only)",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument(
         "devices",
         nargs="*",
         metavar="DEVICE",
-        help="device ids to watch (default: the whole fleet)",
+        help="device ids whose MQTT traffic to show (as --device)",
+    )
+    p.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        dest="device_opts",
+        metavar="ID",
+        help="show this device's MQTT traffic (repeatable)",
     )
     p.add_argument(
         "--household",
-        help="watch every device of this household (from the registry in the database)",
+        help="show the MQTT traffic of every device of this household (from the registry)",
+    )
+    p.add_argument("--fleet", action="store_true", help="show the MQTT traffic of every device")
+    p.add_argument(
+        "--events",
+        action="append",
+        choices=sorted(KINDS),
+        dest="kinds",
+        help="live events to show, repeatable (default: all; ignored for MQTT traffic)",
     )
     p.add_argument(
         "--channel",
         action="append",
         choices=CHANNELS,
         dest="channels",
-        help="channels to show, repeatable (default: all)",
+        help="MQTT channels to show, repeatable (default: all)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--count", type=_positive_int, help="stop after this many messages")
-    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     p.add_argument(
-        "--username", help="MQTT account (default: the private stack's read-only `monitor` account)"
+        "--count", type=_positive_int, help="stop after this many lines (default: never)"
     )
+    p.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop after this long (default: never)"
+    )
+    p.add_argument(
+        "--username",
+        help="MQTT account with read rights (default: the private stack's `monitor` account)",
+    )
+    add_service_options(p)
     p.set_defaults(func=run)
 
 
@@ -224,8 +264,10 @@ def run(args: argparse.Namespace) -> int:
     from gateway import settings as settings_mod
 
     s = settings_mod.load()
+    devices = list(args.devices) + list(args.device_opts)
+    if not devices and not args.household and not args.fleet:
+        return _events(s.db.dsn, args)
     try:
-        devices = list(args.devices)
         if args.household:
             devices += _household_devices(s.db.dsn, args.household)
         for d in devices:
@@ -247,6 +289,20 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     except WatchError as err:
+        print(f"gas-safety watch: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _events(dsn: str, args: argparse.Namespace) -> int:
+    from gateway.ops.event_feed import KINDS, Feed, FeedError
+
+    kinds = set(args.kinds or KINDS)
+    try:
+        asyncio.run(Feed(dsn, kinds, args.json, args.count, args.duration).run())
+    except FeedError as err:
         print(f"gas-safety watch: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

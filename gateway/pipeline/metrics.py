@@ -1,8 +1,25 @@
-"""Prometheus metrics of the gateway: one registry per Gateway, so tests can read them."""
+"""Prometheus metrics of the gateway: one registry per Gateway, so tests can read them.
+
+`serve` answers /metrics (Prometheus) and /healthz (the gateway's own health, as JSON, for
+`gas-safety status` and load balancers) on one port, from a daemon thread.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
@@ -88,13 +105,59 @@ class Metrics:
             "gas_mqtt_connected", "1 when connected to the broker", registry=r
         )
 
-    def serve(self, port: int) -> None:
-        if port:
-            start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        self.spool_batches = Gauge(
+            "gas_spool_batches",
+            "Batches held in the local spool while the database was away, not yet written",
+            registry=r,
+        )
+        self.last_commit = Gauge(
+            "gas_writer_last_commit_timestamp_seconds",
+            "When the writer last committed a batch (Unix time; 0: not yet)",
+            registry=r,
+        )
+
+    def serve(
+        self, port: int, host: str = "127.0.0.1", health: Callable[[], dict[str, Any]] | None = None
+    ) -> ThreadingHTTPServer | None:
+        """/metrics and /healthz on host:port (port 0: nothing); OSError when it cannot bind."""
+        if not port:
+            return None
+        server = ThreadingHTTPServer((host, port), _handler(self.registry, health))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+        return server
 
     def value(self, name: str, **labels: str) -> float:
         v = self.registry.get_sample_value(name, labels or None)
         return 0.0 if v is None else v
+
+
+def _handler(
+    registry: CollectorRegistry, health: Callable[[], dict[str, Any]] | None
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._answer(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+            elif path == "/healthz" and health is not None:
+                doc = health()
+                code = 200 if doc.get("status") == "ok" else 503
+                self._answer(code, "application/json", json.dumps(doc).encode())
+            else:
+                self._answer(404, "text/plain", b"not found: /metrics or /healthz\n")
+
+        def _answer(self, code: int, content_type: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Scrapes are not news: nothing logged."""
+
+    return Handler
 
 
 def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 import uuid
@@ -80,6 +81,12 @@ class GatewayService:
         self._tasks: list[asyncio.Task[Any]] = []
         self._pending: deque[list[Message]] = deque()  # read, not yet judged
         self._draining = False
+        self.devices_loaded = 0
+        self.server: Any = None  # the metrics and /healthz HTTP server
+        self.started_at = 0.0
+        self.last_commit_at = 0.0  # wall clock of the last committed batch; 0: none yet
+        self.spool_depth = 0
+        self._spool_counted_at = 0.0
 
     def _command_link(self) -> Link | None:
         config = command_config(self.settings.mqtt)
@@ -108,7 +115,10 @@ class GatewayService:
                 break
             except psycopg.OperationalError as err:
                 logger.warning(
-                    "database not reachable at start (%s); retrying", str(err).strip()[:200]
+                    "database %s not reachable at start (%s); next attempt in %.1fs",
+                    _where(dsn),
+                    (str(err).strip().splitlines() or [""])[0][:200],
+                    delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5)
@@ -129,9 +139,15 @@ class GatewayService:
             for c in cmds
         ]
         kept = self.gw.restore([(a[0], a[1]) for a in alarms], open_cmds)
+        self.devices_loaded = n
         logger.info(
             "registry loaded devices=%d open_alarms=%d open_commands=%d", n, len(alarms), kept
         )
+        if n == 0:
+            logger.warning(
+                "no device is provisioned: every message will be refused as unknown "
+                "(provision with `gas-safety fleet provision` or the API's /devices)"
+            )
 
     def _new_connection(self) -> int:
         """Before each ingest connection: what the last one delivered is judged and closed
@@ -201,6 +217,8 @@ class GatewayService:
 
     def _ack(self, batch: Batch) -> None:
         m = self.gw.metrics
+        self.last_commit_at = time.time()
+        m.last_commit.set(self.last_commit_at)
         if self.writer is not None:
             m.buffer_rows.set(self.writer.pending_rows)
             m.writer_lag.set(self.writer.last_commit_lag_s)
@@ -226,6 +244,75 @@ class GatewayService:
         client = self.links.ingest.client
         if client is not None:
             m.unacked.set(client.unacked)
+        now = time.monotonic()
+        if now - self._spool_counted_at >= SPOOL_COUNT_EVERY_S:
+            self._spool_counted_at = now
+            self.spool_depth = _count_batches(self.spool_dir)
+            m.spool_batches.set(self.spool_depth)
+
+    @property
+    def spool_dir(self) -> Path:
+        from gateway.settings import stack_home
+
+        db = self.settings.db
+        return Path(db.spool_dir) if db.spool_dir else stack_home() / "spool"
+
+    def health(self) -> dict[str, Any]:
+        """The gateway's /healthz (read from the metrics thread: plain attribute reads).
+
+        "ok" when the ingest connection is up, the writer reaches the database and the event
+        loop keeps up; otherwise "degraded" with the reasons."""
+        writer = self.writer
+        # the writer connects with its first batch: before that, nothing says it cannot
+        tried = writer is not None and bool(self.last_commit_at or writer.pending_rows)
+        db_up: bool | None = bool(writer.db_up) if writer is not None and tried else None
+        lag_s = self.gw.metrics.value("gas_loop_lag_seconds_sum") / max(
+            1.0, self.gw.metrics.value("gas_loop_lag_seconds_count")
+        )
+        problems = []
+        if not self.links.ingest.up:
+            problems.append(f"broker {self.links.ingest.broker} not connected")
+        if db_up is False:
+            problems.append("writer cannot reach the database")
+        if self.spool_depth:
+            problems.append(f"{self.spool_depth} batch(es) spooled")
+        now = time.time()
+        return {
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
+            "uptime_s": round(now - self.started_at, 1) if self.started_at else 0.0,
+            "mqtt": {
+                "broker": self.links.ingest.broker,
+                "connected": self.links.ingest.up,
+                "command_link": None if self.links.command is None else self.links.command.up,
+                "failed_attempts": self.links.ingest.failures,
+            },
+            "writer": {
+                "kind": "process" if isinstance(writer, WriterProcess) else "thread",
+                "db_up": db_up,
+                "restarts": writer.restarts if isinstance(writer, WriterProcess) else 0,
+                "pending_rows": writer.pending_rows if writer is not None else 0,
+                "last_commit_lag_s": round(writer.last_commit_lag_s, 4) if writer else None,
+                "last_commit_age_s": round(now - self.last_commit_at, 1)
+                if self.last_commit_at
+                else None,
+            },
+            "spool_batches": self.spool_depth,
+            "loop_lag_mean_ms": round(lag_s * 1000, 3),
+            "devices": self.devices_loaded,
+            "open_commands": self.gw.open_commands,
+        }
+
+    def _summary(self, metrics_url: str, priority: str) -> str:
+        s = self.settings
+        commands = "own connection" if self.links.command is not None else "ingest connection"
+        return (
+            f"gateway started broker={self.links.ingest.broker} (user {s.mqtt.username}, "
+            f"commands on the {commands}) database={_where(s.db.dsn)} metrics={metrics_url} "
+            f"devices={self.devices_loaded} engine={self.gw.state.engine} "
+            f"writer={'process' if s.db.writer_process else 'thread'} "
+            f"spool={self.spool_dir} priority={priority}"
+        )
 
     async def _notifier(self) -> None:
         from gateway.service.notifier import Notifier
@@ -271,6 +358,7 @@ class GatewayService:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, self._stopping.set)
+        metrics_url = self._serve_metrics()  # first: a port in use stops the start at once
         await self._load()
         tuning.tune_runtime()
         self.writer = writer = self._start_writer(loop)
@@ -278,8 +366,9 @@ class GatewayService:
         tuning.prioritise(loop, self.settings.priority)
         self.gw.submit = self._submit
         self.gw.publish = self.links.publish
-        self.gw.metrics.serve(self.settings.metrics_port)
         s = self.settings
+        self.started_at = time.time()
+        logger.info(self._summary(metrics_url, _thread_priority()))
         ticker = Ticker(
             self.gw, s.detection.sweep_interval_s, self._stopping, self._kick_drain, self._gauges
         )
@@ -314,12 +403,70 @@ class GatewayService:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.links.close()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def _serve_metrics(self) -> str:
+        """/metrics and /healthz up; their URL ("off" for port 0). StartupError when the
+        address cannot be bound, naming the settings to change."""
+        s = self.settings
+        if not s.metrics_port:
+            return "off"
+        try:
+            self.server = self.gw.metrics.serve(s.metrics_port, s.metrics_host, self.health)
+        except OSError as err:
+            raise StartupError(
+                f"metrics endpoint {s.metrics_host}:{s.metrics_port}: {err.strerror or err}"
+                " (set metrics_port or metrics_host to a free address, or metrics_port = 0"
+                " to turn the endpoint off)"
+            ) from None
+        return f"http://{s.metrics_host}:{s.metrics_port}/metrics"
 
     def stop(self) -> None:
         self._stopping.set()
 
 
+SPOOL_COUNT_EVERY_S = 5.0  # the spool folder is counted at most this often
+
+
+class StartupError(RuntimeError):
+    """The gateway cannot start (an address in use): one line naming the setting to change."""
+
+
+def _count_batches(folder: Path) -> int:
+    try:
+        with os.scandir(folder) as entries:
+            return sum(1 for e in entries if e.name.endswith(".batch"))
+    except OSError:
+        return 0
+
+
+def _where(dsn: str) -> str:
+    """A DSN as a log names it: host, port and database, never the password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(unparsable dsn)"
+    host = parts.get("host") or "localhost"
+    return f"{host}:{parts.get('port') or 5432}/{parts.get('dbname') or ''}"
+
+
+def _thread_priority() -> str:
+    """The calling thread's scheduling, as the start-up summary says it."""
+    try:
+        if os.sched_getscheduler(0) == os.SCHED_RR:
+            return f"SCHED_RR {os.sched_getparam(0).sched_priority}"
+        return f"nice {os.getpriority(os.PRIO_PROCESS, 0)}"
+    except (AttributeError, OSError):
+        return "unknown"
+
+
 def main() -> int:
+    import sys
+
     from gateway import settings as settings_mod
 
     s = settings_mod.load()
@@ -329,5 +476,9 @@ def main() -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(GatewayService(s).run())
+    try:
+        asyncio.run(GatewayService(s).run())
+    except StartupError as err:
+        print(f"gas-safety gateway: {err}", file=sys.stderr)
+        return 3
     return 0

@@ -91,10 +91,18 @@ class Link:
         self.before_connect = before_connect
         self.while_down = while_down  # said in the log when the link is lost
         self.client: MqttClient | None = None
+        # True while another link's log lines already say the broker is away: this link's
+        # failures then go to DEBUG, so an outage logs one line per retry, not one per link
+        self.quiet: Callable[[], bool] = lambda: False
+        self.failures = 0  # connection attempts failed in a row
 
     @property
     def up(self) -> bool:
         return self.client is not None and self.client.connected
+
+    @property
+    def broker(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
 
     async def run(self) -> None:
         c = self.config
@@ -106,24 +114,33 @@ class Link:
                     c, self.on_batch, generation=generation, lookahead=self.lookahead
                 )
                 logger.info(
-                    "mqtt %s connection up host=%s port=%d user=%s",
+                    "mqtt %s connection up broker=%s user=%s%s",
                     self.name,
-                    c.host,
-                    c.port,
+                    self.broker,
                     c.username,
+                    f" after {self.failures} failed attempt(s)" if self.failures else "",
                 )
+                self.failures = 0
                 self.gauge.set(1)
                 delay = FIRST_DELAY_S
                 if await self._until_lost(self.client):
                     return
                 logger.warning(
-                    "mqtt %s connection lost; reconnecting%s", self.name, self.while_down
+                    "mqtt %s connection to %s lost; reconnecting%s",
+                    self.name,
+                    self.broker,
+                    self.while_down,
                 )
             except (TimeoutError, OSError, MqttError) as err:
-                logger.warning(
-                    "mqtt %s connect failed (%s); retrying in %.1fs%s",
+                self.failures += 1
+                logger.log(
+                    logging.DEBUG if self.quiet() else logging.WARNING,
+                    "mqtt %s connect to %s as %s failed (%s); attempt %d, next in %.1fs%s",
                     self.name,
-                    err,
+                    self.broker,
+                    c.username,
+                    str(err) or type(err).__name__,
+                    self.failures,
                     delay,
                     self.while_down,
                 )
@@ -154,6 +171,9 @@ class Links:
     def __init__(self, ingest: Link, command: Link | None) -> None:
         self.ingest = ingest
         self.command = command
+        if command is not None:
+            # both on one broker: while ingest is down too, its lines say so
+            command.quiet = lambda: not ingest.up and ingest.failures > 0
 
     def publish(self, topic: str, payload: bytes) -> None:
         for link in (self.command, self.ingest):

@@ -42,7 +42,8 @@ def _refused(r: subprocess.CompletedProcess[str], line: str) -> None:
 
 @pytest.mark.parametrize("command", [
     ["gateway"], ["api"], ["simulate", "demo"], ["db", "migrate"], ["db", "retain", "--yes"],
-    ["stack", "status"], ["fleet", "provision", "--households", "1"], ["user", "create", "x"],
+    ["stack", "status"], ["fleet", "provision", "--households", "1"],
+    ["user", "create", "x", "--role", "viewer"],
     ["config", "check"],
 ])
 def test_misspelt_threshold_stops_every_command(tmp_path: Path, command: list[str]) -> None:
