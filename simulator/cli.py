@@ -237,6 +237,11 @@ def print_scores(scores: dict[str, Any]) -> None:
                     f"leaks cut by {path}" if path != "not_cut" else "leaks not cut",
                     f"{p['leaks']}: work orders {p['orders']} (dispatched {p['dispatched']}),"
                     + (f" leak -> order p50 {lat['p50']} s max {lat['max']} s," if lat["n"] else "")
+                    + (
+                        f" first call p50 {c['p50']} s,"
+                        if (c := p.get("first_call_s", {})).get("n")
+                        else ""
+                    )
                     + f" owner notice {p['notices']}",
                 )
             )

@@ -3,8 +3,10 @@
 Starts the private stack, provisions a city, starts the gateway and the API as child
 processes (each is optional: if one is not installed or dies at start, the demo says so and
 goes on without it), runs a scenario and shows what happens, reading valve commands, work
-orders and notifications from the database. Ctrl-C ends the scenario early, still scores
-it, and stops the children cleanly.
+orders and notifications from the database. The gateway's notifier calls a fake voice and
+SMS gateway (simulator/phones.py) run by the demo, where most owners answer and some do not
+(their notice's chain walks on to the text and the emergency contact). Ctrl-C ends the
+scenario early, still scores it, and stops the children cleanly.
 """
 
 from __future__ import annotations
@@ -121,6 +123,41 @@ def platform_poll(dsn: str, fleet: Any) -> Any:
     return poll
 
 
+NO_ANSWER_EVERY = 4
+"""One owner in this many does not answer a call (by household order): the chain walks on."""
+
+
+def start_phones(dsn: str, fleet: Any) -> Any:
+    """The fake phone gateway with a scripted mix of owners, and the gateway's notifier
+    pointed at it (environment of the children started after this)."""
+    import psycopg
+
+    from simulator.phones import PhoneGateway
+
+    phones = PhoneGateway(default_voice="answered", default_sms="sent")
+    with psycopg.connect(dsn, connect_timeout=3) as conn:
+        owners = conn.execute(
+            "SELECT id, owner_phone FROM households WHERE id = ANY(%s) ORDER BY id",
+            (fleet.household_ids,),
+        ).fetchall()
+    silent = [phone for k, (_, phone) in enumerate(owners) if k % NO_ANSWER_EVERY == 1 and phone]
+    for phone in silent:
+        phones.configure(phone, ["no_answer"], channel="voice")
+    phones.start()
+    os.environ.update(
+        {
+            "GAS_SAFETY_RESPONSE__NOTIFY_CHANNEL": "webhook",
+            "GAS_SAFETY_RESPONSE__NOTIFY_VOICE_URL": f"{phones.url}/voice",
+            "GAS_SAFETY_RESPONSE__NOTIFY_SMS_URL": f"{phones.url}/sms",
+        }
+    )
+    console.print(
+        f"[green]phones[/green] fake voice/SMS gateway on {phones.url}: "
+        f"{len(owners) - len(silent)} owners answer, {len(silent)} do not"
+    )
+    return phones
+
+
 def main(args: argparse.Namespace) -> int:
     from gateway import settings
     from gateway.ops.stack import Stack
@@ -137,6 +174,7 @@ def main(args: argparse.Namespace) -> int:
         f"(mosquitto 127.0.0.1:{rt.mqtt_port}, postgres 127.0.0.1:{rt.pg_port})"
     )
     logs = stack.home / "logs"
+    phones = start_phones(s.db.dsn, fleet)
     children: list[Child] = []
     gw = Child("gateway", _command("gateway"), logs / "gateway.log")
     if gw.start():
@@ -174,6 +212,7 @@ def main(args: argparse.Namespace) -> int:
         for child in reversed(children):
             child.stop()
             console.print(f"{child.name} stopped")
+        phones.stop()
     cli.print_scores(scores)
     if args.truth_out:
         console.print(f"ground truth written to {args.truth_out}")

@@ -1,8 +1,9 @@
 """The owner's notices and the work orders of households, as the platform recorded them.
 
 One function per table, so that a run's score follows the schema in one place: a notice's
-`outcome` is today its delivery state (pending, sent, failed); a call chain with per-step
-outcomes would be read here and summarised into the same `outcome`.
+`outcome` summarises its call chain (the notice's state and its `notification_attempts`
+rows) in words: "answered at voice_owner", "voice_owner no_answer -> sms_owner sent
+(pending)", or the bare delivery state of a notice no step was tried for.
 """
 
 from __future__ import annotations
@@ -13,30 +14,63 @@ from typing import Any
 
 
 def read_notices(conn: Any, household_ids: Sequence[str], since: dt.datetime) -> dict[str, list]:
-    """Notices created since `since` by household, oldest first: kind, channel, outcome,
-    attempts, created_at and delivered_at (epoch seconds), error."""
+    """Notices created since `since` by household, oldest first: kind, channel, state,
+    outcome (the chain in words, see `chain_outcome`), attempts, created_at, delivered_at
+    and first_attempt_at (epoch seconds: the chain's first call or text), error."""
     rows = conn.execute(
-        "SELECT household_id, kind, channel, state, attempts,"
+        "SELECT household_id, id, kind, channel, state, attempts,"
         " extract(epoch FROM created_at)::float8 AS created,"
         " extract(epoch FROM delivered_at)::float8 AS delivered, last_error"
         " FROM notifications WHERE household_id = ANY(%s) AND created_at >= %s"
         " ORDER BY created_at, id",
         (list(household_ids), since),
     ).fetchall()
+    tuples = _tuples(rows)
+    steps: dict[int, list[tuple[str, str, float]]] = {}
+    if tuples:
+        for nid, name, state, started in _tuples(
+            conn.execute(
+                "SELECT notification_id, step_name, state,"
+                " extract(epoch FROM started_at)::float8 AS started"
+                " FROM notification_attempts WHERE notification_id = ANY(%s) ORDER BY id",
+                ([t[1] for t in tuples],),
+            ).fetchall()
+        ):
+            steps.setdefault(nid, []).append((name, state, started))
     out: dict[str, list[dict[str, Any]]] = {}
-    for h, kind, channel, state, attempts, created, delivered, error in _tuples(rows):
+    for h, nid, kind, channel, state, attempts, created, delivered, error in tuples:
+        tried = steps.get(nid, [])
         out.setdefault(h, []).append(
             {
                 "kind": kind,
                 "channel": channel,
-                "outcome": state,
+                "state": state,
+                "outcome": chain_outcome(state, [(n, st) for n, st, _ in tried]),
                 "attempts": attempts,
                 "created_at": created,
                 "delivered_at": delivered,
+                "first_attempt_at": tried[0][2] if tried else None,
                 "error": error,
             }
         )
     return out
+
+
+def chain_outcome(state: str, attempts: Sequence[tuple[str, str]]) -> str:
+    """A notice's chain in words, from its state and its attempts (step name, state) in
+    order: "answered at voice_owner" when a call was answered, else each step tried with
+    its last attempt's state ("voice_owner no_answer -> sms_owner sent"), and the notice's
+    state when the chain has not finished (pending) or ended elsewhere (escalated)."""
+    for name, st in attempts:
+        if st == "answered":
+            return f"answered at {name}"
+    if not attempts:
+        return state
+    last: dict[str, str] = {}
+    for name, st in attempts:
+        last[name] = st  # steps in the order first tried, each with its last state
+    words = " -> ".join(f"{n} {st}" for n, st in last.items())
+    return words if state in ("sent", "failed") else f"{words} ({state})"
 
 
 def read_orders(conn: Any, household_ids: Sequence[str], since: dt.datetime) -> dict[str, list]:

@@ -462,17 +462,28 @@ class Truth:
                 "kind": notice["kind"],
                 "channel": notice["channel"],
                 "outcome": notice["outcome"],
+                "leak_to_first_call_s": None
+                if notice.get("first_attempt_at") is None
+                else round(notice["first_attempt_at"] - began, 2),
             },
         }
 
     def _leak_paths(self, db: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """Per cut path (detector, platform, not cut): leaks, orders, dispatched, leak ->
-        order time, notice outcomes."""
+        """Per cut path (detector, platform, not cut): leaks, orders, dispatched (by a person:
+        the platform dispatches nobody itself), leak -> order time, leak -> the owner's first
+        call or text, and the call chains' outcomes."""
         out: dict[str, dict[str, Any]] = {}
         for o in (self._leak_outcome(lk, db) for lk in self.leaks):
             p = out.setdefault(
                 o["cut_by"] or "not_cut",
-                {"leaks": 0, "orders": 0, "dispatched": 0, "to_order_s": [], "notices": Counter()},
+                {
+                    "leaks": 0,
+                    "orders": 0,
+                    "dispatched": 0,
+                    "to_order_s": [],
+                    "to_call_s": [],
+                    "notices": Counter(),
+                },
             )
             p["leaks"] += 1
             if o["order"]:
@@ -480,11 +491,12 @@ class Truth:
                 p["dispatched"] += int(o["order"]["dispatched"])
                 p["to_order_s"].append(o["order"]["leak_to_order_s"])
             p["notices"][o["notice"]["outcome"] if o["notice"] else "none"] += 1
+            if o["notice"] and o["notice"].get("leak_to_first_call_s") is not None:
+                p["to_call_s"].append(o["notice"]["leak_to_first_call_s"])
         for p in out.values():
-            t = sorted(p.pop("to_order_s"))
-            p["leak_to_order_s"] = (
-                {"p50": t[len(t) // 2], "max": t[-1], "n": len(t)} if t else {"n": 0}
-            )
+            for key, name in (("to_order_s", "leak_to_order_s"), ("to_call_s", "first_call_s")):
+                t = sorted(p.pop(key))
+                p[name] = {"p50": t[len(t) // 2], "max": t[-1], "n": len(t)} if t else {"n": 0}
             p["notices"] = dict(p["notices"])
         return out
 

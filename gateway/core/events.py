@@ -6,7 +6,9 @@ its household's meter to confirm the valve closed; a meter's `valve_closed_local
 that wait, or asks for an inspection when no gas alarm is open; `tamper`, `fault` and a
 failed `self_test` ask for an order. What the pipeline does with them is in
 gateway/pipeline/events.py. `due_cuts(state, watch, now)` is the timer's half: cuts the
-meter did not confirm in time, for the platform to close itself. Pure: the clock is an
+meter did not confirm in time, for the platform to close itself; `rule_confirmed_cuts(state,
+watch, slots, ch4)` is the readings' half: cuts whose household's readings now meet the
+platform's own leak rule, closed at once rather than at the deadline. Pure: the clock is an
 argument, the fleet state and the `CutWatch` are updated in place.
 """
 
@@ -33,6 +35,7 @@ __all__ = [
     "EventEffects",
     "apply_events",
     "due_cuts",
+    "rule_confirmed_cuts",
     "valve_reported_closed",
 ]
 
@@ -194,6 +197,39 @@ def due_cuts(state: FleetState, watch: CutWatch, now: float) -> list[tuple[int, 
     for m in due:
         _, trigger = watch.pending.pop(m)
         out.append((m, trigger, bool(state.valve_state[m] == ValveCode.CLOSED)))
+    return out
+
+
+def rule_confirmed_cuts(
+    state: FleetState, watch: CutWatch, slots: npt.ArrayLike, ch4: npt.ArrayLike
+) -> list[tuple[int, int, bool]]:
+    """Awaited cuts whose household's readings, just judged (`slots`, `ch4`), meet the
+    platform's own leak rule (leak_count consecutive readings at or above leak_lel, or one
+    at or above leak_instant_lel), removed from the watch: (meter slot, detector slot,
+    closed), as `due_cuts`. A local_alarm already holds the LEAK bit, so the readings'
+    rule raises nothing new; without this the platform would wait for the deadline."""
+    if not watch.pending:
+        return []
+    s = np.asarray(slots, np.intp)
+    v = np.asarray(ch4, np.float32)
+    if s.size == 0:
+        return []
+    pending = np.fromiter(watch.pending, np.int32, len(watch.pending))
+    hit = np.isin(state.meter_slot[s], pending)
+    if not hit.any():
+        return []
+    s, v = s[hit], v[hit]
+    cols = state.table.columns
+    model = state.model[s]
+    code = (state.records["runs"][s] & np.uint64(0xFFFF)).astype(np.intp)
+    leak_run = np.unravel_index(code, state.table.gas.dims)[1]
+    fires = (v >= cols["leak_instant_lel"][model]) | (leak_run >= cols["leak_count"][model])
+    out = []
+    for detector in s[fires]:
+        meter = int(state.meter_slot[detector])
+        if watch.pending.pop(meter, None) is not None:
+            closed = bool(state.valve_state[meter] == ValveCode.CLOSED)
+            out.append((meter, int(detector), closed))
     return out
 
 

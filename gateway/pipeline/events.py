@@ -3,15 +3,19 @@
 A detector's `local_alarm` is a LEAK alarm through the same `Actions` as a reading's (its
 evidence says the detector's own alarm raised it), and its cut is awaited: `due` (the
 timer's part) sends the platform's own close for a meter that did not confirm it in time,
-and records why. A meter's `valve_closed_local` is recorded on the household's open gas
-alarm, or opens a `valve_inspection` order; `tamper`, `fault` and a failed `self_test` open
-orders through the response rules (one open order per household and cause).
+and records why; `rule_fired` (the readings' part) sends it as soon as the platform's own
+leak rule confirms the leak, so the platform never waits behind the detector's alarm. A
+meter's `valve_closed_local` is recorded on the household's open gas alarm, or opens a
+`valve_inspection` order; `tamper`, `fault` and a failed `self_test` open orders through
+the response rules (one open order per household and cause).
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+import numpy as np
 
 from gateway.core import events, response
 from gateway.core.alarms import AlarmKind, DeviceKind
@@ -103,29 +107,52 @@ class EventActions:
         if not self.watch.pending:
             return
         confirm_s = self.settings.response.local_cut_confirm_s
-        ids = self.registry.ids
+        why = f"meter did not confirm the detector's cut within {confirm_s:g} s"
         for meter, detector, closed in events.due_cuts(self.state, self.watch, now):
-            meter_id, detector_id = ids[meter], ids[detector]
-            if closed:
-                self._audit("cut.confirmed", meter, {"detector": detector_id, "by": "telemetry"})
-                continue
-            current = self._platform_close(meter_id, now - 2 * confirm_s)
-            if current is not None:
-                self._audit("cut.attached", meter, {"detector": detector_id, "cmd_id": current})
-                continue
-            why = f"meter did not confirm the detector's cut within {confirm_s:g} s"
-            cmd = self.actions.close_valve(meter_id, detector_id, AlarmKind.LEAK, now)
-            logger.warning(
-                "unconfirmed cut meter=%s detector=%s cmd_id=%s",
-                meter_id,
-                detector_id,
-                cmd.cmd_id if cmd else None,
-            )
-            self._audit(
-                "cut.unconfirmed",
-                meter,
-                {"detector": detector_id, "why": why, "cmd_id": cmd.cmd_id if cmd else None},
-            )
+            self._close_cut(meter, detector, closed, now, "cut.unconfirmed", why)
+
+    def rule_fired(
+        self, slots: list[int], ch4: list[float], judged: list[bool], now: float
+    ) -> None:
+        """Readings just judged: an awaited cut whose household now meets the platform's own
+        leak rule is closed at once (the meter has not reported it closed), not at the
+        deadline; the timer then has nothing left to send for it."""
+        if not self.watch.pending:
+            return
+        why = "the platform's leak rule confirmed the leak; the meter had not reported the cut"
+        keep = np.array(judged, bool)  # redelivered readings were judged before
+        s, v = np.array(slots, np.int32)[keep], np.array(ch4, np.float32)[keep]
+        for meter, detector, closed in events.rule_confirmed_cuts(self.state, self.watch, s, v):
+            self._close_cut(meter, detector, closed, now, "cut.rule_confirmed", why)
+
+    def _close_cut(
+        self, meter: int, detector: int, closed: bool, now: float, action: str, why: str
+    ) -> None:
+        """An awaited cut taken off the watch: confirmed by telemetry, attached to the
+        platform's close in flight (or just issued), or closed now, with why audited."""
+        ids = self.registry.ids
+        meter_id, detector_id = ids[meter], ids[detector]
+        if closed:
+            self._audit("cut.confirmed", meter, {"detector": detector_id, "by": "telemetry"})
+            return
+        since = now - 2 * self.settings.response.local_cut_confirm_s
+        current = self._platform_close(meter_id, since)
+        if current is not None:
+            self._audit("cut.attached", meter, {"detector": detector_id, "cmd_id": current})
+            return
+        cmd = self.actions.close_valve(meter_id, detector_id, AlarmKind.LEAK, now)
+        logger.warning(
+            "%s meter=%s detector=%s cmd_id=%s",
+            action,
+            meter_id,
+            detector_id,
+            cmd.cmd_id if cmd else None,
+        )
+        self._audit(
+            action,
+            meter,
+            {"detector": detector_id, "why": why, "cmd_id": cmd.cmd_id if cmd else None},
+        )
 
     # ------------------------------------------------------------------ helpers
     def _platform_close(self, meter_id: str, since: float) -> str | None:

@@ -258,6 +258,8 @@ class Gateway:
                 ),
                 now,
             )
+        if det.slot and self.events.watch.pending:  # the platform's own rule, not the timer
+            self.events.rule_fired(det.slot, det.values["ch4"], det.evaluate, now)
         if self._fast_cut:
             self.fast_lane.settle()
         if batch.rows >= self.settings.db.batch_rows:

@@ -95,3 +95,40 @@ def test_local_alarm_confirmed_by_the_meter_sends_no_command(
         (meter.id,),
         cond=lambda r: r[0][0] == 0,
     )
+
+
+def test_platform_rule_closes_at_once_behind_a_local_alarm(gateway, fleet, devices, dsn) -> None:
+    """The detector's local_alarm holds the leak alarm; its readings at leak level meet the
+    platform's own rule just after: the platform closes then, not at the 5 s deadline, and only once."""
+    house = fleet(1)[0]
+    gateway.wait_devices(dsn)
+    meter = devices(house.meter.id)
+    det = devices(house.detectors[0].id)
+    t0 = det.publish("event", {"seq": 1, "ts": time.time(), "type": "local_alarm"})
+    wait_row(dsn, "SELECT 1 FROM alarms WHERE device_id = %s", (det.id,))
+    for seq in (2, 3):
+        det.publish("telemetry", {"seq": seq, "ts": time.time(), "ch4": 25.0, "fault": 0})
+    cmd = platform_close(meter, 10)
+    assert cmd is not None, "the platform's own rule did not close behind the local_alarm"
+    took = time.time() - t0
+    assert took < 4.0, f"local_alarm -> platform close took {took:.2f} s (the deadline is 5 s)"
+    why = wait_row(
+        dsn,
+        "SELECT details FROM audit_log WHERE action = 'cut.rule_confirmed' AND entity_id = %s",
+        (house.id,),
+    )
+    assert "leak rule confirmed" in why[0][0]["why"] and why[0][0]["cmd_id"] == cmd["cmd_id"]
+    # past the deadline: the timer sent nothing more; one alarm, one order, one notice
+    # (the test's meter does not ack: a resend repeats the cmd_id)
+    again = platform_close(meter, 7)
+    while again is not None and again["cmd_id"] == cmd["cmd_id"]:
+        again = platform_close(meter, 7)
+    assert again is None, f"a second close was sent: {again}"
+    for sql in (
+        "SELECT count(*) FROM valve_commands WHERE meter_id = %s AND action = 'valve_close'",
+        "SELECT count(*) FROM alarms WHERE household_id = %s AND kind = 'leak'",
+        "SELECT count(*) FROM work_orders WHERE household_id = %s AND cause = 'leak'",
+        "SELECT count(*) FROM notifications WHERE household_id = %s AND kind = 'leak'",
+    ):
+        key = meter.id if "valve_commands" in sql else house.id
+        assert wait_row(dsn, sql, (key,))[0][0] == 1, sql

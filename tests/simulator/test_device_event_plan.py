@@ -100,7 +100,16 @@ def test_leak_outcomes_read_orders_and_notices(fleet: Fleet) -> None:
                 }
             ],
         },
-        "notices": {h[a.household]: [{"kind": "leak", "channel": "log", "outcome": "sent"}]},
+        "notices": {
+            h[a.household]: [
+                {
+                    "kind": "leak",
+                    "channel": "webhook",
+                    "outcome": "answered at voice_owner",
+                    "first_attempt_at": start[a.id] + 4.0,
+                }
+            ]
+        },
     }
     plat = truth.score(db)["platform"]
     out = {o["id"]: o for o in plat["leak_outcomes"]}
@@ -112,10 +121,14 @@ def test_leak_outcomes_read_orders_and_notices(fleet: Fleet) -> None:
         "dispatched": True,
         "leak_to_order_s": 3.5,
     }
-    assert out[a.id]["notice"]["outcome"] == "sent"
+    assert out[a.id]["notice"]["outcome"] == "answered at voice_owner"
+    assert out[a.id]["notice"]["leak_to_first_call_s"] == 4.0
     assert out[b.id]["order"] is None and out[b.id]["notice"] is None
     paths = plat["leak_paths"]
-    assert paths["detector"]["dispatched"] == 1 and paths["detector"]["notices"] == {"sent": 1}
+    assert paths["detector"]["dispatched"] == 1
+    assert paths["detector"]["notices"] == {"answered at voice_owner": 1}
+    assert paths["detector"]["first_call_s"] == {"p50": 4.0, "max": 4.0, "n": 1}
+    assert paths["not_cut"]["first_call_s"] == {"n": 0}
     assert paths["not_cut"]["leaks"] == 2 and paths["not_cut"]["notices"] == {"none": 2}
 
 
@@ -206,3 +219,29 @@ def test_accelerated_clock_is_refused_outside_tests() -> None:
         Settings(environment="production", clock=ClockSettings(sim_origin=0.0))
     assert Settings(environment="test", clock=ClockSettings(speed=10.0)).clock.speed == 10.0
     assert Settings().clock.source() is time.time  # the wall clock unless asked
+
+
+@pytest.mark.parametrize(
+    ("state", "attempts", "words"),
+    [
+        ("confirmed", [("voice_owner", "answered")], "answered at voice_owner"),
+        (
+            "confirmed",
+            [("voice_owner", "failed"), ("voice_owner", "answered")],
+            "answered at voice_owner",
+        ),
+        (
+            "pending",
+            [("voice_owner", "no_answer"), ("sms_owner", "sent"), ("voice_emergency", "calling")],
+            "voice_owner no_answer -> sms_owner sent -> voice_emergency calling (pending)",
+        ),
+        ("sent", [("voice_owner", "no_answer"), ("sms_owner", "sent")],
+         "voice_owner no_answer -> sms_owner sent"),
+        ("pending", [], "pending"),
+        ("sent", [], "sent"),  # a notice sent on the log channel: no chain rows
+    ],
+)
+def test_a_notice_chain_in_words(state: str, attempts: list, words: str) -> None:
+    from simulator.notices import chain_outcome
+
+    assert chain_outcome(state, attempts) == words

@@ -92,7 +92,54 @@ def test_detector_readings_and_local_alarm_give_one_alarm_order_notice(h: Harnes
     h.detector("d1", 60.0)
     b = h.gw.batch
     assert len(b.alarms) == 1 and len(b.work_orders) == 1 and len(b.notifications) == 1
+    assert closes(h) == ["m1"]  # the platform's own rule confirmed it: one close
+    h.now += 10
+    h.gw.tick(h.now)
+    assert closes(h) == ["m1"]
+
+
+def test_platform_rule_closes_at_once_behind_a_local_alarm(h: Harness) -> None:
+    event(h, "d1", "local_alarm")
+    h.detector("d1", 25.0)  # one reading at leak level: the rule waits for a second
     assert closes(h) == []
+    h.detector("d1", 25.0)  # 2 s after the local_alarm, no tick between
+    assert closes(h) == ["m1"]  # at the rule's moment, not the 5 s deadline
+    why = [a[4] for a in h.gw.batch.audit if a[1] == "cut.rule_confirmed"]
+    assert len(why) == 1 and "leak rule confirmed" in why[0]["why"] and why[0]["cmd_id"]
+    h.detector("d1", 60.0)
+    for _ in range(3):
+        h.now += 5
+        h.gw.tick(h.now)
+    b = h.gw.batch
+    assert closes(h) == ["m1"]  # the timer sends nothing more
+    assert "cut.unconfirmed" not in audit_actions(h)
+    assert len(b.alarms) == 1 and len(b.work_orders) == 1 and len(b.notifications) == 1
+
+
+def test_platform_rule_sends_nothing_when_the_meter_reported_the_cut(h: Harness) -> None:
+    event(h, "d1", "local_alarm")
+    h.now += 0.5
+    event(h, "m1", "valve_closed_local")
+    h.now += 0.5
+    h.detector("d1", 60.0)
+    h.detector("d1", 60.0)
+    for _ in range(3):
+        h.now += 5
+        h.gw.tick(h.now)
+    assert closes(h) == []
+    assert "cut.rule_confirmed" not in audit_actions(h)
+
+
+def test_platform_rule_behind_a_local_alarm_after_telemetry_closed(h: Harness) -> None:
+    event(h, "d1", "local_alarm")
+    h.now += 0.5
+    h.meter("m1", flow=0.0, valve="closed")
+    h.now += 0.5
+    h.detector("d1", 60.0)
+    h.now += 10
+    h.gw.tick(h.now)
+    assert closes(h) == []
+    assert "cut.confirmed" in audit_actions(h)
 
 
 def test_a_second_detector_of_the_household_attaches_to_the_open_leak(h: Harness) -> None:
