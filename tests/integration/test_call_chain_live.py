@@ -62,6 +62,16 @@ def chain_gateway(gateway: GatewayProcess, stack: Any, phones: PhoneGateway) -> 
 def http(api: Any, as_role: dict[str, dict[str, str]]) -> Iterator[Any]:
     with httpx.Client(base_url=api.base_url, timeout=20) as c:
         c.roles = as_role  # type: ignore[attr-defined]
+        # The fault tests before this module stop the shared database for 30 s; the API's pool
+        # then reconnects with growing pauses and answers 503 with Retry-After meanwhile, as a
+        # client is told to. Wait for it here rather than in each step's first request.
+        wait_until(
+            lambda: c.get("/households", params={"limit": 1}, headers=as_role["operator"])
+            .status_code == 200,
+            timeout_s=90,
+            interval_s=0.5,
+            what="the API's database pool back after the fault tests",
+        )
         yield c
 
 
