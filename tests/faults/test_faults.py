@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from loadgen import Load
@@ -149,7 +150,8 @@ def test_gateway_killed_mid_load_loses_nothing_and_repeats_nothing(own_gateway, 
 
 
 def test_database_outage_keeps_cutting_valves_and_loses_no_reading(own_gateway, fleet, devices,
-                                                                   runtime, dsn, stack) -> None:
+                                                                   runtime, dsn, stack, api,
+                                                                   as_role) -> None:
     sc = _scene(own_gateway, fleet, devices, runtime, dsn, 100, 1500, leak_home=1,
                 GAS_SAFETY_DB__SPOOL_AFTER_S="1.0")
     gw, meter, det, load = sc.gw, sc.meter, sc.det, sc.load
@@ -165,11 +167,24 @@ def test_database_outage_keeps_cutting_valves_and_loses_no_reading(own_gateway, 
         meter.ack(cmd["cmd_id"])
         m = gw.metrics()
         assert m.get("gas_db_up") == 0
-        # the rest of the 30 s outage under test (readings spool meanwhile)
-        time.sleep(max(0.0, 30 - (time.monotonic() - outage_start)))
+        # the rest of the 30 s outage under test (readings spool meanwhile), with a control
+        # room asking the API all along: it says 503, and its pool keeps trying to reconnect
+        with httpx.Client(base_url=api.base_url, timeout=20) as http:
+            while time.monotonic() - outage_start < 30:
+                r = http.get("/households", params={"limit": 1}, headers=as_role["operator"])
+                assert r.status_code == 503, r.text
+                time.sleep(0.5)
         rss_mb = _rss_mb(gw)
     finally:
         stack._pg_start(stack.runtime())  # type: ignore[arg-type]
+    # the API answers again within seconds of the database's return, not after its pool's
+    # reconnect pauses have grown past the outage's length
+    back = time.monotonic()
+    with httpx.Client(base_url=api.base_url, timeout=20) as http:
+        wait_until(lambda: http.get("/households", params={"limit": 1},
+                                    headers=as_role["operator"]).status_code == 200,
+                   timeout_s=60, interval_s=0.2, what="the API back after the outage")
+    api_back_s = time.monotonic() - back
     t.join(60)
     rows, distinct = _wait_stored(dsn, load.device_ids, total, 90)
     with psycopg.connect(dsn) as conn:
@@ -179,7 +194,8 @@ def test_database_outage_keeps_cutting_valves_and_loses_no_reading(own_gateway, 
                              ).fetchone()[0]
     _report("database outage 30 s", sent=total, stored=distinct, rows=rows,
             lost=total - distinct, valve_cut_ms=round((t_cmd - t_pub) * 1000, 1),
-            gateway_rss_mb=rss_mb, command_state=cmd_row[0])
+            gateway_rss_mb=rss_mb, command_state=cmd_row[0], api_back_s=round(api_back_s, 1))
+    assert api_back_s < 8.0
     assert distinct == total and rows == total
     assert cmd_row[0] == "acked" and alarm == 1
     assert (t_cmd - t_pub) < 1.0
