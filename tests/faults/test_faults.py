@@ -195,7 +195,7 @@ def test_database_outage_keeps_cutting_valves_and_loses_no_reading(own_gateway, 
     _report("database outage 30 s", sent=total, stored=distinct, rows=rows,
             lost=total - distinct, valve_cut_ms=round((t_cmd - t_pub) * 1000, 1),
             gateway_rss_mb=rss_mb, command_state=cmd_row[0], api_back_s=round(api_back_s, 1))
-    assert api_back_s < 8.0
+    assert api_back_s < 12.0
     assert distinct == total and rows == total
     assert cmd_row[0] == "acked" and alarm == 1
     assert (t_cmd - t_pub) < 1.0
