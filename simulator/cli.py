@@ -112,8 +112,7 @@ async def scenario(
     """Run one scenario to its end and score it; the shared core of `run` and `demo`."""
     from rich.live import Live
 
-    from simulator import display, storage
-    from simulator import truth as truth_mod
+    from simulator import display, notices, storage
     from simulator.runner import FleetRun
 
     log = display.EventLog()
@@ -175,7 +174,7 @@ async def scenario(
         storage.wait_stored, dsn, ids, lo, hi, fr.started_at, expected, 5.0, 30.0
     )
     db = await asyncio.to_thread(
-        truth_mod.read_platform, dsn, fleet, fr.started_at, list(fr.truth.commands)
+        notices.read_platform, dsn, fleet, fr.started_at, list(fr.truth.commands)
     )
     scores = fr.truth.score(db)
     scores["readings"] = {

@@ -1,16 +1,20 @@
-"""The owner's notices and the work orders of households, as the platform recorded them.
+"""What the platform recorded for a simulated fleet: commands, alarms, work orders, notices.
 
-One function per table, so that a run's score follows the schema in one place: a notice's
-`outcome` summarises its call chain (the notice's state and its `notification_attempts`
-rows) in words: "answered at voice_owner", "voice_owner no_answer -> sms_owner sent
-(pending)", or the bare delivery state of a notice no step was tried for.
+`read_platform` gathers it for a run's score; one function per table, so that the score
+follows the schema in one place. A notice's `outcome` summarises its call chain (the
+notice's state and its `notification_attempts` rows) in words: "answered at voice_owner",
+"voice_owner no_answer -> sms_owner sent (pending)", or the bare delivery state of a
+notice no step was tried for.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from simulator.fleet import Fleet
 
 
 def read_notices(conn: Any, household_ids: Sequence[str], since: dt.datetime) -> dict[str, list]:
@@ -102,3 +106,64 @@ def read_orders(conn: Any, household_ids: Sequence[str], since: dt.datetime) -> 
 def _tuples(rows: list[Any]) -> list[tuple[Any, ...]]:
     """Rows as tuples, from a tuple or a dict row factory alike."""
     return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
+
+
+def read_platform(
+    dsn: str, fleet: Fleet, since_wall: float, cmd_ids: list[str] | None = None
+) -> dict[str, Any]:
+    """What the platform recorded for this fleet since `since_wall` (epoch seconds), and
+    when it issued the commands `cmd_ids` the meters received."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    since = dt.datetime.fromtimestamp(since_wall - 1, dt.UTC)
+    out: dict[str, Any] = {}
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        rows = conn.execute(
+            "SELECT cmd_id, meter_id, household_id, action, state,"
+            " extract(epoch FROM issued_at)::float8 AS issued_at,"
+            " extract(epoch FROM sent_at)::float8 AS sent_at,"
+            " extract(epoch FROM acked_at)::float8 AS acked_at"
+            " FROM valve_commands WHERE meter_id = ANY(%s) AND issued_at >= %s",
+            (fleet.meter_ids, since),
+        ).fetchall()
+        out["valve_commands"] = rows
+        out["issued_at"] = {
+            r["cmd_id"]: r["issued"]
+            for r in conn.execute(
+                "SELECT cmd_id, extract(epoch FROM issued_at)::float8 AS issued FROM valve_commands"
+                " WHERE cmd_id = ANY(%s)",
+                (cmd_ids or [],),
+            ).fetchall()
+        }
+        out["alarms"] = conn.execute(
+            "SELECT device_id, household_id, kind, extract(epoch FROM raised_at)::float8"
+            " AS raised_at FROM alarms WHERE household_id = ANY(%s) AND raised_at >= %s",
+            (fleet.household_ids, since),
+        ).fetchall()
+        devices = fleet.all_device_ids()
+        out["orders"] = read_orders(conn, fleet.household_ids, since)
+        out["notices"] = read_notices(conn, fleet.household_ids, since)
+        out["unconfirmed_cmds"] = [
+            r["cmd_id"]
+            for r in conn.execute(
+                "SELECT details->>'cmd_id' AS cmd_id FROM audit_log"
+                " WHERE action = 'cut.unconfirmed' AND entity_id = ANY(%s) AND at >= %s",
+                (fleet.household_ids, since),
+            ).fetchall()
+        ]
+        out["power_on"] = {
+            r["device_id"]
+            for r in conn.execute(
+                "SELECT DISTINCT device_id FROM device_events WHERE type = 'power_on'"
+                " AND device_id = ANY(%s) AND received_at >= %s",
+                (fleet.detector_ids, since),
+            ).fetchall()
+        }
+        rej = conn.execute(
+            "SELECT reason, count(*) AS n FROM rejects WHERE time >= %s"
+            " AND (device_id = ANY(%s) OR device_id LIKE 'ghost-%%') GROUP BY reason",
+            (since, devices),
+        ).fetchall()
+        out["rejects"] = {r["reason"]: r["n"] for r in rej}
+    return out

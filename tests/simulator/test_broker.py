@@ -15,7 +15,7 @@ from support import reload_broker, wait_until_async
 from gateway import protocol
 from gateway.ops import credentials, provision
 from gateway.ops.stack import Runtime, Stack
-from simulator import wire
+from simulator import notices, wire
 from simulator.fleet import Fleet
 from simulator.link import Link, LinkError
 from simulator.runner import FleetRun, RunOptions
@@ -201,7 +201,6 @@ async def test_scenario_against_the_gateway(stack, runtime, prefix, gateway, tmp
     """A whole run against `gas-safety gateway`: leaks develop, the gateway cuts, nothing is
     lost, every bad payload is rejected for its reason, and the truth scores it all."""
     from simulator import storage
-    from simulator import truth as truth_mod
     from simulator.behaviour import LeakKind
 
     fleet = provisioned(stack, runtime, prefix, 40)
@@ -220,7 +219,7 @@ async def test_scenario_against_the_gateway(stack, runtime, prefix, gateway, tmp
     ids, lo, hi, n = run.sent_ranges()
     stored, _ = storage.wait_stored(runtime.dsn, ids, lo, hi, run.started_at, int(n.sum()),
                                     3.0, 20.0)
-    db = truth_mod.read_platform(runtime.dsn, fleet, run.started_at, list(truth.commands))
+    db = notices.read_platform(runtime.dsn, fleet, run.started_at, list(truth.commands))
     s = truth.score(db)
     assert stored == int(n.sum()), "readings lost"
     not_due = [(lk.id, lk.kind, round(lk.start_wall - run.started_at, 2), lk.peak,
@@ -326,7 +325,7 @@ async def test_type_a_detectors_tamper_and_outage_against_the_gateway(
     wait_row(runtime.dsn, "SELECT 1 FROM work_orders WHERE household_id = ANY(%s)"
              " AND cause = 'leak'", ([lk.household_id for lk in truth.leaks],),
              cond=lambda r: len(r) == len(truth.leaks))
-    s = truth.score(truth_mod.read_platform(runtime.dsn, fleet, run.started_at,
+    s = truth.score(notices.read_platform(runtime.dsn, fleet, run.started_at,
                                             list(truth.commands)))
     assert not s["missed"] and not s["false_cuts"] and not s["unexpected_local_alarms"]
     assert s["cut_by_detector"] == len(by_detector)
