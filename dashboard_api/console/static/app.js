@@ -3,12 +3,8 @@
 // expires (POST /auth/refresh); the API's gate checks it on every request, so a revoked
 // user is signed out at the next request or by the event stream's `stream.closed`.
 import { language, setLanguage, t } from "./i18n.js";
-
-const config = JSON.parse(document.documentElement.dataset.config || "{}");
-const KEY = { token: "gas-safety.token", role: "gas-safety.role", user: "gas-safety.user",
-  expires: "gas-safety.expires", lang: "gas-safety.lang" };
-const ROLES = { viewer: 1, operator: 2, engineer: 3, admin: 4 };
-const $ = (id) => document.getElementById(id);
+import { $, KEY, api, config, duration, el, fmtTime, route, session, views, whenUnauthorized } from "./shell.js";
+import "./pages.js";
 
 let board = null;          // the last GET /board
 let lastEventId = null;    // for Last-Event-ID on reconnect
@@ -18,38 +14,6 @@ let reloading = null;
 let reloadAgain = false;
 let known = null;          // alarm ids on the board at the last render (null: first render)
 let flashing = new Set();  // new critical alarm ids to flash
-
-// ------------------------------------------------------------------ session
-const session = {
-  get token() { return sessionStorage.getItem(KEY.token); },
-  get role() { return sessionStorage.getItem(KEY.role) || "viewer"; },
-  get user() { return sessionStorage.getItem(KEY.user) || ""; },
-  may(role) { return ROLES[this.role] >= ROLES[role]; },
-  save(user, tok) {
-    sessionStorage.setItem(KEY.token, tok.access_token);
-    sessionStorage.setItem(KEY.role, tok.role);
-    sessionStorage.setItem(KEY.user, user);
-    sessionStorage.setItem(KEY.expires, String(Date.now() + tok.expires_in * 1000));
-  },
-  clear() { for (const k of [KEY.token, KEY.role, KEY.user, KEY.expires]) sessionStorage.removeItem(k); },
-};
-
-async function api(path, { method = "GET", json, form } = {}) {
-  const headers = {};
-  if (session.token) headers.Authorization = "Bearer " + session.token;
-  let body;
-  if (json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(json); }
-  if (form !== undefined) {
-    headers["Content-Type"] = "application/x-www-form-urlencoded";
-    body = new URLSearchParams(form).toString();
-  }
-  const r = await fetch(path, { method, headers, body });
-  if (r.status === 401 && path !== "/auth/token") {
-    signOut();
-    throw new Error("signed out");
-  }
-  return r;
-}
 
 async function signIn(event) {
   event.preventDefault();
@@ -67,6 +31,8 @@ async function signIn(event) {
   event.target.reset();
   start();
 }
+
+whenUnauthorized(() => signOut());
 
 function signOut(message) {
   session.clear();
@@ -98,19 +64,46 @@ async function refresh() {
 }
 
 // ------------------------------------------------------------------ views
-const VIEWS = ["board", "orders", "mine"];
+const OWN = ["board", "orders", "mine"]; // the pages of this module; others: views (shell.js)
 let view = "board";
 
+function allowed(name) {
+  if (OWN.includes(name)) return name !== "mine" || session.may("engineer");
+  const v = views.get(name);
+  return Boolean(v) && session.may(v.minRole);
+}
+
 function currentView() {
-  const wanted = location.hash.slice(1);
-  if (VIEWS.includes(wanted) && (wanted !== "mine" || session.may("engineer"))) return wanted;
+  const [wanted] = route();
+  if (allowed(wanted)) return wanted;
   return session.role === "engineer" ? "mine" : "board";
+}
+
+function navLinks() { // the registered pages' links, before the API's
+  for (const [name, v] of views) {
+    if (!v.nav) continue;
+    let link = document.querySelector(`#nav a[href="#${name}"]`);
+    if (!link) {
+      link = el("a", { href: "#" + name, "data-i18n": v.nav });
+      $("nav").insertBefore(link, $("nav").querySelector('a[href="/docs"]'));
+    }
+    link.textContent = t(v.nav);
+    link.hidden = !session.may(v.minRole);
+  }
 }
 
 function show(name) {
   view = name;
-  for (const v of ["login", ...VIEWS]) $(v).hidden = v !== name;
+  const page = views.get(name);
+  if (page && !page.section) {
+    page.section = page.build();
+    page.section.id = name;
+    document.querySelector("main").append(page.section);
+  }
+  for (const v of ["login", ...OWN]) $(v).hidden = v !== name;
+  for (const [n, v] of views) if (v.section) v.section.hidden = n !== name;
   $("nav-mine").hidden = !session.may("engineer");
+  navLinks();
   const signedIn = name !== "login";
   $("nav").hidden = !signedIn;
   $("signout").hidden = !signedIn;
@@ -187,6 +180,8 @@ function onFrame(frame) {
     return;
   }
   if (type === "alarm.raised" && body.severity === "critical") alertNew();
+  const page = views.get(view);
+  if (page) { if (page.onEvent) page.onEvent(type, body); return; }
   changed(body.household_id);
 }
 
@@ -226,6 +221,7 @@ function reload(full = false) {
     try {
       if (view === "orders") await loadOrders();
       else if (view === "mine") await loadMine();
+      else if (views.has(view)) await views.get(view).load(route()[1]);
       else await loadBoard();
     } catch (err) { /* signed out or unreachable: the stream's reconnect reloads */ }
     reloading = null;
@@ -263,32 +259,6 @@ function boardOrder(a, b) { // as the API sorts: severity, unacknowledged first,
   return RANK[a.severity] - RANK[b.severity]
     || Number(a.acknowledged_at !== null) - Number(b.acknowledged_at !== null)
     || (a.raised_at < b.raised_at ? 1 : a.raised_at > b.raised_at ? -1 : b.id - a.id);
-}
-
-const formats = new Map(); // one formatter per language: making one costs about a millisecond
-function fmtTime() {
-  if (!formats.has(language())) {
-    formats.set(language(), new Intl.DateTimeFormat(language(), {
-      timeZone: config.timeZone || "Asia/Shanghai", month: "2-digit", day: "2-digit",
-      hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false }));
-  }
-  return formats.get(language());
-}
-
-function duration(seconds) {
-  const s = Math.abs(Math.round(seconds));
-  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
-  return h ? `${h}h${String(m).padStart(2, "0")}m` : `${m}m${String(r).padStart(2, "0")}s`;
-}
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v; else if (k.startsWith("data-")) node.setAttribute(k, v);
-    else node[k] = v;
-  }
-  for (const c of children) if (c !== null && c !== undefined) node.append(c);
-  return node;
 }
 
 function render() {

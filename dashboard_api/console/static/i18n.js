@@ -248,3 +248,10 @@ export function t(key, vars = {}) {
   const text = MESSAGES[current][key] ?? MESSAGES.en[key] ?? key;
   return text.replace(/\{(\w+)\}/g, (_, k) => String(vars[k] ?? ""));
 }
+
+/** A page module's own labels, merged into the dictionary: {"zh-CN": {...}, en: {...}}. */
+export function addStrings(table) {
+  for (const [lang, messages] of Object.entries(table)) {
+    MESSAGES[lang] = Object.assign(MESSAGES[lang] || {}, messages);
+  }
+}
