@@ -7,8 +7,8 @@ A private stack; N households each with an active critical leak and its work ord
 API as a process (`gas-safety api`); Debian's /usr/bin/chromium through Playwright. The
 first render is timed from navigation to the last of the N rows in the page. Then new
 alarms are inserted (with their NOTIFY, as the gateway does) at --rate a second for
---seconds; the lag is the time from each insert to its row on the board, sampled once a
-second. Writes bench/results/console.json.
+--seconds; the lag is the time from each insert to its row on the board, sampled every
+0.1 s. Writes bench/results/console.json.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ from gateway.ops.stack import Stack
 
 PASSWORD = "bench console password 42"
 FIRST_RENDER_LIMIT_S = 1.0
+KEEP_UP_LIMIT_S = 2.0
+"""Keeping up: the slowest new alarm on the board within this, with the board's rows
+sampled every SAMPLE_S (the figures are that coarse)."""
+SAMPLE_S = 0.1
 
 
 def load(dsn: str, houses: list[Any]) -> None:
@@ -60,10 +64,11 @@ def load(dsn: str, houses: list[Any]) -> None:
             )
 
 
-async def stream_alarms(dsn: str, houses: list[Any], rate: float, seconds: float) -> list[Any]:
-    """Insert new alarms at `rate` a second (each on a detector with none open); returns
-    (alarm id, inserted at) pairs."""
-    out = []
+async def stream_alarms(
+    dsn: str, houses: list[Any], rate: float, seconds: float, out: list[Any]
+) -> list[Any]:
+    """Insert new alarms at `rate` a second (each on a detector with none open), appending
+    (alarm id, inserted at) to `out` as each is committed; returns them."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         start = time.monotonic()
         for i, h in enumerate(houses[: int(rate * seconds)]):
@@ -101,16 +106,26 @@ async def browse(base: str, dsn: str, houses: list[Any], args: argparse.Namespac
         await page.click("#login-form button[type=submit]")
         await page.wait_for_selector("body[data-live=on]", timeout=30_000)
         # first render: a fresh navigation with the session already held (the tab's
-        # sessionStorage), from a blank page so that unloading the board is not counted
-        await page.goto("about:blank")
+        # sessionStorage), from a small page of the same origin, so that neither unloading
+        # the board nor starting a renderer process for a new site is counted (a browser
+        # already showing the console's origin, as a control-room screen does)
+        await page.goto(base + "/console/static/console.css")
         started = time.perf_counter()
+        started_wall = time.time()
         await page.goto(base + "/")
-        await page.wait_for_function(
-            f"document.querySelectorAll('tr[data-alarm]').length >= {args.alarms}",
-            timeout=60_000,
-            polling=10,
-        )
+        print(f"  goto returned after {time.perf_counter() - started:.3f} s", flush=True)
+        # polled from here, not with wait_for_function: its in-page polling was seen to miss
+        # the first render by a second
+        while True:
+            shown = await page.evaluate(
+                "[document.querySelectorAll('tr[data-alarm]').length, performance.now()]")
+            if shown[0] >= args.alarms:
+                break
+            if time.perf_counter() - started > 60:
+                raise TimeoutError(f"{shown[0]} of {args.alarms} rows after 60 s")
+            await asyncio.sleep(0.01)
         first_render_s = time.perf_counter() - started
+        print(f"  rows seen at page clock {shown[1]:.0f} ms", flush=True)
         print(f"first render of {args.alarms} alarms: {first_render_s:.3f} s", flush=True)
         phases = await page.evaluate(
             "performance.getEntriesByType('measure').map(m => [m.name, m.duration])"
@@ -124,6 +139,9 @@ async def browse(base: str, dsn: str, houses: list[Any], args: argparse.Namespac
             "(() => { const m = performance.getEntriesByName('board.render')[0];"
             " return m.startTime + m.duration; })()")
         print(f"  board rendered {in_page_ms:.0f} ms after the navigation started (page clock)")
+        origin = await page.evaluate("performance.timeOrigin")
+        gap_ms = origin - started_wall * 1000
+        print(f"  the navigation started {gap_ms:.0f} ms after goto was called")
         await page.wait_for_selector("body[data-live=on]")
 
         lags: list[float] = []
@@ -131,7 +149,7 @@ async def browse(base: str, dsn: str, houses: list[Any], args: argparse.Namespac
 
         async def sample() -> None:
             while True:
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(SAMPLE_S)
                 shown = set(
                     await page.eval_on_selector_all(
                         "tr[data-alarm]", "rows => rows.map(r => Number(r.dataset.alarm))"
@@ -144,9 +162,7 @@ async def browse(base: str, dsn: str, houses: list[Any], args: argparse.Namespac
                         streamed.remove((aid, at))
 
         sampler = asyncio.create_task(sample())
-        inserted = await stream_alarms(dsn, houses, args.rate, args.seconds)
-        streamed.extend(inserted)
-        # (those seen before the list was filled are counted at the next samples)
+        inserted = list(await stream_alarms(dsn, houses, args.rate, args.seconds, streamed))
         deadline = time.monotonic() + 30
         while streamed and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
@@ -165,6 +181,7 @@ async def browse(base: str, dsn: str, houses: list[Any], args: argparse.Namespac
         "streamed": len(inserted),
         "never_shown": len(streamed),
         "lag_p50_s": round(statistics.median(lags), 2) if lags else None,
+        "lag_p95_s": round(statistics.quantiles(lags, n=20)[-1], 2) if len(lags) > 1 else None,
         "lag_max_s": round(max(lags), 2) if lags else None,
     }
 
@@ -216,9 +233,18 @@ def main() -> int:
             "board_api_s": board_api_s,
             **figures,
             "first_render_limit_s": FIRST_RENDER_LIMIT_S,
-            "ok": figures["first_render_s"] < FIRST_RENDER_LIMIT_S and not figures["never_shown"],
+            "keep_up_limit_s": KEEP_UP_LIMIT_S,
+            "ok": figures["first_render_s"] < FIRST_RENDER_LIMIT_S
+            and not figures["never_shown"]
+            and (figures["lag_max_s"] or 0) < KEEP_UP_LIMIT_S,
         }
         print(json.dumps(result, indent=2))
+        print(
+            f"first render {result['first_render_s']:.2f} s (bound < {FIRST_RENDER_LIMIT_S} s);"
+            f" {args.rate:g} alarms/s for {args.seconds:g} s: lag p50 {result['lag_p50_s']} s,"
+            f" max {result['lag_max_s']} s (bound < {KEEP_UP_LIMIT_S} s),"
+            f" never shown {result['never_shown']}: {'ok' if result['ok'] else 'NOT MET'}"
+        )
         out = ROOT / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)
         (out / "console.json").write_text(json.dumps(result, indent=2) + "\n")

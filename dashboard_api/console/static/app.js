@@ -115,7 +115,8 @@ function start() {
   if (location.hash === "#docs") { location.href = "/docs"; return; }
   show(currentView());
   scheduleRefresh();
-  listen(); // loads the board once the stream is open
+  reload(true); // at once; the stream reads it again once open, so nothing raised between is missed
+  listen();
 }
 
 // ------------------------------------------------------------------ live events
