@@ -41,6 +41,9 @@ class AppState:
     hashing: HashPool = field(default_factory=HashPool)
     trusted_proxies: tuple[Network, ...] = ()
     sse_keepalive_s: float = 15.0
+    # dashboard_api.reads.ReadReplica when db.read_dsn is set (typed loosely: reads imports
+    # this module)
+    replica: Any = None
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
 

@@ -28,6 +28,7 @@ from dashboard_api.gate import PUBLIC_PATHS, AuthGate
 from dashboard_api.hub import EventHub
 from dashboard_api.limits import BodyLimit, ConcurrencyLimit
 from dashboard_api.metrics import Metrics, MetricsMiddleware
+from dashboard_api.reads import ReadReplica
 from dashboard_api.rollup import RollupWorker
 from dashboard_api.routes import (
     alarms,
@@ -148,6 +149,9 @@ def create_app(
             trusted_proxies=proxy_nets,
             sse_keepalive_s=sse_keepalive_s,
         )
+        if settings.db.read_dsn:
+            state.replica = ReadReplica(pool, settings.db.read_dsn, settings.db.read_max_lag_s)
+            await state.replica.start()
         app.state.api = state
         metrics.hashes_pending.set_function(lambda: state.hashing.pending)
         watch = StreamWatch(hub, pool, lambda: state.clock(), metrics)
@@ -164,6 +168,8 @@ def create_app(
                 await rollups.stop()
             await watch.stop()
             await hub.stop()
+            if state.replica is not None:
+                await state.replica.stop()
             await pool.close()
             state.hashing.close()
 

@@ -100,24 +100,38 @@ def _confirm(question: str) -> bool:
 def _stack_up(args: argparse.Namespace) -> int:
     from gateway.ops.stack import Stack
 
-    rt = Stack().up()
+    stack = Stack()
+    rt = stack.up()
     print(f"postgres  127.0.0.1:{rt.pg_port}  (dsn in {rt.home}/runtime.json)")
     print(f"mosquitto 127.0.0.1:{rt.mqtt_port}")
+    if args.replica:
+        from gateway.ops.replica import Replica
+
+        replica = Replica(stack).up()
+        print(f"replica   127.0.0.1:{replica.port}  (the API's reads that may lag)")
     return 0
 
 
 def _stack_down(args: argparse.Namespace) -> int:
+    from gateway.ops.replica import Replica
     from gateway.ops.stack import Stack
 
-    Stack().down()
+    stack = Stack()
+    Replica(stack).down()
+    stack.down()
     print("stack stopped")
     return 0
 
 
 def _stack_status(args: argparse.Namespace) -> int:
+    from gateway.ops.replica import Replica
     from gateway.ops.stack import Stack
 
-    status = Stack().status()
+    stack = Stack()
+    status = stack.status()
+    replica = Replica(stack)
+    if replica.runtime() is not None:
+        status["replica"] = replica.status()
     print(json.dumps(status, indent=2))
     healthy = all(
         isinstance(v, dict) and v.get("healthy") for k, v in status.items() if k != "home"
@@ -224,9 +238,14 @@ def register(subparsers: Any) -> None:
     stack = subparsers.add_parser(
         "stack", help="the private Mosquitto and TimescaleDB"
     ).add_subparsers(dest="action", required=True)
-    stack.add_parser(
-        "up", help="start both (installs nothing; see scripts/bootstrap.sh)"
-    ).set_defaults(func=_stack_up)
+    up = stack.add_parser("up", help="start both (installs nothing; see scripts/bootstrap.sh)")
+    up.add_argument(
+        "--replica",
+        action="store_true",
+        help="also a streaming replica of PostgreSQL, for the API's reads that may lag"
+        " (default: none)",
+    )
+    up.set_defaults(func=_stack_up)
     stack.add_parser("down", help="stop both cleanly").set_defaults(func=_stack_down)
     stack.add_parser("status", help="where each runs and whether it is healthy").set_defaults(
         func=_stack_status

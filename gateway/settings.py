@@ -117,6 +117,10 @@ class DbSettings(BaseModel):
     model_config = _STRICT
 
     dsn: str = "host=127.0.0.1 port=5432 dbname=gas_safety user=gas_safety"
+    # A streaming replica for the API's reads that may lag (dashboard_api/reads.py); none:
+    # every read from dsn. Past read_max_lag_s behind, reads go to dsn.
+    read_dsn: str | None = None
+    read_max_lag_s: float = Field(default=5.0, gt=0)
     batch_rows: int = Field(default=5_000, ge=1)
     batch_max_s: float = Field(default=0.010, gt=0)
     # While the database is away, batches go to a durable local spool (then are acked);
@@ -431,13 +435,20 @@ def read_stack() -> tuple[Path | None, dict[str, Any]]:
                 "password": info["gateway_password"],
                 "command_password": service_password_from_key(info["fleet_key"], COMMANDS),
             },
-            "db": {"dsn": info["dsn"]},
+            "db": {"dsn": info["dsn"], **_replica_dsn(runtime.with_name("replica.json"))},
         }
     except (ValueError, KeyError, TypeError) as err:
         raise SettingsError(
             f"{runtime}: not a runtime file of `gas-safety stack up` ({err!r}); "
             "run `gas-safety stack up` again or remove it"
         ) from None
+
+
+def _replica_dsn(path: Path) -> dict[str, str]:
+    """`db.read_dsn` from the file `gas-safety stack replica up` writes, when there is one."""
+    if not path.is_file():
+        return {}
+    return {"read_dsn": json.loads(path.read_text())["dsn"]}
 
 
 def env_settings(environ: Any = None) -> list[EnvSetting]:

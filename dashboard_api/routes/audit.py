@@ -8,17 +8,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from dashboard_api import pagination
-from dashboard_api.deps import Admin, Conn
+from dashboard_api.deps import Admin
 from dashboard_api.params import Cursor, LabelQuery, Limit
 from dashboard_api.queries import between, given, where
+from dashboard_api.reads import MAY_LAG, LagConn
 from dashboard_api.schemas import AuditEntry, Instant, Page
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
 
-@router.get("", response_model=Page[AuditEntry], summary="The audit trail, newest first")
+@router.get(
+    "",
+    response_model=Page[AuditEntry],
+    summary="The audit trail, newest first",
+    responses=MAY_LAG,
+)
 async def list_audit(
-    conn: Conn,
+    conn: LagConn,
     _: Admin,
     entity: LabelQuery = None,
     entity_id: LabelQuery = None,

@@ -18,9 +18,10 @@ from fastapi import APIRouter, Query
 from psycopg import AsyncConnection
 
 from dashboard_api import pagination, rollup
-from dashboard_api.deps import AppState, Conn, State, Viewer
+from dashboard_api.deps import AppState, State, Viewer
 from dashboard_api.errors import Invalid, NotFound
 from dashboard_api.params import Cursor, ident
+from dashboard_api.reads import MAY_LAG, LagConn
 from dashboard_api.schemas import BucketedReadings, Instant, RawReadings
 
 router = APIRouter(prefix="/devices", tags=["readings"])
@@ -180,10 +181,11 @@ def _max_points(state: AppState) -> int:
     "/{device_id}/readings",
     response_model=RawReadings,
     summary="A device's readings in a window, oldest first, paged",
+    responses=MAY_LAG,
 )
 async def readings(
     device_id: DeviceId,
-    conn: Conn,
+    conn: LagConn,
     _: Viewer,
     state: State,
     start: Start = None,
@@ -215,10 +217,11 @@ async def readings(
     "/{device_id}/readings/buckets",
     response_model=BucketedReadings,
     summary="A device's readings in time buckets: count, min, max, avg",
+    responses=MAY_LAG,
 )
 async def bucketed(
     device_id: DeviceId,
-    conn: Conn,
+    conn: LagConn,
     _: Viewer,
     state: State,
     bucket: Annotated[

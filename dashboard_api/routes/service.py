@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dashboard_api.deps import State, Viewer
-from dashboard_api.schemas import GatewayHealth, Health
+from dashboard_api.schemas import GatewayHealth, Health, ReplicaHealth
 from gateway.settings import Settings
 
 router = APIRouter(tags=["service"])
@@ -44,6 +44,9 @@ async def healthz(state: State) -> Any:
         database=database,
         events_listener=listening,
         gateway=await asyncio.to_thread(_gateway_health, state.settings),
+        read_replica=None
+        if state.replica is None
+        else ReplicaHealth(in_use=state.replica.health.usable, lag_s=state.replica.health.lag_s),
     )
     return JSONResponse(body.model_dump(), status_code=200 if database else 503)
 

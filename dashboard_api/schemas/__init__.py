@@ -99,6 +99,7 @@ from dashboard_api.schemas.readings import (
 from dashboard_api.schemas.service import (
     GatewayHealth,
     Health,
+    ReplicaHealth,
 )
 from dashboard_api.schemas.upgrades import (
     BookingCreate,
@@ -212,6 +213,7 @@ __all__ = [
     "ReopenPending",
     "ReopenRequestPublic",
     "ReopenStatus",
+    "ReplicaHealth",
     "ResidentBookingRequest",
     "ResidentCheck",
     "ResidentView",

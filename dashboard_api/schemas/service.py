@@ -21,8 +21,18 @@ class GatewayHealth(Model):
     )
 
 
+class ReplicaHealth(Model):
+    in_use: bool = Field(description="Whether reads that may lag go to the replica now")
+    lag_s: float | None = Field(
+        description="How far behind the primary it was at the last heartbeat (seconds)"
+    )
+
+
 class Health(Model):
     status: Literal["ok", "degraded"]
     database: bool
     events_listener: bool
     gateway: GatewayHealth | None = None
+    read_replica: ReplicaHealth | None = Field(
+        default=None, description="Only when db.read_dsn is set (dashboard_api/reads.py)"
+    )
