@@ -81,6 +81,55 @@ def _command(sub: str) -> list[str]:
     ]
 
 
+DEMO_USERS = (("demo.operator", "operator"), ("demo.engineer", "engineer"), ("demo.admin", "admin"))
+"""Who can sign in to the demo's console; their passwords are made once and kept in the
+stack's folder (`demo-sign-in.json`, mode 0600), so every demo run prints the same."""
+
+
+def demo_sign_in(home: Path, dsn: str) -> dict[str, str]:
+    """The demo's console users (username -> password), created or reset as needed through
+    `gas-safety user` (the API's own rules: password policy, audit)."""
+    import json
+    import secrets
+
+    import psycopg
+
+    kept = home / "demo-sign-in.json"
+    passwords: dict[str, str] = json.loads(kept.read_text()) if kept.is_file() else {}
+    with psycopg.connect(dsn) as conn:
+        existing = {
+            r[0]
+            for r in conn.execute(
+                "SELECT username FROM users WHERE username = ANY(%s)",
+                ([u for u, _ in DEMO_USERS],),
+            )
+        }
+    for user, role in DEMO_USERS:
+        if user in existing and user in passwords:
+            continue
+        password = passwords.get(user) or "demo-" + secrets.token_urlsafe(12)
+        action = (
+            ["reset-password", user, "--actor", "demo"]
+            if user in existing
+            else ["create", user, "--role", role]
+        )
+        r = subprocess.run(
+            [*_command("user"), *action],
+            env={**os.environ, "GAS_SAFETY_NEW_PASSWORD": password},
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if r.returncode != 0:
+            console.print(f"[yellow]demo user {user} not ready: {r.stderr.strip()[-300:]}[/yellow]")
+            continue
+        passwords[user] = password
+    kept.write_text(json.dumps(passwords, indent=2))
+    kept.chmod(0o600)
+    return passwords
+
+
 def platform_poll(dsn: str, fleet: Any) -> Any:
     """A function returning the latest valve commands, work orders and notices as lines."""
     import psycopg
@@ -192,9 +241,10 @@ def main(args: argparse.Namespace) -> int:
             if api.start():
                 children.append(api)
                 console.print(
-                    f"API on http://{s.api.host}:{s.api.port}/ (create a user with "
-                    "`gas-safety user create NAME`)"
+                    f"[bold]console[/bold] http://{s.api.host}:{s.api.port}/  (API docs on /docs)"
                 )
+                for user, password in demo_sign_in(stack.home, s.db.dsn).items():
+                    console.print(f"  sign in as [bold]{user}[/bold]  password {password}")
     try:
         scores = asyncio.run(
             cli._with_sigint(
