@@ -114,6 +114,15 @@ class ReopenRequestPublic(Model):
     cmd_id: str | None = Field(description="The reopen command, once confirmed.")
 
 
+class ReopenRequestListed(ReopenRequestPublic):
+    """A reopen request with where it is: the supervisor's list across meters."""
+
+    address: str
+    unit: str
+    community: str
+    building: str
+
+
 class ReopenPending(Model):
     request: ReopenRequestPublic
     note: str

@@ -1,8 +1,8 @@
 """A leak worked through the console by three people, with the real gateway and devices: the
 operator acknowledges it and assigns the order to an engineer's account; the engineer, on a
 phone-sized screen, goes on site and resolves it; the reopen is refused with the interlock's
-reason before and accepted after, and once a supervisor confirms, valve_open reaches the
-meter."""
+reason before and accepted after, and once a supervisor confirms it on the console's reopen
+queue, valve_open reaches the meter."""
 
 from __future__ import annotations
 
@@ -103,14 +103,24 @@ async def test_leak_worked_from_board_to_reopen(api, users, as_role, own_gateway
         assert "supervisor" in await eng.inner_text(f"{mine} .note")
         await shot(eng, "phone-resolved")
 
-        r = await client.get(f"/valves/{house.meter.id}/reopen-requests",
-                             headers=as_role["admin"])
-        req = r.json()["items"][0]
-        assert req["status"] == "pending" and req["requested_by"] == users["engineer"]
-        r = await client.post(f"/valves/{house.meter.id}/reopen-requests/{req['id']}/confirm",
-                              json={"reason": "confirmed with the engineer"},
-                              headers=as_role["admin"])
-        assert r.status_code == 202, r.text
+        r = await client.get("/valves/reopen-requests", params={"status": "pending"},
+                             headers=as_role["viewer"])
+        req = next(q for q in r.json() if q["meter_id"] == house.meter.id)
+        assert req["requested_by"] == users["engineer"] and req["address"] == house.address
+
+        # a supervisor confirms it in the console, as the second person
+        sup = await new_page()
+        await sign_in(sup, api.base_url, users["admin"])
+        await sup.goto(api.base_url + "/#reopens")
+        row = f'#reopen-rows tr[data-request="{req["id"]}"]'
+        await sup.wait_for_selector(f'{row}[data-status="pending"]')
+        await shot(sup, "supervisor-reopens")
+        await sup.click(f"{row} button.confirm-reopen")
+        await sup.fill("#reopen-form textarea", "confirmed with the engineer by phone")
+        await sup.click("#reopen-ok")
+        await sup.wait_for_selector(f'{row}[data-status="confirmed"]')
+        assert "valve_open" not in await sup.inner_text("#reopens-note")  # words, not codes
+        assert await sup.inner_text("#reopens-note")
     _, reopen = await asyncio.to_thread(meter.commands.get, True, 5)
     assert reopen["action"] == "valve_open"
     assert refusal  # the first refusal said why
