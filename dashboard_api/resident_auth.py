@@ -44,8 +44,7 @@ SESSION_MARK = RESIDENT_MARK
 
 _TEXT = {
     "zh-CN": "【燃气安全】您的登录验证码是 {code}，{minutes} 分钟内有效。请勿告诉他人。",
-    "en": "gas-safety: your sign-in code is {code}, valid for {minutes} minutes. "
-    "Do not share it.",
+    "en": "gas-safety: your sign-in code is {code}, valid for {minutes} minutes. Do not share it.",
 }
 NO_CODE = "no code is waiting for this household: request a new one"
 
@@ -159,7 +158,8 @@ async def issue(
             scope=scope,
             retry_after_s=int(retry),
         )
-    return row["id"], code
+    assert row is not None
+    return int(row["id"]), code
 
 
 async def deliver(
@@ -233,6 +233,7 @@ async def verify(
         )
     failure: tuple[str, str] | None = None
     token = ""
+    left = 0
     async with conn.transaction():
         row = await (
             await conn.execute(
@@ -291,7 +292,7 @@ async def verify(
     if failure is not None:
         limiter.fail(client, now.timestamp())
         state.metrics.refuse("resident_failed")
-        raise CodeRefused(failure[1], reason=failure[0])
+        raise CodeRefused(failure[1], reason=failure[0], attempts_left=max(left, 0))
     return {
         "access_token": token,
         "token_type": "bearer",
@@ -314,10 +315,14 @@ async def household_of(conn: AsyncConnection[Any], token: str, now: dt.datetime)
     return row["household_id"] if row else None
 
 
-async def end_session(conn: AsyncConnection[Any], token: str, household_id: str, now: dt.datetime) -> None:
+async def end_session(
+    conn: AsyncConnection[Any], token: str, household_id: str, now: dt.datetime
+) -> None:
     async with conn.transaction():
         await conn.execute(
             "UPDATE resident_sessions SET ended_at = %s WHERE token_hash = %s AND ended_at IS NULL",
             (now, session_digest(token)),
         )
-        await record(conn, _actor(household_id), "resident.signed_out", "household", household_id, {})
+        await record(
+            conn, _actor(household_id), "resident.signed_out", "household", household_id, {}
+        )

@@ -104,9 +104,7 @@ async def sign_in(body: CodeCheck, conn: Conn, state: State, request: Request) -
     return await resident_auth.verify(conn, state, body.household_id, body.code, client)
 
 
-@router.delete(
-    "/session", status_code=status.HTTP_204_NO_CONTENT, summary="Resident: sign out"
-)
+@router.delete("/session", status_code=status.HTTP_204_NO_CONTENT, summary="Resident: sign out")
 async def sign_out(
     household: Household, conn: Conn, state: State, authorization: Annotated[str, Header()]
 ) -> Response:
