@@ -207,6 +207,7 @@ function renderPlaces() {
   } else {
     fillSlots();
   }
+  $("book").disabled = places.remaining <= 0;
   if (!b && places.remaining <= 0 && !$("places-error").textContent) say("places-msg", t("res.none_left"));
 }
 
