@@ -162,14 +162,9 @@ async def issue(
     return int(row["id"]), code
 
 
-async def deliver(
-    conn: AsyncConnection[Any],
-    state: AppState,
-    household: dict[str, Any],
-    code_id: int,
-    code: str,
-) -> None:
-    """Text the code to the owner's phone; 503 (the code spent) when the gateway fails."""
+async def deliver(state: AppState, household: dict[str, Any], code_id: int, code: str) -> None:
+    """Text the code to the owner's phone; 503 (the code spent) when the gateway fails. No
+    pooled connection is held while the gateway answers (up to its timeout)."""
     hid = household["id"]
     lang = state.settings.api.console_language
     body = _TEXT[lang].format(code=code, minutes=CODE_TTL_S // 60)
@@ -186,7 +181,7 @@ async def deliver(
     if sent.ok:
         return
     logger.warning("resident code undelivered household=%s detail=%s", hid, sent.detail)
-    async with conn.transaction():
+    async with state.pool.connection() as conn, conn.transaction():
         await conn.execute(
             "UPDATE resident_codes SET spent_at = %s, spent_how = 'undelivered'"
             " WHERE id = %s AND spent_at IS NULL",

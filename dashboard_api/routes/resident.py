@@ -72,18 +72,13 @@ Household = Annotated[str, Depends(resident_household)]
         503: {"description": "The SMS gateway did not take the text"},
     },
 )
-async def request_code(
-    body: ResidentCheck, conn: Conn, state: State, request: Request
-) -> dict[str, Any]:
-    household = await check_resident(conn, state, request, body)
-    phone = await (
-        await conn.execute("SELECT owner_phone FROM households WHERE id = %s", (household["id"],))
-    ).fetchone()
-    assert phone is not None
-    household = {**household, "owner_phone": phone["owner_phone"]}
+async def request_code(body: ResidentCheck, state: State, request: Request) -> dict[str, Any]:
     client = client_of(request.scope, state.trusted_proxies)
-    code_id, code = await resident_auth.issue(conn, state, household, client)
-    await resident_auth.deliver(conn, state, household, code_id, code)
+    # the connection goes back to the pool before the SMS gateway is asked
+    async with state.pool.connection() as conn:
+        household = await check_resident(conn, state, request, body)
+        code_id, code = await resident_auth.issue(conn, state, household, client)
+    await resident_auth.deliver(state, household, code_id, code)
     return {
         "sent_to": resident_auth.masked(household["owner_phone"]),
         "expires_in": resident_auth.CODE_TTL_S,
