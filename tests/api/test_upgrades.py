@@ -196,7 +196,8 @@ async def test_resident_cancels_own_booking(client, block, as_role, resident) ->
     # another household's phone does not cancel it
     wrong = {"household_id": house.id, "phone": other.owner_phone}
     r = await client.post("/upgrades/resident/cancel", json=wrong, headers=resident)
-    assert r.status_code == 404 and r.json()["detail"] == "no household matches this id and phone number"
+    assert r.status_code == 404
+    assert r.json()["detail"] == "no household matches this id and phone number"
     r = await client.post("/upgrades/resident/cancel", json=check, headers=resident)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert r.json()["created_by"] == f"resident:{house.id}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import itertools
 import re
 import zoneinfo
 
@@ -133,7 +134,7 @@ async def test_resident_signs_in_with_texted_code_and_sees_usage(api, phones, bl
               (now - dt.timedelta(hours=2), 1004.0), (now - dt.timedelta(hours=1), 1006.125)]
     zone = zoneinfo.ZoneInfo(api.settings.api.time_zone)
     this_month = now.astimezone(zone).strftime("%Y-%m")
-    expected = sum(vol - before for (_, before), (at, vol) in zip(points, points[1:], strict=False)
+    expected = sum(vol - before for (_, before), (at, vol) in itertools.pairwise(points)
                    if at.astimezone(zone).strftime("%Y-%m") == this_month)
     with psycopg.connect(dsn) as conn:
         for seq, (at, vol) in enumerate(points, 1):
