@@ -16,11 +16,12 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from dashboard_api.attempts import ResidentLimiter
+from dashboard_api.attempts import AttemptLimiter, ResidentLimiter
 from dashboard_api.clients import Network
 from dashboard_api.errors import Forbidden, Unauthenticated
 from dashboard_api.hashing import HashPool
 from dashboard_api.identity import Principal, Role
+from dashboard_api.sms import SmsSender
 from dashboard_api.throttle import LoginThrottle
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ class AppState:
     metrics: Metrics
     resident_limiter: ResidentLimiter = field(default_factory=ResidentLimiter)
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    # residents' wrong one-time codes per client (dashboard_api.resident_auth)
+    code_limiter: AttemptLimiter = field(default_factory=lambda: AttemptLimiter(10, 900.0))
+    sms: SmsSender = field(default_factory=lambda: SmsSender(None, 10.0, log_only=False))
     hashing: HashPool = field(default_factory=HashPool)
     trusted_proxies: tuple[Network, ...] = ()
     sse_keepalive_s: float = 15.0

@@ -36,11 +36,16 @@ PUBLIC_PATHS = frozenset(
         "/auth/token",
         "/upgrades/resident/lookup",
         "/upgrades/resident/bookings",
+        "/upgrades/resident/cancel",
         "/",  # the console's page and the OpenAPI browser: files, no data
         "/docs",
+        "/resident",  # the residents' page
     }
 )
-PUBLIC_PREFIX = "/console/"  # the console's scripts, styles and pinned packages
+# the console's scripts, styles and pinned packages; the residents' routes, which check a
+# resident's session themselves (dashboard_api.resident_auth)
+PUBLIC_PREFIXES = ("/console/", "/resident/")
+RESIDENT_MARK = "grs_"
 
 _USER_BY_NAME = "SELECT id, username, role, disabled, token_version FROM users WHERE username = %s"
 _KEY_BY_PREFIX = """
@@ -129,6 +134,8 @@ async def principal_from(headers: Headers, state: Any) -> Principal:
         return await _from_api_key(state.pool, api_key, now)
     if bearer.startswith(identity.API_KEY_MARK + "_"):
         return await _from_api_key(state.pool, bearer, now)
+    if bearer.startswith(RESIDENT_MARK):
+        raise Refused("token_invalid", "a resident's session opens only the /resident/ routes")
     if bearer:
         return await _from_token(state.pool, state.jwt_secret, bearer, now)
     raise Refused("no_credential")
@@ -140,7 +147,7 @@ class AuthGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX):
+        if scope["type"] != "http" or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
         state = scope["app"].state.api

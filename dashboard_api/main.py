@@ -44,6 +44,7 @@ from dashboard_api.routes import (
     readings,
     refresh,
     reopen_requests,
+    resident,
     service,
     upgrades,
     users,
@@ -52,6 +53,7 @@ from dashboard_api.routes import (
 )
 from dashboard_api.schemas import Problem
 from dashboard_api.sessions import StreamWatch
+from dashboard_api.sms import SmsSender
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,8 +62,9 @@ MIN_SECRET_LEN = 32
 DESCRIPTION = """
 Operators, dispatchers and field engineers of the gas-safety platform.
 
-**Authentication.** Every route but `/healthz` (and the two public
-`/upgrades/resident/...` routes) needs a credential: `Authorization: Bearer <token>` from
+**Authentication.** Every route but `/healthz` (and the public resident routes:
+`/upgrades/resident/...`, and `/resident/...`, which take a resident's session from a
+one-time SMS code instead) needs a credential: `Authorization: Bearer <token>` from
 `POST /auth/token` (OAuth2 password form), or an API key as `X-API-Key: <key>` (also
 accepted as `Authorization: Bearer <key>`).
 
@@ -149,6 +152,7 @@ def create_app(
             metrics=metrics,
             trusted_proxies=proxy_nets,
             sse_keepalive_s=sse_keepalive_s,
+            sms=SmsSender.from_settings(settings),
         )
         if settings.db.read_dsn:
             state.replica = ReadReplica(pool, settings.db.read_dsn, settings.db.read_max_lag_s)
@@ -212,6 +216,7 @@ def create_app(
         board,
         assignment,
         refresh,
+        resident,
         console,
     ):
         app.include_router(module.router)

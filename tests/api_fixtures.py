@@ -28,6 +28,7 @@ from dashboard_api.main import create_app
 from dashboard_api.users import create_user
 from gateway.ops.provision import Household, generate_city, provision
 from gateway.settings import Settings
+from simulator.phones import PhoneGateway
 
 JWT_SECRET = "test-secret-" + "x" * 32
 ROLES = ("viewer", "operator", "engineer", "admin")
@@ -55,8 +56,19 @@ class _ServerThread(threading.Thread):
 
 
 @pytest.fixture(scope="session")
-def api_settings(dsn: str) -> Settings:
+def phones() -> Iterator[PhoneGateway]:
+    """The fake SMS and voice gateway the API texts residents' one-time codes through."""
+    with PhoneGateway() as gw:
+        yield gw
+
+
+@pytest.fixture(scope="session")
+def api_settings(dsn: str, phones: PhoneGateway) -> Settings:
     return Settings(environment="test", db={"dsn": dsn},
+                    response={"notify_channel": "webhook",
+                              "notify_sms_url": phones.url + "/sms",
+                              "notify_voice_url": phones.url + "/voice",
+                              "notify_sms_timeout_s": 3.0},
                     api={"jwt_secret": JWT_SECRET, "token_ttl_s": 600, "max_points": 1000,
                          "max_range_days": 400,
                          # every test client is 127.0.0.1: trusting it as a proxy lets a test

@@ -1,4 +1,5 @@
-"""Routes of the console's files: `/` (the console), `/docs` (Swagger UI), its scripts and
+"""Routes of the console's files: `/` (the console), `/resident` (the residents' page),
+`/docs` (Swagger UI), their scripts and
 styles under /console/static/, and an allow-list of files from the pinned npm packages
 under /console/vendor/. Answers carry a strict Content-Security-Policy: scripts only from
 this origin, no frames, no other hosts.
@@ -59,6 +60,12 @@ def _page(name: str, state: State) -> HTMLResponse:
 @router.get("/")
 async def console(state: State) -> HTMLResponse:
     return _page("index.html", state)
+
+
+@router.get("/resident")
+async def resident(state: State) -> HTMLResponse:
+    """The residents' page (phone-first): no operator sign-in, its own entry."""
+    return _page("resident.html", state)
 
 
 @router.get("/docs")

@@ -1,8 +1,9 @@
 """The upgrade programme: free meter-and-detector upgrades, a fixed number of places per
 community (upgrade_quotas), booked as visit slots (upgrade_bookings).
 
-Residents have no login. The two `/upgrades/resident/...` routes are public on purpose:
-they are what the programme's letter points residents to. The household id together
+Residents have no login here. The three `/upgrades/resident/...` routes (look up, book,
+cancel) are public on purpose: they are what the programme's letter points residents to
+(more than this needs a one-time code: dashboard_api/routes/resident.py). The household id together
 with the owner's phone number on file is the (lightweight) proof; a mismatch answers the
 same 404 as an unknown id (no enumeration), and repeated mismatches are refused with 429
 for a while, counted per (household, client), per client and per household
@@ -71,7 +72,7 @@ _THROTTLED = {
 }
 
 
-async def _resident(
+async def check_resident(
     conn: AsyncConnection[Any], state: AppState, request: Request, check: ResidentCheck
 ) -> dict[str, Any]:
     now = state.clock().timestamp()
@@ -180,7 +181,7 @@ async def _book(
 async def resident_lookup(
     body: ResidentCheck, conn: Conn, state: State, request: Request
 ) -> dict[str, Any]:
-    household = await _resident(conn, state, request, body)
+    household = await check_resident(conn, state, request, body)
     quota = await (
         await conn.execute(
             f"SELECT {_QUOTA_COLS} FROM upgrade_quotas WHERE community = %s",
@@ -213,8 +214,33 @@ async def resident_book(
     body: ResidentBookingRequest, conn: Conn, state: State, request: Request
 ) -> dict[str, Any]:
     _check_slot(body.slot_start, state.clock())
-    household = await _resident(conn, state, request, body)
+    household = await check_resident(conn, state, request, body)
     return await _book(conn, household, body.slot_start, f"resident:{household['id']}")
+
+
+@router.post(
+    "/resident/cancel",
+    response_model=BookingPublic,
+    summary="Resident: cancel my booking; its place returns to the community (public)",
+    responses={
+        404: {"description": _NO_MATCH + ", or no booking to cancel"},
+        429: {"description": "Too many failed checks"},
+    },
+)
+async def resident_cancel(
+    body: ResidentCheck, conn: Conn, state: State, request: Request
+) -> dict[str, Any]:
+    household = await check_resident(conn, state, request, body)
+    booking = await (
+        await conn.execute(
+            "SELECT id FROM upgrade_bookings WHERE household_id = %s AND status = 'booked'"
+            " ORDER BY id DESC LIMIT 1",
+            (household["id"],),
+        )
+    ).fetchone()
+    if booking is None:
+        raise NotFound(f"household {household['id']} has no booking to cancel")
+    return await _finish(conn, booking["id"], "cancelled", f"resident:{household['id']}")
 
 
 # ---------------------------------------------------------------- operators

@@ -180,3 +180,26 @@ def test_attempt_limiter_window() -> None:
     for key in ("a", "b", "c"):
         small.fail(key, 0.0)
     assert not small.blocked("a", 1.0) and small.blocked("c", 1.0)
+
+
+@pytest.mark.services
+async def test_resident_cancels_own_booking(client, block, as_role, resident) -> None:
+    house, other = block[0], block[1]
+    community = house.community
+    await client.put(f"/upgrades/quotas/{community}", json={"places": 1}, headers=as_role["admin"])
+    check = {"household_id": house.id, "phone": house.owner_phone}
+    r = await client.post("/upgrades/resident/cancel", json=check, headers=resident)
+    assert r.status_code == 404 and "no booking to cancel" in r.json()["detail"]
+    r = await client.post("/upgrades/resident/bookings", json={**check, "slot_start": _slot()},
+                          headers=resident)
+    assert r.status_code == 201
+    # another household's phone does not cancel it
+    wrong = {"household_id": house.id, "phone": other.owner_phone}
+    r = await client.post("/upgrades/resident/cancel", json=wrong, headers=resident)
+    assert r.status_code == 404
+    assert r.json()["detail"] == "no household matches this id and phone number"
+    r = await client.post("/upgrades/resident/cancel", json=check, headers=resident)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert r.json()["created_by"] == f"resident:{house.id}"
+    r = await client.post("/upgrades/resident/lookup", json=check, headers=resident)
+    assert r.json()["remaining"] == 1 and r.json()["booking"] is None

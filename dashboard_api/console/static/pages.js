@@ -1,3 +1,4 @@
 // The console's pages besides the board, the order board and "my orders": each module
 // registers itself with registerView() (shell.js) when imported here.
 import "./reopens.js";
+import "./upgrades.js";
