@@ -219,6 +219,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the gateway's own commands: stack, db, config, fleet, gateway and watch."""
+    from gateway.edge import command as relay_command
     from gateway.ops import watch
 
     stack = subparsers.add_parser(
@@ -312,6 +313,7 @@ def register(subparsers: Any) -> None:
     add_service_options(gw)
     gw.set_defaults(func=_gateway)
     watch.register(subparsers)
+    relay_command.register(subparsers)
 
     st = subparsers.add_parser(
         "status",
