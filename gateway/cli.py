@@ -100,6 +100,11 @@ def _confirm(question: str) -> bool:
 def _stack_up(args: argparse.Namespace) -> int:
     from gateway.ops.stack import Stack
 
+    if args.cluster:
+        from gateway.ops.cluster_stack import ClusterStack, describe
+
+        print(describe(ClusterStack().up()))
+        return 0
     rt = Stack().up()
     print(f"postgres  127.0.0.1:{rt.pg_port}  (dsn in {rt.home}/runtime.json)")
     print(f"mosquitto 127.0.0.1:{rt.mqtt_port}")
@@ -109,6 +114,9 @@ def _stack_up(args: argparse.Namespace) -> int:
 def _stack_down(args: argparse.Namespace) -> int:
     from gateway.ops.stack import Stack
 
+    from gateway.ops.cluster_stack import ClusterStack
+
+    ClusterStack().down()  # nothing when the cluster never ran
     Stack().down()
     print("stack stopped")
     return 0
@@ -117,10 +125,14 @@ def _stack_down(args: argparse.Namespace) -> int:
 def _stack_status(args: argparse.Namespace) -> int:
     from gateway.ops.stack import Stack
 
-    status = Stack().status()
+    from gateway.ops.cluster_stack import ClusterStack, merged_status
+
+    status = merged_status(Stack().status(), ClusterStack())
     print(json.dumps(status, indent=2))
     healthy = all(
-        isinstance(v, dict) and v.get("healthy") for k, v in status.items() if k != "home"
+        isinstance(v, dict) and v.get("healthy")
+        for k, v in status.items()
+        if k != "home" and not (isinstance(v, str) and v.startswith("not started"))
     )
     return 0 if healthy else 1
 
@@ -194,7 +206,10 @@ def _fleet_provision(args: argparse.Namespace) -> int:
         rt.fleet_key if rt else None,
     )
     if rt:
+        from gateway.ops.cluster_stack import ClusterStack
+
         stack.reload_broker()
+        ClusterStack(stack).reload_brokers()  # the edge brokers share its password file
     print(json.dumps(result))
     return 0
 
@@ -225,9 +240,14 @@ def register(subparsers: Any) -> None:
     stack = subparsers.add_parser(
         "stack", help="the private Mosquitto and TimescaleDB"
     ).add_subparsers(dest="action", required=True)
-    stack.add_parser(
-        "up", help="start both (installs nothing; see scripts/bootstrap.sh)"
-    ).set_defaults(func=_stack_up)
+    up = stack.add_parser("up", help="start both (installs nothing; see scripts/bootstrap.sh)")
+    up.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the multi-node topology instead of the single broker: 3 NATS JetStream nodes,"
+        " 2 edge brokers with a relay each, the same PostgreSQL (docs/cluster.md)",
+    )
+    up.set_defaults(func=_stack_up)
     stack.add_parser("down", help="stop both cleanly").set_defaults(func=_stack_down)
     stack.add_parser("status", help="where each runs and whether it is healthy").set_defaults(
         func=_stack_status
