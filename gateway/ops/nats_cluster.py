@@ -209,20 +209,30 @@ def stream_config() -> Any:
     )
 
 
-async def ensure_stream_async(urls: list[str]) -> None:
+async def ensure_stream_async(urls: list[str], timeout_s: float = 60) -> None:
     """Create the stream, or bring an existing one's settings to ours."""
     import nats
-    from nats.js.errors import NotFoundError
+    from nats.js.errors import APIError, NotFoundError
 
     nc = await nats.connect(servers=urls, connect_timeout=5, max_reconnect_attempts=5)
+    deadline = time.monotonic() + timeout_s
     try:
-        js = nc.jetstream(timeout=20)
-        try:
-            await js.stream_info(STREAM)
-        except NotFoundError:
-            await js.add_stream(stream_config())
-        else:
-            await js.update_stream(stream_config())
+        js = nc.jetstream(timeout=10)
+        while True:
+            try:
+                try:
+                    await js.stream_info(STREAM)
+                except NotFoundError:
+                    await js.add_stream(stream_config())
+                else:
+                    await js.update_stream(stream_config())
+                return
+            except (APIError, TimeoutError) as err:
+                # a fresh cluster: the meta leader is there before every peer is known
+                # ("no suitable peers for placement"), or an election is going on
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"stream {STREAM} not created: {err}") from None
+                await asyncio.sleep(0.5)
     finally:
         await nc.close()
 
