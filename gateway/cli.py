@@ -112,9 +112,8 @@ def _stack_up(args: argparse.Namespace) -> int:
 
 
 def _stack_down(args: argparse.Namespace) -> int:
-    from gateway.ops.stack import Stack
-
     from gateway.ops.cluster_stack import ClusterStack
+    from gateway.ops.stack import Stack
 
     ClusterStack().down()  # nothing when the cluster never ran
     Stack().down()
@@ -123,9 +122,8 @@ def _stack_down(args: argparse.Namespace) -> int:
 
 
 def _stack_status(args: argparse.Namespace) -> int:
-    from gateway.ops.stack import Stack
-
     from gateway.ops.cluster_stack import ClusterStack, merged_status
+    from gateway.ops.stack import Stack
 
     status = merged_status(Stack().status(), ClusterStack())
     print(json.dumps(status, indent=2))

@@ -46,7 +46,10 @@ def _relay(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stopping.set)
         logger.info(
             "relay %s: broker %s:%d as %s, log %s",
-            s.edge.name, s.edge.mqtt_host, s.edge.mqtt_port, s.edge.username,
+            s.edge.name,
+            s.edge.mqtt_host,
+            s.edge.mqtt_port,
+            s.edge.username,
             ",".join(s.edge.nats_urls),
         )
         await relay.run(stopping)

@@ -11,9 +11,7 @@ class RelayMetrics:
         self.received = Counter(
             "gas_relay_received", "Device messages received from the broker", registry=r
         )
-        self.relayed = Counter(
-            "gas_relay_relayed", "Messages the log confirmed as new", registry=r
-        )
+        self.relayed = Counter("gas_relay_relayed", "Messages the log confirmed as new", registry=r)
         self.duplicates = Counter(
             "gas_relay_duplicates",
             "Messages the log confirmed as already stored (same Nats-Msg-Id)",
@@ -22,14 +20,14 @@ class RelayMetrics:
         self.resent = Counter(
             "gas_relay_resent", "Publishes sent again after no confirmation", registry=r
         )
-        self.acked = Counter(
-            "gas_relay_acked", "Messages acknowledged to the broker", registry=r
-        )
+        self.acked = Counter("gas_relay_acked", "Messages acknowledged to the broker", registry=r)
         self.rejects = Counter(
             "gas_relay_rejects", "Messages dropped, by reason", ["reason"], registry=r
         )
         self.commands = Counter(
-            "gas_relay_commands", "Valve commands from the log, by outcome", ["outcome"],
+            "gas_relay_commands",
+            "Valve commands from the log, by outcome",
+            ["outcome"],
             registry=r,
         )
         self.unacked = Gauge(

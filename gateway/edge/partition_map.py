@@ -8,6 +8,7 @@ A failed reload keeps the map it has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -18,8 +19,7 @@ from gateway.core.partitions import partition_of
 logger = logging.getLogger(__name__)
 
 LOAD_SQL = (
-    "SELECT d.id, h.community, h.building FROM devices d"
-    " JOIN households h ON h.id = d.household_id"
+    "SELECT d.id, h.community, h.building FROM devices d JOIN households h ON h.id = d.household_id"
 )
 
 
@@ -71,7 +71,5 @@ class PartitionMap:
                     len(self.partitions),
                 )
                 failing = True
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), 2.0)
-                except TimeoutError:
-                    pass

@@ -23,6 +23,7 @@ request is answered with the relay's edge name once its broker has accepted it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -46,8 +47,8 @@ from gateway.protocol.messages import (
     DEVICE_ID_RE,
     MAX_PAYLOAD_BYTES,
     Channel,
-    RejectReason,
     Rejected,
+    RejectReason,
     parse_topic,
     topic,
 )
@@ -135,8 +136,10 @@ class Relay:
                 logger.info("partition map loaded devices=%d", len(self.map.partitions))
                 return
             except psycopg.Error as err:
-                logger.warning("partition map: cannot read the registry (%s); retrying",
-                               (str(err).strip().splitlines() or ["error"])[0][:200])
+                logger.warning(
+                    "partition map: cannot read the registry (%s); retrying",
+                    (str(err).strip().splitlines() or ["error"])[0][:200],
+                )
                 attempt += 1
                 await _pause(stopping, RECONNECT_PAUSE_S, attempt)
 
@@ -169,13 +172,17 @@ class Relay:
             self.metrics.broker_up.set(1)
             logger.info("relay %s connected to broker %s:%d", e.name, e.mqtt_host, e.mqtt_port)
             assert client.closed is not None
-            stop = asyncio.create_task(stopping.wait())
-            await asyncio.wait({stop, client.closed}, return_when=asyncio.FIRST_COMPLETED)
+            closed: asyncio.Future[Any] = client.closed
+            stop: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait({stop, closed}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             self.metrics.broker_up.set(0)
             if not stopping.is_set():
-                logger.warning("relay %s lost its broker; reconnecting (the broker redelivers"
-                               " what was not acknowledged)", e.name)
+                logger.warning(
+                    "relay %s lost its broker; reconnecting (the broker redelivers"
+                    " what was not acknowledged)",
+                    e.name,
+                )
                 self._forget_connection()
 
     def _forget_connection(self) -> None:
@@ -213,15 +220,24 @@ class Relay:
         try:
             t = parse_topic(m.topic, self.prefix)
             if t.channel not in DEVICE_CHANNELS:
-                raise Rejected(RejectReason.UNKNOWN_CHANNEL,
-                               f"{t.channel} is not a device's uplink", t.device_id)
+                raise Rejected(
+                    RejectReason.UNKNOWN_CHANNEL,
+                    f"{t.channel} is not a device's uplink",
+                    t.device_id,
+                )
             if len(m.payload) > MAX_PAYLOAD_BYTES:
-                raise Rejected(RejectReason.OVERSIZED,
-                               f"{len(m.payload)} bytes, above {MAX_PAYLOAD_BYTES}", t.device_id)
+                raise Rejected(
+                    RejectReason.OVERSIZED,
+                    f"{len(m.payload)} bytes, above {MAX_PAYLOAD_BYTES}",
+                    t.device_id,
+                )
             partition = self.map.get(t.device_id)
             if partition is None:
-                raise Rejected(RejectReason.UNKNOWN_DEVICE,
-                               f"device {t.device_id!r} is not in the registry", t.device_id)
+                raise Rejected(
+                    RejectReason.UNKNOWN_DEVICE,
+                    f"device {t.device_id!r} is not in the registry",
+                    t.device_id,
+                )
         except Rejected as rej:
             self._reject(m.topic, rej)
             return None
@@ -237,8 +253,13 @@ class Relay:
         self.metrics.rejects.labels(rej.reason.value).inc()
         self._rejects += 1
         if self._rejects <= LOGGED_REJECTS or self._rejects % 1000 == 0:
-            logger.warning("relay dropped %s: %s: %s (dropped so far: %d)",
-                           topic_name[:120], rej.reason.value, rej.detail, self._rejects)
+            logger.warning(
+                "relay dropped %s: %s: %s (dropped so far: %d)",
+                topic_name[:120],
+                rej.reason.value,
+                rej.detail,
+                self._rejects,
+            )
 
     async def _publish(self, batch: _Batch) -> None:
         """Publish until JetStream confirms every item (resends keep their message ids)."""
@@ -266,7 +287,9 @@ class Relay:
             first = next(r for r in results if isinstance(r, BaseException))
             (logger.warning if attempt in (1, 20) else logger.debug)(
                 "log publish not confirmed (%d of %d: %s); resending",
-                len(failed), len(remaining), type(first).__name__,
+                len(failed),
+                len(remaining),
+                type(first).__name__,
             )
             await asyncio.sleep(RETRY_PAUSE_S[min(attempt, len(RETRY_PAUSE_S)) - 1])
             remaining = failed
@@ -297,8 +320,9 @@ class Relay:
         client = self.client
         if client is None or not client.connected:
             self.metrics.commands.labels("no_broker").inc()
-            logger.warning("relay %s: command for %s not sent: broker unavailable",
-                           self.edge.name, meter)
+            logger.warning(
+                "relay %s: command for %s not sent: broker unavailable", self.edge.name, meter
+            )
             return
         accepted = client.publish(topic(meter, Channel.CMD, self.prefix), msg.data, qos=1)
         self.metrics.commands.labels("sent").inc()
@@ -318,8 +342,11 @@ class Relay:
 
     async def _nats_up(self) -> None:
         self.metrics.log_up.set(1)
-        logger.info("relay %s: log reconnected to %s", self.edge.name,
-                    self.nc.connected_url.netloc if self.nc and self.nc.connected_url else "?")
+        logger.info(
+            "relay %s: log reconnected to %s",
+            self.edge.name,
+            self.nc.connected_url.netloc if self.nc and self.nc.connected_url else "?",
+        )
 
     async def _nats_error(self, err: Exception) -> None:
         logger.debug("relay %s: log connection error: %s", self.edge.name, err)
@@ -331,7 +358,5 @@ def _consume_exception(fut: asyncio.Future[None]) -> None:
 
 
 async def _pause(stopping: asyncio.Event, pauses: tuple[float, ...], attempt: int) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopping.wait(), pauses[min(attempt, len(pauses)) - 1])
-    except TimeoutError:
-        pass

@@ -10,6 +10,7 @@ the partition workers' command reads `nats_urls`, `stream` and `dsn` from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -60,7 +61,8 @@ class ClusterStack:
         """cluster.json: what `up` started (None when it never ran)."""
         if not self.file.is_file():
             return None
-        return json.loads(self.file.read_text())  # type: ignore[no-any-return]
+        doc: dict[str, Any] = json.loads(self.file.read_text())
+        return doc
 
     def _write_runtime(self, rt: Runtime) -> None:
         doc = {
@@ -256,10 +258,8 @@ def _pid_of(pid_file: Path, marker: bytes) -> int | None:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _stop(pid: int | None, still: Any, timeout_s: float = 15) -> None:

@@ -130,7 +130,8 @@ class NatsCluster:
         with urllib.request.urlopen(
             f"http://127.0.0.1:{node.monitor_port}/jsz?streams=true&consumers=true", timeout=1
         ) as r:
-            return json.loads(r.read())  # type: ignore[no-any-return]
+            doc: dict[str, Any] = json.loads(r.read())
+            return doc
 
     def healthy(self, node: NatsNode) -> bool:
         try:
@@ -184,7 +185,7 @@ class NatsCluster:
                 continue
             os.kill(pid, signal.SIGTERM)
             try:
-                wait_for(lambda n=node: self.pid(n) is None, 10, f"NATS node {node.name} stopped")
+                wait_for(_gone(self, node), 10, f"NATS node {node.name} stopped")
             except TimeoutError:
                 self.kill(node)
             proc = self._procs.pop(node.name, None)
@@ -192,6 +193,10 @@ class NatsCluster:
                 proc.wait()
         if remove:
             shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _gone(cluster: NatsCluster, node: NatsNode) -> Callable[[], bool]:
+    return lambda: cluster.pid(node) is None
 
 
 def stream_config() -> Any:
