@@ -112,7 +112,11 @@ class Relay:
             reconnected_cb=self._nats_up,
             error_cb=self._nats_error,
         )
-        self.js = self.nc.jetstream(timeout=self.edge.publish_timeout_s)
+        # every message in flight has its confirm pending at once: never wait for a slot
+        self.js = self.nc.jetstream(
+            timeout=self.edge.publish_timeout_s,
+            publish_async_max_pending=4 * self.edge.max_unacked,
+        )
         await self.nc.subscribe(f"{COMMAND_PREFIX}.>", cb=self._on_command)
         watch = asyncio.create_task(self.map.watch(stopping))
         try:
@@ -161,6 +165,7 @@ class Relay:
             try:
                 client = await MqttClient.connect(config, self._on_batch, self.generation)
             except (OSError, MqttError, TimeoutError) as err:
+                self._forget_connection()  # anything it delivered comes again
                 attempt += 1
                 (logger.warning if attempt in (1, 10) else logger.debug)(
                     "broker %s:%d unavailable (%s); retrying", e.mqtt_host, e.mqtt_port, err
@@ -169,6 +174,7 @@ class Relay:
                 continue
             attempt = 0
             self.client = client
+            self._ack_ready()  # what it redelivered during the handshake
             self.metrics.broker_up.set(1)
             logger.info("relay %s connected to broker %s:%d", e.name, e.mqtt_host, e.mqtt_port)
             assert client.closed is not None
@@ -266,30 +272,39 @@ class Relay:
         remaining = batch.items
         attempt = 0
         while remaining:
-            results = await asyncio.gather(
-                *(self.js.publish(s, p, headers=h) for s, p, h in remaining),
-                return_exceptions=True,
-            )
+            futures, first_error = [], None
+            for subject, payload, headers in remaining:
+                try:
+                    futures.append(await self.js.publish_async(subject, payload, headers=headers))
+                except Exception as err:  # not connected, buffer full: resent below
+                    first_error = first_error or err
+                    futures.append(None)
+            live = [f for f in futures if f is not None]
+            if live:
+                _, late = await asyncio.wait(live, timeout=self.edge.publish_timeout_s)
+                for f in late:
+                    f.cancel()  # no answer in time: resent below, same message id
             failed = []
-            for item, result in zip(remaining, results, strict=True):
-                if isinstance(result, BaseException):
+            for item, fut in zip(remaining, futures, strict=True):
+                if fut is None or fut.cancelled() or fut.exception() is not None:
                     failed.append(item)
-                elif result.duplicate:
+                    if fut is not None and not fut.cancelled():
+                        first_error = first_error or fut.exception()
+                elif fut.result().duplicate:
                     self.metrics.duplicates.inc()
                 else:
                     self.metrics.relayed.inc()
             if not failed:
                 break
             if batch.generation != self.generation:
-                return  # that connection is gone: its broker redelivers all of it
+                break  # that connection is gone: its broker redelivers all of it
             attempt += 1
             self.metrics.resent.inc(len(failed))
-            first = next(r for r in results if isinstance(r, BaseException))
             (logger.warning if attempt in (1, 20) else logger.debug)(
                 "log publish not confirmed (%d of %d: %s); resending",
                 len(failed),
                 len(remaining),
-                type(first).__name__,
+                type(first_error).__name__ if first_error else "no answer in time",
             )
             await asyncio.sleep(RETRY_PAUSE_S[min(attempt, len(RETRY_PAUSE_S)) - 1])
             remaining = failed
@@ -298,14 +313,21 @@ class Relay:
         self._ack_ready()
 
     def _ack_ready(self) -> None:
-        """PUBACK, in arrival order, every batch whose earlier batches are confirmed too."""
+        """PUBACK, in arrival order, every batch whose earlier batches are confirmed too.
+
+        A broker redelivers a session's messages right after CONNACK, before the client is
+        handed over: their acks wait until it is (the broker loop calls this again then)."""
+        client = self.client
+        ours = client is not None and client.generation == self.generation
         ids: list[int] = []
         while self.pending and self.pending[0].done:
-            batch = self.pending.popleft()
-            if batch.generation == self.generation:
-                ids.extend(batch.packet_ids)
-        client = self.client
-        if ids and client is not None and client.generation == self.generation:
+            if self.pending[0].generation != self.generation:
+                self.pending.popleft()  # an earlier connection's: never acknowledged
+            elif not ours:
+                return
+            else:
+                ids.extend(self.pending.popleft().packet_ids)
+        if ids and client is not None:
             client.ack(ids)
             self.metrics.acked.inc(len(ids))
             self.metrics.unacked.dec(len(ids))

@@ -3,6 +3,7 @@ stack home (its PostgreSQL, free ports), started once and stopped after the run.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +23,8 @@ def cluster(stack: Stack) -> Iterator[ClusterStack]:
         yield cs
     finally:
         cs.down()
-        shutil.rmtree(cs.home, ignore_errors=True)
+        if not os.environ.get("GAS_SAFETY_KEEP_TEST_HOME"):
+            shutil.rmtree(cs.home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -113,7 +113,17 @@ async def read_log(urls: list[str], topic_prefix: str) -> LogCopy:
 
 
 def log_copy(cluster: ClusterStack, topic_prefix: str) -> LogCopy:
-    return asyncio.run(read_log(cluster.nats.urls, topic_prefix))
+    """The log read back; again (up to 3 times) while the cluster is electing a leader."""
+    import nats.errors
+
+    for attempt in range(3):
+        try:
+            return asyncio.run(read_log(cluster.nats.urls, topic_prefix))
+        except (nats.errors.Error, TimeoutError):
+            if attempt == 2:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- load with failover

@@ -69,12 +69,13 @@ def test_nats_node_kill_loses_nothing(
     res = asyncio.run(run_load(runtime, [edge], f"{BRIDGE_PREFIX}2", devices, RATE,
                                DURATION_S, [(KILL_AT_S, lambda: cluster.nats.kill(leader))]))
     settle(cluster, [edge], timeout_s=60)
+    resends = int(relay_metric(edge, "gas_relay_resent_total") - resent)
+    cluster.nats.restart(leader)  # the log is read back with all three nodes up
+    wait_until(lambda: cluster.nats.healthy(leader), 30, what=f"{leader.name} back")
     counts = tally(res, log_copy(cluster, f"gas/v1/{prefix}"))
-    counts["relay_resends"] = int(relay_metric(edge, "gas_relay_resent_total") - resent)
+    counts["relay_resends"] = resends
     counts["killed"] = leader.name  # type: ignore[assignment]
     report("NATS stream leader kill -9", counts)
-    cluster.nats.restart(leader)
-    wait_until(lambda: cluster.nats.healthy(leader), 30, what=f"{leader.name} back")
     assert counts["lost"] == 0
     assert counts["duplicates_in_log"] == 0
 
