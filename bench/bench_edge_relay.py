@@ -1,7 +1,7 @@
 """The edge relay's cost: CPU per reading of the relay, its broker and the three NATS nodes,
 the relay's throughput and memory, in a private cluster stack of its own.
 
-`python bench/bench_edge_relay.py [--households 20000] [--rate 2000 4000] [--duration 15]`
+`python bench/bench_edge_relay.py [--households 20000] [--rate 1000 3000 6000] [--duration 12]`
 
 A publisher (one bridge account, QoS 1, a window of 2,000 in flight) offers readings of the
 provisioned meters at each rate through edge A; the relay maps each to its building
@@ -144,8 +144,8 @@ def run(households: int, rates: list[float], duration: float) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--households", type=int, default=20_000)
-    ap.add_argument("--rate", type=float, nargs="+", default=[1000, 3000])
-    ap.add_argument("--duration", type=float, default=15.0)
+    ap.add_argument("--rate", type=float, nargs="+", default=[1000, 3000, 6000])
+    ap.add_argument("--duration", type=float, default=12.0)
     args = ap.parse_args()
     doc = {"date": dt.date.today().isoformat(), "cpus": psutil.cpu_count(),
            **run(args.households, args.rate, args.duration)}
