@@ -40,6 +40,7 @@ from gateway.protocol.log_subjects import (
     HEADER_MSG_ID,
     HEADER_RECEIVED,
     HEADER_TOPIC,
+    STREAM,
     inbound_subject,
 )
 from gateway.protocol.messages import (
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 RETRY_PAUSE_S = (0.1, 0.25, 0.5, 1.0, 2.0)  # between resends of unconfirmed publishes
 RECONNECT_PAUSE_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # between broker connection attempts
 LOGGED_REJECTS = 200  # one line each for the first ones, then every 1000th
+RESEND_LOG_EVERY_S = 5.0  # resends during an election come in thousands: one line at most
 
 
 def message_id(topic_name: str, payload: bytes) -> str:
@@ -93,6 +95,8 @@ class Relay:
         self.js: Any = None
         self.nc: Any = None
         self._rejects = 0
+        self._resend_logged_at = -RESEND_LOG_EVERY_S
+        self._nats_logged_at = -RESEND_LOG_EVERY_S * 6
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- lifecycle
@@ -117,6 +121,7 @@ class Relay:
             timeout=self.edge.publish_timeout_s,
             publish_async_max_pending=4 * self.edge.max_unacked,
         )
+        await self._check_stream()
         await self.nc.subscribe(f"{COMMAND_PREFIX}.>", cb=self._on_command)
         watch = asyncio.create_task(self.map.watch(stopping))
         try:
@@ -129,6 +134,22 @@ class Relay:
             await self.nc.drain()
             logger.info("relay stopped %s", self.metrics.summary())
 
+    async def _check_stream(self) -> None:
+        """Say so at once when the stream is missing (publishes are resent until it exists)."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            await self.js.stream_info(STREAM)
+        except NotFoundError:
+            logger.error(
+                "relay %s: the log has no stream %s; messages wait in the broker until it is"
+                " created (`gas-safety stack up --cluster`, or docs/cluster.md)",
+                self.edge.name,
+                STREAM,
+            )
+        except Exception as err:  # the log is electing or away: the resends will tell
+            logger.warning("relay %s: cannot check stream %s (%s)", self.edge.name, STREAM, err)
+
     async def _first_map(self, stopping: asyncio.Event) -> None:
         """The map before the broker: without it every message would be dropped as unknown."""
         import psycopg
@@ -140,7 +161,7 @@ class Relay:
                 logger.info("partition map loaded devices=%d", len(self.map.partitions))
                 return
             except psycopg.Error as err:
-                logger.warning(
+                (logger.warning if attempt % 12 == 0 else logger.debug)(
                     "partition map: cannot read the registry (%s); retrying",
                     (str(err).strip().splitlines() or ["error"])[0][:200],
                 )
@@ -300,11 +321,16 @@ class Relay:
                 break  # that connection is gone: its broker redelivers all of it
             attempt += 1
             self.metrics.resent.inc(len(failed))
-            (logger.warning if attempt in (1, 20) else logger.debug)(
-                "log publish not confirmed (%d of %d: %s); resending",
+            now = time.monotonic()
+            loud = now - self._resend_logged_at >= RESEND_LOG_EVERY_S
+            if loud:
+                self._resend_logged_at = now
+            (logger.warning if loud else logger.debug)(
+                "log publish not confirmed (%d of %d: %s); resending (resent so far: %d)",
                 len(failed),
                 len(remaining),
                 type(first_error).__name__ if first_error else "no answer in time",
+                self.metrics.value("gas_relay_resent_total"),
             )
             await asyncio.sleep(RETRY_PAUSE_S[min(attempt, len(RETRY_PAUSE_S)) - 1])
             remaining = failed
@@ -371,7 +397,16 @@ class Relay:
         )
 
     async def _nats_error(self, err: Exception) -> None:
-        logger.debug("relay %s: log connection error: %s", self.edge.name, err)
+        now = time.monotonic()
+        loud = now - self._nats_logged_at >= RESEND_LOG_EVERY_S * 6
+        if loud:
+            self._nats_logged_at = now
+        (logger.warning if loud else logger.debug)(
+            "relay %s: log connection: %s: %s (retrying)",
+            self.edge.name,
+            type(err).__name__,
+            str(err)[:200],
+        )
 
 
 def _consume_exception(fut: asyncio.Future[None]) -> None:
