@@ -126,7 +126,7 @@ class ClusterStack:
             out[f"relay-{e.name}"] = {
                 "metrics": f"http://127.0.0.1:{e.metrics_port}/metrics",
                 "pid": self.relay_pid(e),
-                "log": str(self._edge_dir(e) / "relay.log"),
+                "log": str(self.relay_file(e, "log")),
                 "healthy": self.relay_pid(e) is not None and _port_open(e.metrics_port),
             }
         return out
@@ -187,12 +187,17 @@ class ClusterStack:
         _kill(self.broker_pid(e), lambda: self.broker_pid(e))
 
     # ------------------------------------------------------------ relays
+    def relay_file(self, e: Edge, ext: str) -> Path:
+        """A relay's settings, log or pid file, named by its account (one edge may have more
+        than one relay: a standby on `edge-relay-1` keeps its own session)."""
+        return self._edge_dir(e) / f"{e.relay_account}.{ext}"
+
     def relay_config(self, e: Edge) -> Path:
         """The relay's settings file: its broker, account, the log's nodes, its metrics."""
         rt = self.stack.runtime()
         assert rt is not None
         password = service_password_from_key(rt.fleet_key, e.relay_account)
-        path = self._edge_dir(e) / "relay.toml"
+        path = self.relay_file(e, "toml")
         path.parent.mkdir(parents=True, exist_ok=True)
         urls = ", ".join(json.dumps(u) for u in self.nats.urls)
         path.write_text(
@@ -205,7 +210,7 @@ class ClusterStack:
         return path
 
     def relay_pid(self, e: Edge) -> int | None:
-        return _pid_of(self._edge_dir(e) / "relay.pid", b"relay")
+        return _pid_of(self.relay_file(e, "pid"), b"relay")
 
     def start_relay(self, e: Edge) -> None:
         if self.relay_pid(e) is not None:
@@ -218,7 +223,7 @@ class ClusterStack:
                 p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
             ),
         }
-        with open(self._edge_dir(e) / "relay.log", "ab") as log:
+        with open(self.relay_file(e, "log"), "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "relay", "--config", str(config)],
                 cwd=ROOT,
@@ -227,11 +232,11 @@ class ClusterStack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        (self._edge_dir(e) / "relay.pid").write_text(str(proc.pid))
+        self.relay_file(e, "pid").write_text(str(proc.pid))
         try:
             wait_for(lambda: _port_open(e.metrics_port), 20, f"relay {e.name}")
         except TimeoutError:
-            tail = (self._edge_dir(e) / "relay.log").read_text(errors="replace")
+            tail = self.relay_file(e, "log").read_text(errors="replace")
             raise StackError(
                 f"relay {e.name} did not start:\n" + "\n".join(tail.splitlines()[-10:])
             ) from None

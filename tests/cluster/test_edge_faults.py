@@ -159,3 +159,44 @@ def test_edge_broker_kill_while_its_relay_is_down_shows_the_loss_window(
     # bounded by what the broker acknowledged while its relay was down
     assert after["lost"] <= RATE * (relay_down_s + 0.5), after
     assert after["duplicates_in_log"] == 0
+
+
+def test_a_standby_relay_closes_that_window(
+    cluster: ClusterStack, runtime: Runtime, edge_fleet: Any, prefix: str
+) -> None:
+    """The mitigation of the test above, measured: a second relay on the same broker (its own
+    account and session) relays everything too; the primary's outage leaves nothing queued,
+    and the doubles it publishes are absorbed by the message ids."""
+    from gateway.accounts import RELAY_PREFIX
+    from gateway.ops.cluster_stack import Edge
+    from gateway.ops.stack import free_port
+
+    devices = _devices(edge_fleet)
+    a, b = cluster.edges
+    standby = Edge(a.name, a.mqtt_port, free_port(), relay_account=f"{RELAY_PREFIX}1")
+    cluster.start_relay(standby)
+    try:
+        wait_until(lambda: relay_metric(standby, "gas_relay_broker_up") == 1
+                   and relay_metric(standby, "gas_relay_registry_devices")
+                   == relay_metric(a, "gas_relay_registry_devices"), 20,
+                   what="the standby relay connected, with the registry")
+
+        def primary_down_then_broker_kill() -> None:
+            cluster.kill_relay(a)
+            time.sleep(3.0)
+            cluster.kill_broker(a)
+
+        res = asyncio.run(run_load(runtime, [a, b], f"{BRIDGE_PREFIX}0", devices, RATE,
+                                   DURATION_S, [(KILL_AT_S, primary_down_then_broker_kill)]))
+        settle(cluster, [b])
+        counts = tally(res, log_copy(cluster, f"gas/v1/{prefix}"))
+        report("edge primary relay down 3 s, standby up, then the broker kill -9", counts)
+        assert counts["lost"] == 0
+        assert counts["duplicates_in_log"] == 0
+    finally:
+        cluster.stop_relay(standby)
+        cluster.start_broker(a)
+        cluster.start_relay(a)
+        wait_until(lambda: relay_metric(a, "gas_relay_broker_up") == 1, 20,
+                   what="relay a connected to its restarted broker")
+        settle(cluster, [a])

@@ -87,7 +87,7 @@ def test_unknown_and_oversized_messages_are_counted_and_dropped(
     dev.close()
     bridge.close()
     assert log_copy(cluster, f"gas/v1/{prefix}").messages == []
-    log_text = (cluster.home / edge.name / "relay.log").read_text()
+    log_text = cluster.relay_file(edge, "log").read_text()
     assert f"gas/v1/{prefix}nobody/telemetry: unknown_device:" in log_text
     assert "Traceback" not in log_text
 
