@@ -132,3 +132,23 @@ def test_a_command_reaches_a_meter_on_either_edge(
     assert got == cmd
     # every relay publishes it; both brokers accept, only the meter's delivers
     assert answered_by.decode() in {e.name for e in cluster.edges}
+
+
+def test_stack_status_shows_every_part_of_the_cluster(cluster: ClusterStack) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from gateway.ops.stack import ROOT
+
+    env = {**os.environ, "GAS_SAFETY_HOME": str(cluster.stack.home), "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "stack", "status"],
+                       capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    parts = {"postgres", "nats-n1", "nats-n2", "nats-n3", "broker-edge-a", "broker-edge-b",
+             "relay-edge-a", "relay-edge-b"}
+    assert parts <= doc.keys()
+    assert all(doc[p]["healthy"] for p in parts)
+    urls = json.loads((cluster.home / "cluster.json").read_text())["nats_urls"]
+    assert urls == cluster.nats.urls  # what the workers' command reads
