@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.engines.clusters import NatsCluster, RabbitCluster  # noqa: E402
+from bench.engines.clusters import RabbitCluster  # noqa: E402
+from gateway.ops.nats_cluster import NatsCluster  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PAD = b"x" * 80  # a reading's JSON is about 120 bytes
@@ -152,8 +153,9 @@ class NatsEngine(Engine):
     def server_cpu_s(self) -> float:
         total = 0.0
         for n in self.cluster.nodes:
-            if n.proc is not None and n.proc.poll() is None:
-                t = psutil.Process(n.proc.pid).cpu_times()
+            pid = self.cluster.pid(n)
+            if pid is not None:
+                t = psutil.Process(pid).cpu_times()
                 total += t.user + t.system
         return total
 
@@ -432,7 +434,7 @@ def main() -> None:
         try:
             results.append(asyncio.run(run_engine(NatsEngine(nc), args.quick, args.kill_rate)))
         finally:
-            nc.stop()
+            nc.stop(remove=True)
     if args.engine in ("rabbitmq", "all"):
         rc = RabbitCluster(tmp / "rabbit").start()
         try:

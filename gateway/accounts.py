@@ -25,6 +25,11 @@ MONITOR = "monitor"  # read-only observer of the whole tree (tests, tools)
 OPS = "ops"
 BRIDGE_PREFIX = "fleet-bridge-"  # trusted network servers publishing for many devices
 BRIDGES = 8
+# edge relays (gas-safety relay): read every device's uplink, write valve commands; one
+# account per relay instance on a broker (a client id is its username, so two relays on one
+# broker need two accounts)
+RELAY_PREFIX = "edge-relay-"
+RELAYS = 4
 SERVICE_PREFIX = "service:"  # service passwords derive from this plus the account name
 
 

@@ -97,48 +97,6 @@ def _confirm(question: str) -> bool:
         return False
 
 
-def _stack_up(args: argparse.Namespace) -> int:
-    from gateway.ops.stack import Stack
-
-    stack = Stack()
-    rt = stack.up()
-    print(f"postgres  127.0.0.1:{rt.pg_port}  (dsn in {rt.home}/runtime.json)")
-    print(f"mosquitto 127.0.0.1:{rt.mqtt_port}")
-    if args.replica:
-        from gateway.ops.replica import Replica
-
-        replica = Replica(stack).up()
-        print(f"replica   127.0.0.1:{replica.port}  (the API's reads that may lag)")
-    return 0
-
-
-def _stack_down(args: argparse.Namespace) -> int:
-    from gateway.ops.replica import Replica
-    from gateway.ops.stack import Stack
-
-    stack = Stack()
-    Replica(stack).down()
-    stack.down()
-    print("stack stopped")
-    return 0
-
-
-def _stack_status(args: argparse.Namespace) -> int:
-    from gateway.ops.replica import Replica
-    from gateway.ops.stack import Stack
-
-    stack = Stack()
-    status = stack.status()
-    replica = Replica(stack)
-    if replica.runtime() is not None:
-        status["replica"] = replica.status()
-    print(json.dumps(status, indent=2))
-    healthy = all(
-        isinstance(v, dict) and v.get("healthy") for k, v in status.items() if k != "home"
-    )
-    return 0 if healthy else 1
-
-
 def _db_migrate(args: argparse.Namespace) -> int:
     from gateway import settings
     from gateway.storage import schema
@@ -208,7 +166,10 @@ def _fleet_provision(args: argparse.Namespace) -> int:
         rt.fleet_key if rt else None,
     )
     if rt:
+        from gateway.ops.cluster_stack import ClusterStack
+
         stack.reload_broker()
+        ClusterStack(stack).reload_brokers()  # the edge brokers share its password file
     print(json.dumps(result))
     return 0
 
@@ -233,23 +194,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the gateway's own commands: stack, db, config, fleet, gateway and watch."""
-    from gateway.ops import watch
+    from gateway.edge import command as relay_command
+    from gateway.ops import stack_commands, watch
 
-    stack = subparsers.add_parser(
-        "stack", help="the private Mosquitto and TimescaleDB"
-    ).add_subparsers(dest="action", required=True)
-    up = stack.add_parser("up", help="start both (installs nothing; see scripts/bootstrap.sh)")
-    up.add_argument(
-        "--replica",
-        action="store_true",
-        help="also a streaming replica of PostgreSQL, for the API's reads that may lag"
-        " (default: none)",
-    )
-    up.set_defaults(func=_stack_up)
-    stack.add_parser("down", help="stop both cleanly").set_defaults(func=_stack_down)
-    stack.add_parser("status", help="where each runs and whether it is healthy").set_defaults(
-        func=_stack_status
-    )
+    stack_commands.register(subparsers)
 
     db = subparsers.add_parser("db", help="schema and retention").add_subparsers(
         dest="action", required=True
@@ -331,6 +279,7 @@ def register(subparsers: Any) -> None:
     add_service_options(gw)
     gw.set_defaults(func=_gateway)
     watch.register(subparsers)
+    relay_command.register(subparsers)
 
     st = subparsers.add_parser(
         "status",

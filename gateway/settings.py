@@ -41,6 +41,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from gateway.accounts import COMMANDS, service_password_from_key
 from gateway.core.call_chain import ChainPolicy
 from gateway.core.thresholds import Thresholds
+from gateway.edge_settings import EdgeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -324,6 +325,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     priority: PrioritySettings = PrioritySettings()
     clock: ClockSettings = ClockSettings()
+    edge: EdgeSettings = EdgeSettings()  # `gas-safety relay` (gateway.edge_settings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -17,7 +17,7 @@ pg_version=15
 tsdb_version="${TSDB_VERSION:-2.19.3}"
 packages=(mosquitto mosquitto-clients postgresql-$pg_version postgresql-client-$pg_version
           postgresql-server-dev-$pg_version cmake gcc make dpkg-dev libssl-dev libkrb5-dev openssl
-          chromium fonts-noto-cjk)
+          chromium fonts-noto-cjk nats-server haproxy)
 # Node.js and npm from Debian, unless the machine already has an npm (a Node.js build that
 # bundles npm conflicts with Debian's npm package)
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)

@@ -400,12 +400,17 @@ class Stack:
 
     # ------------------------------------------------------------ public
     def up(self) -> Runtime:
+        rt = self.up_database()
+        self._mq_start(rt)
+        return rt
+
+    def up_database(self) -> Runtime:
+        """PostgreSQL + TimescaleDB alone, migrated (the cluster stack brings its brokers)."""
         self.check_installed()
         rt = self._new_runtime()
         self._pg_ensure_initialised(rt)
         self._pg_start(rt)
         self._pg_bootstrap_db(rt)
-        self._mq_start(rt)
         from gateway.storage import schema
 
         schema.migrate(rt.dsn)
