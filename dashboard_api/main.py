@@ -35,6 +35,7 @@ from dashboard_api.routes import (
     audit,
     auth,
     board,
+    city,
     contacts,
     devices,
     events,
@@ -204,6 +205,7 @@ def create_app(
         board,
         assignment,
         refresh,
+        city,
         console,
     ):
         app.include_router(module.router)
