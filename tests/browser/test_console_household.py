@@ -1,0 +1,87 @@
+"""The household page in a real browser: a viewer sees the owner's phone masked and no valve
+or other action buttons; an operator closes the valve from the page and the command appears
+in its history; an engineer's reopen is refused with the interlock's reason; the charts
+draw a day of readings."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from console_pages import sign_in
+from household_data import fill
+
+pytestmark = pytest.mark.services
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+async def test_viewer_sees_masked_phone_and_no_actions(api, users, city, dsn, new_page,
+                                                       shot) -> None:
+    await fill(dsn, city)
+    house = city[0]
+    page = await new_page()
+    await sign_in(page, api.base_url, users["viewer"])
+    await page.goto(f"{api.base_url}/#household/{house.id}")
+    phone = await (await page.wait_for_selector("#household .owner-phone")).inner_text()
+    assert phone != house.owner_phone and "*" in phone and phone.endswith(house.owner_phone[-4:])
+    await page.wait_for_selector("#household [data-notification] .recipient")
+    recipient = await page.inner_text("#household [data-notification] .recipient")
+    assert recipient != house.owner_phone and "*" in recipient
+    assert await page.locator("#household .valve-close").count() == 0
+    assert await page.locator("#household .valve-reopen").count() == 0
+    # the only buttons a viewer gets choose the charts' window
+    labels = await page.locator("#household button:visible").evaluate_all(
+        "bs => bs.map(b => b.dataset.range || b.textContent)")
+    assert labels == ["hour", "day", "year"]
+    assert not await page.locator("#household .hh-audit").is_visible()
+    await shot(page, "household-viewer")
+
+
+async def test_operator_closes_valve_and_engineer_is_refused(api, users, city, dsn, new_page,
+                                                             shot) -> None:
+    await fill(dsn, city)
+    house = city[0]
+    op = await new_page()
+    await sign_in(op, api.base_url, users["operator"])
+    await op.goto(f"{api.base_url}/#household/{house.id}")
+    await op.wait_for_selector('#household [data-chart="methane"] canvas')
+    await op.wait_for_selector('#household [data-chart="flow"] canvas')
+    assert await op.inner_text("#household .owner-phone") == house.owner_phone
+    assert await op.locator("#household .valve-reopen").count() == 0  # operators only close
+    await op.fill("#household .valve-form input", "resident smells gas")
+    await op.click("#household .valve-close")
+    cmd = '#household tr[data-action="valve_close"]'
+    await op.wait_for_selector(cmd)
+    assert "resident smells gas" in await op.inner_text(cmd)
+    assert "Close command sent" in await op.inner_text("#hh-valve-note")
+    await op.wait_for_selector('#household [data-audit]')
+    assert "valve.valve_close" in await op.inner_text("#household .hh-audit")
+    await op.click('#household [data-range="hour"]')
+    await op.wait_for_selector('#household [data-chart="methane"] canvas')
+    await op.click('#household [data-range="day"]')
+    await op.wait_for_selector('#household [data-chart="methane"] canvas')
+    path = await shot(op, "household-operator")
+    shutil.copyfile(path, DOCS / "console-household.png")
+
+    eng = await new_page()
+    await sign_in(eng, api.base_url, users["engineer"])
+    await eng.goto(f"{api.base_url}/#household/{house.id}")
+    await eng.fill("#household .valve-form input", "resident wants the gas back")
+    await eng.click("#household .valve-reopen")
+    await eng.wait_for_selector("#hh-valve-error:not(:empty)")
+    refusal = await eng.inner_text("#hh-valve-error")
+    print(f"reopen refused: {refusal}")
+    assert refusal.startswith("Refused:") and "order" in refusal
+    await shot(eng, "household-reopen-refused")
+
+
+async def test_board_address_leads_to_household(api, users, city, dsn, raise_alarm,
+                                                new_page) -> None:
+    await raise_alarm(city[0], cause=None)
+    page = await new_page()
+    await sign_in(page, api.base_url, users["operator"])
+    await page.click(f'tr[data-household="{city[0].id}"] a.hh-link')
+    await page.wait_for_selector("#household .hh-address")
+    assert await page.inner_text("#household .hh-address") == city[0].address
