@@ -108,7 +108,7 @@ async function load() {
         k.revoked_at ? "" : el("button", { type: "button", class: "revoke",
           onclick: () => send(null, `/api-keys/${k.id}`, "DELETE") }, t("admin.revoke"))))));
   }
-  if (!parts.audit.childElementCount) await auditSearch(false);
+  await auditSearch(false);
 }
 
 async function auditSearch(more) {
