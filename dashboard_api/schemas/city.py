@@ -51,7 +51,9 @@ class City(Model):
     as_of: dt.datetime
     households: int
     states: StateCounts
-    communities: list[CityCommunity]
+    communities: list[CityCommunity] = Field(
+        description="Every community; only the named one when the request names one."
+    )
     community: str | None = Field(description="The community the buildings belong to.")
     buildings: list[CityBuilding] = Field(
         description="The named community's buildings and their households; empty otherwise."

@@ -24,12 +24,18 @@ async def _states(dsn: str, city) -> None:
                 batt = 2.9 if (i == 3 and d.kind == "meter") else 3.6
                 await conn.execute(
                     "INSERT INTO device_state (device_id, online, last_seen, batt_v, valve)"
-                    " VALUES (%s, %s, %s, %s, %s)", (d.id, online, now, batt, valve))
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    (d.id, online, now, batt, valve),
+                )
             # every device well within its life except h3's meter
-            await conn.execute("UPDATE devices SET installed_on = %s WHERE household_id = %s",
-                               (dt.date.today() - dt.timedelta(days=200), house.id))
-        await conn.execute("UPDATE devices SET installed_on = %s WHERE id = %s",
-                           (dt.date.today() - dt.timedelta(days=11 * 366), city[3].meter.id))
+            await conn.execute(
+                "UPDATE devices SET installed_on = %s WHERE household_id = %s",
+                (dt.date.today() - dt.timedelta(days=200), house.id),
+            )
+        await conn.execute(
+            "UPDATE devices SET installed_on = %s WHERE id = %s",
+            (dt.date.today() - dt.timedelta(days=11 * 366), city[3].meter.id),
+        )
 
 
 async def test_city_states_and_click_through(client, city, as_role, dsn, raise_alarm) -> None:
@@ -48,8 +54,12 @@ async def test_city_states_and_click_through(client, city, as_role, dsn, raise_a
     assert r.status_code == 200, r.text
     body = r.json()
     states = {x["id"]: x["state"] for b in body["buildings"] for x in b["household_list"]}
-    assert states == {city[0].id: "leak", city[1].id: "valve_cut", city[2].id: "offline",
-                      city[3].id: "past_life"}
+    assert states == {
+        city[0].id: "leak",
+        city[1].id: "valve_cut",
+        city[2].id: "offline",
+        city[3].id: "past_life",
+    }
     assert sum(b["households"] for b in body["buildings"]) == 4
 
     r = await client.get("/city", params={"community": "nowhere-at-all"}, headers=h)
@@ -69,10 +79,17 @@ async def test_fleet_health_and_csv(client, city, as_role, dsn) -> None:
     assert body["meter_life_years"] == 10 and body["detector_life_years"] == 5
     [row] = body["communities"]
     detectors_h2 = len(city[2].detectors)
-    assert row == {"community": community, "households": 4, "offline_households": 1,
-                   "unprotected_households": 1, "never_seen": 0,
-                   "offline_devices": detectors_h2, "low_battery": 1, "past_life_meters": 1,
-                   "past_life_detectors": 0}
+    assert row == {
+        "community": community,
+        "households": 4,
+        "offline_households": 1,
+        "unprotected_households": 1,
+        "never_seen": 0,
+        "offline_devices": detectors_h2,
+        "low_battery": 1,
+        "past_life_meters": 1,
+        "past_life_detectors": 0,
+    }
 
     r = await client.get("/fleet/health.csv", params={"community": community}, headers=h)
     assert r.status_code == 200
@@ -85,8 +102,11 @@ async def test_fleet_health_and_csv(client, city, as_role, dsn) -> None:
     assert got == expected
     assert rows[0]["community"] == community and rows[0]["address"]
 
-    r = await client.get("/fleet/health.csv",
-                         params={"community": community, "issue": "past_service_life"}, headers=h)
+    r = await client.get(
+        "/fleet/health.csv",
+        params={"community": community, "issue": "past_service_life"},
+        headers=h,
+    )
     assert [x["device_id"] for x in csv.DictReader(io.StringIO(r.text))] == [city[3].meter.id]
     r = await client.get("/fleet/health.csv", params={"issue": "bogus"}, headers=h)
     assert r.status_code == 422 and "issue" in r.json()["detail"]
@@ -94,29 +114,38 @@ async def test_fleet_health_and_csv(client, city, as_role, dsn) -> None:
 
 async def test_household_audit(client, city, as_role, dsn) -> None:
     meter = city[1].meter.id
-    r = await client.post(f"/valves/{meter}/close", json={"reason": "smell reported"},
-                          headers=as_role["operator"])
+    r = await client.post(
+        f"/valves/{meter}/close", json={"reason": "smell reported"}, headers=as_role["operator"]
+    )
     assert r.status_code == 202, r.text
-    r = await client.post(f"/valves/{meter}/reopen", json={"reason": "too soon"},
-                          headers=as_role["engineer"])
+    r = await client.post(
+        f"/valves/{meter}/reopen", json={"reason": "too soon"}, headers=as_role["engineer"]
+    )
     assert r.status_code == 409
 
-    r = await client.get(f"/households/{city[1].id}/audit", params={"limit": 2},
-                         headers=as_role["operator"])
+    r = await client.get(
+        f"/households/{city[1].id}/audit", params={"limit": 2}, headers=as_role["operator"]
+    )
     assert r.status_code == 200, r.text
     page = r.json()
     assert len(page["items"]) == 2 and page["next_cursor"]
-    r = await client.get(f"/households/{city[1].id}/audit",
-                         params={"cursor": page["next_cursor"]}, headers=as_role["operator"])
+    r = await client.get(
+        f"/households/{city[1].id}/audit",
+        params={"cursor": page["next_cursor"]},
+        headers=as_role["operator"],
+    )
     actions = [e["action"] for e in page["items"] + r.json()["items"]]
     assert "valve.refused" in actions and "valve.valve_close" in actions
     assert "work_order.open" in actions
     # another household's trail does not carry them
-    other = (await client.get(f"/households/{city[0].id}/audit",
-                              headers=as_role["admin"])).json()["items"]
+    other = (await client.get(f"/households/{city[0].id}/audit", headers=as_role["admin"])).json()[
+        "items"
+    ]
     assert not any(e["action"].startswith("valve.") for e in other)
 
-    assert (await client.get(f"/households/{city[1].id}/audit",
-                             headers=as_role["viewer"])).status_code == 403
-    assert (await client.get("/households/h-none-such/audit",
-                             headers=as_role["operator"])).status_code == 404
+    assert (
+        await client.get(f"/households/{city[1].id}/audit", headers=as_role["viewer"])
+    ).status_code == 403
+    assert (
+        await client.get("/households/h-none-such/audit", headers=as_role["operator"])
+    ).status_code == 404
