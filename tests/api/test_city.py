@@ -91,6 +91,9 @@ async def test_fleet_health_and_csv(client, city, as_role, dsn) -> None:
         "past_life_detectors": 0,
     }
 
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:  # a formula in the data
+        await conn.execute("UPDATE households SET address = '=HYPERLINK(\"x\")' WHERE id = %s",
+                           (city[3].id,))
     r = await client.get("/fleet/health.csv", params={"community": community}, headers=h)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/csv")
@@ -101,6 +104,10 @@ async def test_fleet_health_and_csv(client, city, as_role, dsn) -> None:
     expected[city[3].meter.id] = "low_battery;past_service_life"
     assert got == expected
     assert rows[0]["community"] == community and rows[0]["address"]
+    meter = next(x for x in rows if x["device_id"] == city[3].meter.id)
+    assert meter["address"] == "'=HYPERLINK(\"x\")"  # not a formula in a spreadsheet
+    assert dt.datetime.fromisoformat(meter["last_seen"]).tzinfo is not None
+    assert float(meter["battery_v"]) < 3.0
 
     r = await client.get(
         "/fleet/health.csv",
