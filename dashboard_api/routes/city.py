@@ -42,33 +42,36 @@ _PAST_LIFE = """d.installed_on < CASE d.kind WHEN 'meter' THEN %(meter_before)s:
 # 3 its meter's valve closed, 2 a device offline or never seen, 1 a device past its service
 # life; no row: ok. Each branch reads only what is flagged (devices past their life from
 # `devices` alone, offline or closed from `device_state`, never seen by an anti-join), so
-# the whole city is not joined device by device. {scope} narrows `d` (devices) to a set
-# of households; {alarm_scope} the alarms.
+# the whole city is not joined device by device. {scope} narrows `d` (devices) to a
+# community's households; the active gas alarms are few and all read.
 _FLAGGED = """
     WITH flagged AS (
-        SELECT d.household_id, 1 AS rank FROM devices d {scope}
-        WHERE d.status = 'active'
+        SELECT d.household_id, 1 AS rank FROM devices d
+        WHERE d.status = 'active' {scope}
           AND d.installed_on < CASE d.kind WHEN 'meter' THEN %(meter_before)s::date
                                            ELSE %(detector_before)s::date END
         UNION ALL
         SELECT d.household_id,
                CASE WHEN d.kind = 'meter' AND s.valve = 'closed' THEN 3 ELSE 2 END
-        FROM device_state s JOIN devices d ON d.id = s.device_id {scope}
-        WHERE d.status = 'active' AND (NOT s.online OR (d.kind = 'meter' AND s.valve = 'closed'))
+        FROM device_state s JOIN devices d ON d.id = s.device_id
+        WHERE d.status = 'active' {scope}
+          AND (NOT s.online OR (d.kind = 'meter' AND s.valve = 'closed'))
         UNION ALL
-        SELECT d.household_id, 2 FROM devices d {scope}
-        WHERE d.status = 'active'
+        SELECT d.household_id, 2 FROM devices d
+        WHERE d.status = 'active' {scope}
           AND NOT EXISTS (SELECT 1 FROM device_state s WHERE s.device_id = d.id)
         UNION ALL
-        SELECT a.household_id, 4 FROM alarms a {alarm_scope}
+        SELECT a.household_id, 4 FROM alarms a
         WHERE a.cleared_at IS NULL AND a.kind = ANY(%(gas)s)
     ), ranked AS (
         SELECT household_id, max(rank) AS rank FROM flagged GROUP BY household_id
     )"""
 _STATE_OF = """CASE x.rank WHEN 4 THEN 'leak' WHEN 3 THEN 'valve_cut' WHEN 2 THEN 'offline'
                   WHEN 1 THEN 'past_life' ELSE 'ok' END"""
-_COMMUNITY_SCOPE = "JOIN households hs ON hs.id = d.household_id AND hs.community = %(c)s"
-_COMMUNITY_ALARMS = "JOIN households hs ON hs.id = a.household_id AND hs.community = %(c)s"
+# the devices of one community, found through devices_household_idx
+_COMMUNITY_SCOPE = (
+    "AND d.household_id = ANY(ARRAY(SELECT id FROM households WHERE community = %(c)s))"
+)
 
 _STATES = ("leak", "valve_cut", "offline", "past_life", "ok")
 _RANKS = {
@@ -146,7 +149,7 @@ async def city(conn: Conn, _: Viewer, state: State, community: LabelQuery = None
     params = _params(state, health_limits(state.settings))
     buildings: list[dict[str, Any]] = []
     if community is None:
-        sql = _FLAGGED.format(scope="", alarm_scope="")
+        sql = _FLAGGED.format(scope="")
 
         async def read() -> list[dict[str, Any]]:
             cur = await conn.execute(
@@ -192,7 +195,7 @@ async def city(conn: Conn, _: Viewer, state: State, community: LabelQuery = None
 
 
 async def _buildings(conn: Any, params: dict[str, Any], community: str) -> list[dict[str, Any]]:
-    sql = _FLAGGED.format(scope=_COMMUNITY_SCOPE, alarm_scope=_COMMUNITY_ALARMS)
+    sql = _FLAGGED.format(scope=_COMMUNITY_SCOPE)
     rows = await (
         await conn.execute(
             f"{sql} SELECT h.id, h.building, h.unit, {_STATE_OF} AS state"
@@ -228,11 +231,11 @@ async def _buildings(conn: Any, params: dict[str, Any], community: str) -> list[
 _HEALTH = f"""
     WITH bad AS (
         SELECT d.household_id, d.kind, s.last_seen IS NULL AS never
-        FROM device_state s JOIN devices d ON d.id = s.device_id {{scope}}
-        WHERE d.status = 'active' AND (NOT s.online OR s.last_seen IS NULL)
+        FROM device_state s JOIN devices d ON d.id = s.device_id
+        WHERE d.status = 'active' {{scope}} AND (NOT s.online OR s.last_seen IS NULL)
         UNION ALL
-        SELECT d.household_id, d.kind, true FROM devices d {{scope}}
-        WHERE d.status = 'active'
+        SELECT d.household_id, d.kind, true FROM devices d
+        WHERE d.status = 'active' {{scope}}
           AND NOT EXISTS (SELECT 1 FROM device_state s WHERE s.device_id = d.id)
     ), unprotected AS (
         SELECT b.household_id FROM bad b
@@ -245,12 +248,12 @@ _HEALTH = f"""
         WHERE {{hcond}} NOT EXISTS (SELECT 1 FROM devices d WHERE d.household_id = h.id
                                     AND d.kind = 'detector' AND d.status = 'active')
     ), worn AS (
-        SELECT d.household_id, d.kind, false AS low FROM devices d {{scope}}
-        WHERE d.status = 'active' AND {_PAST_LIFE}
+        SELECT d.household_id, d.kind, false AS low FROM devices d
+        WHERE d.status = 'active' {{scope}} AND {_PAST_LIFE}
         UNION ALL
         SELECT d.household_id, d.kind, true
-        FROM device_state s JOIN devices d ON d.id = s.device_id {{scope}}
-        WHERE d.status = 'active' AND d.kind = 'meter' AND s.batt_v < %(low)s
+        FROM device_state s JOIN devices d ON d.id = s.device_id
+        WHERE d.status = 'active' {{scope}} AND d.kind = 'meter' AND s.batt_v < %(low)s
     )
     SELECT c.community, c.households,
            coalesce(o.offline_households, 0) AS offline_households,
