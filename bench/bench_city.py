@@ -32,12 +32,12 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_api import measure, serve  # noqa: E402
+from bench_api import measure, serve
 
-from dashboard_api.routes.city import KEEP_S  # noqa: E402
-from dashboard_api.users import create_user  # noqa: E402
-from gateway.ops.provision import generate_city, provision  # noqa: E402
-from gateway.ops.stack import Stack, free_port  # noqa: E402
+from dashboard_api.routes.city import KEEP_S
+from dashboard_api.users import create_user
+from gateway.ops.provision import generate_city, provision
+from gateway.ops.stack import Stack, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PASSWORD = "bench password 1234"
@@ -146,8 +146,9 @@ def main() -> int:
         paths = {
             "GET /city, computed": "/city",
             "GET /city, shared answer": ["/city"],
-            "GET /city?community=": [f"/city?community={c}" for c in
-                                     rnd.sample(data["communities"], min(20, len(data["communities"])))],
+            "GET /city?community=": [
+                f"/city?community={c}"
+                for c in rnd.sample(data["communities"], min(20, len(data["communities"])))],
             "GET /fleet/health, computed": "/fleet/health",
             "GET /fleet/health, shared answer": ["/fleet/health"],
             "GET /fleet/health.csv (all issues)": ["/fleet/health.csv"],
@@ -159,7 +160,8 @@ def main() -> int:
                                                      "password": PASSWORD}).json()
             client.headers["Authorization"] = f"Bearer {token['access_token']}"
             for name, ps in paths.items():
-                m = computed(client, ps) if isinstance(ps, str) else measure(client, ps, args.requests)
+                m = (computed(client, ps) if isinstance(ps, str)
+                     else measure(client, ps, args.requests))
                 ok = m["p99_ms"] < BOUNDS_MS[name]
                 rows.append({"figure": name, **m, "limit_p99_ms": BOUNDS_MS[name], "ok": ok})
                 print(f"  {name:36s} p50 {m['p50_ms']:8.1f} ms  p99 {m['p99_ms']:8.1f} ms"
