@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import httpx
 import pytest
@@ -32,7 +33,9 @@ LEFTOVERS = """() => {
     }
   }
   for (const i of document.querySelectorAll("input[placeholder]")) {
-    if (i.checkVisibility() && /[A-Za-z]{2,}/.test(i.placeholder)) out.push("placeholder " + i.placeholder);
+    if (i.checkVisibility() && /[A-Za-z]{2,}/.test(i.placeholder)) {
+      out.push("placeholder " + i.placeholder);
+    }
   }
   return out;
 }"""
@@ -51,7 +54,8 @@ async def test_city_click_through_to_household(api, users, city, dsn, raise_alar
     await shot(page, "city")
     await page.click(tile)
     for house, state in zip(city, ["leak", "valve_cut", "offline", "past_life"], strict=True):
-        await page.wait_for_selector(f'#city .cell[data-household="{house.id}"][data-state="{state}"]')
+        cell = f'#city .cell[data-household="{house.id}"][data-state="{state}"]'
+        await page.wait_for_selector(cell)
     await shot(page, "city-community")
     await page.click(f'#city .cell[data-household="{city[1].id}"]')
     await page.wait_for_selector("#household .hh-address")
@@ -74,7 +78,7 @@ async def test_fleet_csv_downloads_the_devices_to_replace(api, users, city, dsn,
         await page.click(f"{mine} button.csv")
     download = await info.value
     assert download.suggested_filename.startswith(f"fleet-health-{city[0].community}")
-    text = open(await download.path(), encoding="utf-8").read()
+    text = Path(await download.path()).read_text(encoding="utf-8")
     rows = {r["device_id"]: r["issues"] for r in csv.DictReader(io.StringIO(text))}
     expected = {d.id: "offline" for d in city[2].detectors}
     expected[city[3].meter.id] = "low_battery;past_service_life"
@@ -83,7 +87,7 @@ async def test_fleet_csv_downloads_the_devices_to_replace(api, users, city, dsn,
     await page.select_option("#fleet-issue", "past_service_life")
     async with page.expect_download() as info:
         await page.click(f"{mine} button.csv")
-    text = open(await (await info.value).path(), encoding="utf-8").read()
+    text = Path(await (await info.value).path()).read_text(encoding="utf-8")
     assert [r["device_id"] for r in csv.DictReader(io.StringIO(text))] == [city[3].meter.id]
 
 
