@@ -144,7 +144,12 @@ def _counts(row: dict[str, Any]) -> dict[str, int]:
     return {s: int(row[s]) for s in _STATES}
 
 
-@router.get("/city", response_model=City, summary="Communities, buildings and households by state")
+@router.get(
+    "/city",
+    response_model=City,
+    responses={404: {"description": "The named community has no household"}},
+    summary="Communities, buildings and households by state",
+)
 async def city(conn: Conn, _: Viewer, state: State, community: LabelQuery = None) -> dict[str, Any]:
     params = _params(state, health_limits(state.settings))
     buildings: list[dict[str, Any]] = []
