@@ -1,13 +1,14 @@
 """The household page in a real browser: a viewer sees the owner's phone masked and no valve
 or other action buttons; an operator closes the valve from the page and the command appears
-in its history; an engineer's reopen is refused with the interlock's reason; the charts
-draw a day of readings."""
+in its history; an engineer's reopen is refused with the interlock's reason; a supervisor
+confirms a reopen held for a second person; the charts draw a day of readings."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 from console_pages import sign_in
 from household_data import fill
@@ -85,3 +86,42 @@ async def test_board_address_leads_to_household(api, users, city, dsn, raise_ala
     await page.click(f'tr[data-household="{city[0].id}"] a.hh-link')
     await page.wait_for_selector("#household .hh-address")
     assert await page.inner_text("#household .hh-address") == city[0].address
+
+
+async def test_supervisor_confirms_a_held_reopen(api, users, as_role, city, dsn, new_page,
+                                                 shot) -> None:
+    """The engineer who resolved the cut's order asks for the gas back: the request waits for
+    a supervisor, who confirms it from the household page; valve_open is then a command."""
+    await fill(dsn, city)
+    house, meter = city[0], city[0].meter.id
+    async with httpx.AsyncClient(base_url=api.base_url, timeout=20) as c:
+        r = await c.post(f"/valves/{meter}/close", json={"reason": "smell in the stairwell"},
+                         headers=as_role["operator"])
+        assert r.status_code == 202, r.text
+        wo = r.json()["work_order_id"]
+
+        async def version() -> int:
+            got = await c.get(f"/work-orders/{wo}", headers=as_role["viewer"])
+            return int(got.json()["version"])
+
+        steps = [("operator", "assign", {"engineer": users["engineer"]}),
+                 ("engineer", "on-site", {}),
+                 ("engineer", "resolve", {"findings": "hose clamp replaced, no gas"})]
+        for role, step, body in steps:
+            r = await c.post(f"/work-orders/{wo}/{step}", headers=as_role[role],
+                             json={**body, "expected_version": await version()})
+            assert r.status_code < 300, r.text
+        r = await c.post(f"/valves/{meter}/reopen", json={"reason": "repaired"},
+                         headers=as_role["engineer"])
+        assert r.status_code == 202 and r.json()["request"], r.text
+
+    page = await new_page()
+    await sign_in(page, api.base_url, users["admin"])
+    await page.goto(f"{api.base_url}/#household/{house.id}")
+    await page.wait_for_selector("#household [data-request] button.reopen-confirm")
+    await page.fill("#household .valve-form input", "checked the findings by phone")
+    await page.click("#household [data-request] button.reopen-confirm")
+    await page.wait_for_selector('#household tr[data-action="valve_open"]')
+    assert "Confirmed" in await page.inner_text("#hh-valve-note")
+    assert await page.locator("#household [data-request]").count() == 0
+    await shot(page, "household-reopen-confirmed")

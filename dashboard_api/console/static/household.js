@@ -105,13 +105,13 @@ function renderValve(meter, requests) {
   const reason = el("input", { name: "reason", maxLength: 2000, placeholder: t("hh.reason") });
   const error = el("p", { class: "error", id: "hh-valve-error", role: "alert" });
   const note = el("p", { class: "note", id: "hh-valve-note" });
-  const send = async (action) => {
+  const send = async (action, what = action) => {
     error.textContent = ""; note.textContent = "";
     if (!reason.value.trim()) { error.textContent = t("hh.reason_needed"); return; }
     const r = await api(`/valves/${encodeURIComponent(meter.id)}/${action}`, { method: "POST", json: { reason: reason.value.trim() } });
     if (!r.ok) { error.replaceChildren(t("hh.refused"), " ", dv(await problemText(r))); return; }
     const body = await r.json();
-    note.replaceChildren(t(body.request ? "reopen.pending" : "hh.sent." + action), " ", dv(body.note));
+    note.replaceChildren(t(body.request ? "reopen.pending" : "hh.sent." + what), " ", dv(body.note));
     reason.value = "";
     await load(current);
     parts.valve.querySelector("#hh-valve-note").replaceChildren(...note.childNodes);
@@ -123,8 +123,11 @@ function renderValve(meter, requests) {
   if (session.may("engineer")) {
     buttons.push(el("button", { type: "button", class: "valve-reopen", onclick: () => send("reopen") }, t("hh.reopen")));
   }
+  // a supervisor (admin, not the order's resolver: the API checks) confirms a held reopen
   const pending = requests.filter((q) => q.status === "pending").map((q) => el("li", { "data-request": q.id },
-    t("hh.pending_by"), " ", dv(q.requested_by), " · ", when(q.requested_at), " · ", dv(q.reason)));
+    t("hh.pending_by"), " ", dv(q.requested_by), " · ", when(q.requested_at), " · ", dv(q.reason),
+    session.may("admin") ? el("button", { type: "button", class: "reopen-confirm",
+      onclick: () => send(`reopen-requests/${q.id}/confirm`, "confirm") }, t("hh.confirm")) : ""));
   parts.valve.replaceChildren(status,
     el("p", { class: "muted" }, t("hh.meter"), " ", dv(meter.id)),
     ...(buttons.length ? [el("div", { class: "valve-form" }, reason, ...buttons)] : []),
@@ -264,7 +267,8 @@ addStrings({
     "hh.valve.open": "开启", "hh.valve.closed": "关闭", "hh.valve.fault": "故障",
     "hh.no_meter": "该户没有燃气表", "hh.meter": "燃气表", "hh.reason": "原因（必填）", "hh.reason_needed": "请填写原因",
     "hh.close": "关阀", "hh.reopen": "申请开阀", "hh.refused": "被拒绝：",
-    "hh.sent.close": "关阀指令已发出。", "hh.sent.reopen": "开阀指令已发出，需住户在现场按下阀门按钮。",
+    "hh.sent.close": "关阀指令已发出。", "hh.sent.confirm": "已确认，开阀指令已发出，需住户在现场按下阀门按钮。",
+    "hh.confirm": "确认开阀", "hh.sent.reopen": "开阀指令已发出，需住户在现场按下阀门按钮。",
     "hh.pending": "等待主管确认的开阀申请：", "hh.pending_by": "申请人",
     "hh.devices": "设备", "hh.col.device": "设备", "hh.col.kind": "类型", "hh.col.model": "型号", "hh.col.health": "在线",
     "hh.col.last_seen": "最后上报", "hh.col.reading": "最新读数", "hh.col.battery": "电池", "hh.col.life": "使用寿命至",
@@ -297,7 +301,8 @@ addStrings({
     "hh.valve.open": "open", "hh.valve.closed": "closed", "hh.valve.fault": "fault",
     "hh.no_meter": "This household has no meter", "hh.meter": "Meter", "hh.reason": "Reason (required)",
     "hh.reason_needed": "Give a reason", "hh.close": "Close valve", "hh.reopen": "Request reopen", "hh.refused": "Refused:",
-    "hh.sent.close": "Close command sent.", "hh.sent.reopen": "Reopen command sent; the resident presses the valve button on site.",
+    "hh.sent.close": "Close command sent.", "hh.sent.confirm": "Confirmed: reopen command sent; the resident presses the valve button on site.",
+    "hh.confirm": "Confirm reopen", "hh.sent.reopen": "Reopen command sent; the resident presses the valve button on site.",
     "hh.pending": "Reopen requests waiting for a supervisor:", "hh.pending_by": "Requested by",
     "hh.devices": "Devices", "hh.col.device": "Device", "hh.col.kind": "Kind", "hh.col.model": "Model", "hh.col.health": "Online",
     "hh.col.last_seen": "Last seen", "hh.col.reading": "Last reading", "hh.col.battery": "Battery", "hh.col.life": "Service life until",
