@@ -36,6 +36,7 @@ from dashboard_api.routes import (
     audit,
     auth,
     board,
+    city,
     contacts,
     devices,
     events,
@@ -217,6 +218,7 @@ def create_app(
         assignment,
         refresh,
         resident,
+        city,
         console,
     ):
         app.include_router(module.router)

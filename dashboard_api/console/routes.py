@@ -44,7 +44,10 @@ _HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
-FileName = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_-]{1,64}\.(js|css|svg|png)$")]
+# dots inside a name (uPlot.iife.min.js), never first: no "..", no slash, no hidden file
+FileName = Annotated[
+    str, PathParam(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\.(js|css|svg|png)$")
+]
 
 
 def _page(name: str, state: State) -> HTMLResponse:

@@ -10,7 +10,7 @@ import psycopg
 from fastapi import APIRouter, status
 
 from dashboard_api import pagination
-from dashboard_api.deps import Admin, Conn, State, Viewer
+from dashboard_api.deps import Admin, Conn, Operator, State, Viewer
 from dashboard_api.errors import Conflict, Invalid, NotFound
 from dashboard_api.identity import Principal, Role
 from dashboard_api.params import Cursor, LabelQuery, Limit, ident
@@ -24,7 +24,13 @@ from dashboard_api.queries import (
     record,
     where,
 )
-from dashboard_api.schemas import HouseholdCreate, HouseholdDetail, HouseholdPublic, Page
+from dashboard_api.schemas import (
+    AuditEntry,
+    HouseholdCreate,
+    HouseholdDetail,
+    HouseholdPublic,
+    Page,
+)
 
 router = APIRouter(prefix="/households", tags=["fleet"])
 
@@ -104,6 +110,54 @@ async def get_household(
         **counts,
         "device_list": [device_view(d, today, limits) for d in devices],
     }
+
+
+# Entries about the household, its devices, alarms and orders (audit_log_entity_idx), and
+# those naming it in their details (audit_log_household_idx, migration 0010).
+_AUDIT = """
+    SELECT id, at, actor, action, entity, entity_id, details FROM audit_log
+    WHERE id IN (
+        SELECT id FROM audit_log WHERE entity = 'household' AND entity_id = %(h)s
+        UNION ALL
+        SELECT a.id FROM audit_log a JOIN devices d
+            ON a.entity = 'device' AND a.entity_id = d.id WHERE d.household_id = %(h)s
+        UNION ALL
+        SELECT a.id FROM audit_log a JOIN alarms x
+            ON a.entity = 'alarm' AND a.entity_id = x.id::text WHERE x.household_id = %(h)s
+        UNION ALL
+        SELECT a.id FROM audit_log a JOIN work_orders w
+            ON a.entity = 'work_order' AND a.entity_id = w.id::text WHERE w.household_id = %(h)s
+        UNION ALL
+        SELECT id FROM audit_log
+        WHERE coalesce(details->>'household_id', details->>'household') = %(h)s
+          AND (details ? 'household_id' OR details ? 'household'))
+    {older} ORDER BY at DESC, id DESC LIMIT %(n)s"""
+
+
+@router.get(
+    "/{household_id}/audit",
+    response_model=Page[AuditEntry],
+    summary="The household's audit trail, newest first (operator)",
+)
+async def household_audit(
+    household_id: HouseholdId,
+    conn: Conn,
+    _: Operator,
+    limit: Limit = pagination.DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    found = await (
+        await conn.execute("SELECT 1 FROM households WHERE id = %s", (household_id,))
+    ).fetchone()
+    if found is None:
+        raise NotFound(f"no household {household_id}")
+    params: dict[str, Any] = {"h": household_id, "n": limit + 1}
+    older = pagination.older_than(cursor, "at", "id", params)
+    rows = await (
+        await conn.execute(_AUDIT.format(older="".join(" AND " + c for c in older)), params)
+    ).fetchall()
+    items, nxt = pagination.page(rows, limit, lambda r: (r["at"], r["id"]))
+    return {"items": items, "next_cursor": nxt}
 
 
 @router.post(

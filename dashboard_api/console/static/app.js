@@ -337,7 +337,7 @@ function buildAlarmRow(a) {
     "data-alarm": a.id, "data-household": a.household_id },
     el("td", { class: "sev" }, t("severity." + a.severity)),
     el("td", {}, t("kind." + a.kind) === "kind." + a.kind ? a.kind : t("kind." + a.kind)),
-    el("td", { class: "addr" }, a.address),
+    el("td", { class: "addr" }, householdLink(a.household_id, a.address)),
     el("td", {}, `${a.community} / ${a.building}`),
     el("td", { class: "num" }, a.value === null ? "—" : String(a.value)),
     el("td", { class: "since", "data-since": a.raised_at, title: fmtTime().format(new Date(a.raised_at)) }),
@@ -352,7 +352,7 @@ function incidentRow(inc, members) {
   const first = members[0];
   const households = el("ul", { class: "households" },
     ...members.map((m) => el("li", { "data-household": m.household_id, "data-alarm": m.id },
-      `${m.address} · ${m.value ?? ""} · `, valveCell(m).textContent, " · ",
+      householdLink(m.household_id, m.address), ` · ${m.value ?? ""} · `, valveCell(m).textContent, " · ",
       ...(session.may("operator") && !m.acknowledged_at
         ? [el("button", { type: "button", class: "ack", onclick: () => act("ack", m) }, t("action.ack"))] : []))));
   const tr = el("tr", { class: `incident sev-${first.severity}`, "data-incident": inc.id },
@@ -367,6 +367,11 @@ function incidentRow(inc, members) {
     el("td", { class: "actions" }));
   if (members.some((m) => flashing.has(m.id))) tr.classList.add("flash");
   return tr;
+}
+
+/** An address that leads to its household's page (#household/<id>). */
+function householdLink(id, text) {
+  return id ? el("a", { href: "#household/" + encodeURIComponent(id), class: "hh-link" }, text) : text;
 }
 
 function tick() {
@@ -455,7 +460,7 @@ function slaSpans(o) {
 function orderCard(o, buttons) {
   return el("div", { class: `card p-${o.priority}${o.overdue ? " overdue" : ""}`, "data-order": o.id },
     el("div", { class: "card-head" }, `#${o.id} · ${t("priority." + o.priority)} · ${t("kind." + o.cause) === "kind." + o.cause ? o.cause : t("kind." + o.cause)}`),
-    el("div", { class: "addr" }, o.address),
+    el("div", { class: "addr" }, householdLink(o.household_id, o.address)),
     el("div", { class: "muted" }, `${o.community} / ${o.building}`),
     el("div", { class: "status", "data-status": o.status }, t("order." + o.status)),
     el("div", {}, ...slaSpans(o)),

@@ -2,3 +2,7 @@
 // registers itself with registerView() (shell.js) when imported here.
 import "./reopens.js";
 import "./upgrades.js";
+import "./household.js";
+import "./city.js";
+import "./fleet.js";
+import "./admin.js";
