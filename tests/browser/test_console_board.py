@@ -85,6 +85,8 @@ async def test_riser_incident_is_one_row(api, users, city, dsn, new_page, shot) 
     inc, _ = await _riser(dsn, houses, f"{houses[0].id}-riser", houses[0].community)
     row = f'tr[data-incident="{inc}"]'
     await page.wait_for_selector(row)
+    # the three alarms arrive as three events: the row fills as each is read
+    await page.locator(f"{row} li[data-household]").nth(2).wait_for()
     assert await page.locator(f"{row} li[data-household]").count() == 3
     for h in houses:  # none of them has a row of its own
         assert await page.locator(f'tr[data-household="{h.id}"]').count() == 0
