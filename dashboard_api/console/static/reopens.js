@@ -92,7 +92,7 @@ async function load() {
         onclick: () => open(q) }, t("reopens.confirm")));
     }
     return el("tr", { "data-request": String(q.id), "data-status": q.status },
-      el("td", {}, el("a", { href: "#household/" + q.household_id }, `${q.address} ${q.unit}`),
+      el("td", {}, el("a", { href: "#household/" + q.household_id }, q.address),
         el("div", { class: "muted" }, `${q.community} / ${q.building}`)),
       el("td", {}, q.meter_id),
       el("td", {}, "#" + q.work_order_id, el("div", { class: "muted" }, t("reopens.resolved_by", { who: q.resolved_by }))),
