@@ -256,6 +256,43 @@ class ClockSettings(BaseModel):
         return lambda: s0 + max(0.0, wall() - w0) * speed
 
 
+class ClusterSettings(BaseModel):
+    """A partition worker (`gas-safety worker`, docs/cluster.md): the NATS JetStream cluster
+    it consumes `gas.in.<partition>` from, and how it takes its share of the partitions."""
+
+    model_config = _STRICT
+
+    # the log's nodes, comma-separated; the client moves to another when one dies
+    nats_servers: str = "nats://127.0.0.1:4222"
+    # this worker's name in the database's lease table view (application_name) and logs;
+    # empty: "worker-<host>-<pid>"
+    worker_name: str = Field(default="", max_length=48, pattern=r"^[A-Za-z0-9_.-]*$")
+    # how often the leases are checked and free partitions looked for (takeover is within
+    # about this plus a partition's rebuild)
+    lease_poll_s: float = Field(default=0.5, ge=0.1, le=2.0)
+    # the most partitions one worker owns; 0: an even share, ceil(partitions / workers alive)
+    max_partitions: int = Field(default=0, ge=0, le=4096)
+    # messages taken from one partition's consumer at once
+    fetch_batch: int = Field(default=512, ge=1, le=10_000)
+    # JetStream redelivers a message not acknowledged this long after delivery
+    ack_wait_s: float = Field(default=30.0, ge=2.0, le=600.0)
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.nats_servers.split(",") if u.strip()]
+
+    @field_validator("nats_servers")
+    @classmethod
+    def _urls(cls, v: str) -> str:
+        urls = [u.strip() for u in v.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("names no server")
+        for u in urls:
+            if not u.startswith(("nats://", "tls://")):
+                raise ValueError(f"{u!r} is not a nats:// or tls:// URL")
+        return v
+
+
 class ApiSettings(BaseModel):
     model_config = _STRICT
 
@@ -320,6 +357,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     priority: PrioritySettings = PrioritySettings()
     clock: ClockSettings = ClockSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,6 +1,6 @@
 """Private three-node clusters of the candidate log engines, on free ports under one folder.
 
-NATS JetStream (Debian's nats-server) and RabbitMQ with quorum queues (Debian's
+NATS JetStream (gateway/ops/nats_cluster.py) and RabbitMQ with quorum queues (Debian's
 rabbitmq-server), each started as three nodes on 127.0.0.1 for the decision record in
 docs/decisions/log-engine.md. Nothing of the machine's own instances is used: RabbitMQ gets
 its own epmd port, cookie and data folders.
@@ -8,117 +8,23 @@ its own epmd port, cookie and data folders.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.ops.nats_cluster import NatsCluster, NatsNode, wait_ready
 from gateway.ops.stack import free_port
+
+__all__ = ["NatsCluster", "NatsNode", "RabbitCluster", "RabbitNode"]
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
 
 def _wait(check: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():  # type: ignore[operator]
-                return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} not ready within {timeout:.0f} s")
-
-
-@dataclass
-class NatsNode:
-    name: str
-    client_port: int
-    cluster_port: int
-    monitor_port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-
-@dataclass
-class NatsCluster:
-    home: Path
-    nodes: list[NatsNode] = field(default_factory=list)
-
-    @property
-    def urls(self) -> list[str]:
-        return [f"nats://127.0.0.1:{n.client_port}" for n in self.nodes]
-
-    def start(self, size: int = 3) -> NatsCluster:
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.nodes = [
-            NatsNode(f"n{i + 1}", free_port(), free_port(), free_port()) for i in range(size)
-        ]
-        for node in self.nodes:
-            self._launch(node)
-        _wait(self._meta_ready, 30, "NATS JetStream meta leader")
-        return self
-
-    def _launch(self, node: NatsNode) -> None:
-        routes = ", ".join(
-            f"nats://127.0.0.1:{o.cluster_port}" for o in self.nodes if o is not node
-        )
-        conf = self.home / f"{node.name}.conf"
-        conf.write_text(
-            f"server_name: {node.name}\nlisten: 127.0.0.1:{node.client_port}\n"
-            f"http: 127.0.0.1:{node.monitor_port}\n"
-            f"jetstream {{ store_dir: {self.home / node.name}, max_mem: 256MB, max_file: 4GB }}\n"
-            f"cluster {{ name: gs, listen: 127.0.0.1:{node.cluster_port}, routes: [{routes}] }}\n"
-        )
-        log = open(self.home / f"{node.name}.log", "ab")  # noqa: SIM115 - owned by the child
-        node.proc = subprocess.Popen(
-            ["nats-server", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
-        )
-
-    def _jsz(self, node: NatsNode) -> dict[str, object]:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{node.monitor_port}/jsz?streams=true&consumers=true", timeout=1
-        ) as r:
-            return json.loads(r.read())  # type: ignore[no-any-return]
-
-    def _meta_ready(self) -> bool:
-        doc = self._jsz(self.nodes[0])
-        meta = doc.get("meta_cluster") or {}
-        return bool(meta.get("leader")) if isinstance(meta, dict) else False
-
-    def stream_leader(self, stream: str) -> NatsNode:
-        for node in self.nodes:
-            if node.proc is None or node.proc.poll() is not None:
-                continue
-            doc = self._jsz(node)
-            for acc in doc.get("account_details", []) or []:  # type: ignore[union-attr]
-                for st in acc.get("stream_detail", []) or []:
-                    if st.get("name") == stream:
-                        leader = (st.get("cluster") or {}).get("leader")
-                        return next(n for n in self.nodes if n.name == leader)
-        raise LookupError(f"no leader for stream {stream}")
-
-    def kill(self, node: NatsNode) -> None:
-        if node.proc is not None:
-            node.proc.send_signal(signal.SIGKILL)
-            node.proc.wait()
-
-    def restart(self, node: NatsNode) -> None:
-        self._launch(node)
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.terminate()
-                try:
-                    node.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    node.proc.kill()
-        shutil.rmtree(self.home, ignore_errors=True)
+    wait_ready(check, timeout, what)  # type: ignore[arg-type]
 
 
 @dataclass
