@@ -9,10 +9,13 @@ on the MQTT path, and refuses a payload that names another device.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+from nats import errors as nats_errors
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -60,18 +63,18 @@ async def ensure_stream(js: JetStreamContext, replicas: int = 3) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Resume:
-    """Where a partition's consumer resumes for its new owner.
+    """Where a partition's consumer stands when a new owner takes it.
 
-    `from_seq`: the first stream sequence not acknowledged (every message after the last
-    committed one is delivered again, in order). `seen_to`: the last stream sequence any
-    earlier owner was delivered; messages up to it may have been judged and committed
-    already, so they are marked redelivered (stored idempotently)."""
+    `floor`: the last stream sequence acknowledged, i.e. committed. `delivered`: the last
+    one an earlier owner was given. Messages in (floor, delivered] may or may not have been
+    committed; the consumer would give them out again only after its ack wait and behind
+    newer ones, so the new owner reads them first itself (`read_backlog`)."""
 
-    from_seq: int
-    seen_to: int
+    floor: int
+    delivered: int
 
 
-def _config(partition: int, ack_wait_s: float, start_seq: int | None) -> ConsumerConfig:
+def _config(partition: int, ack_wait_s: float) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=consumer_name(partition),
         filter_subject=inbound_subject(partition),
@@ -80,30 +83,72 @@ def _config(partition: int, ack_wait_s: float, start_seq: int | None) -> Consume
         ack_wait=ack_wait_s,
         max_deliver=-1,
         max_ack_pending=100_000,
-        deliver_policy=DeliverPolicy.ALL if start_seq is None else DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=start_seq,
+        deliver_policy=DeliverPolicy.ALL,
     )
 
 
-async def take_consumer(js: JetStreamContext, partition: int, ack_wait_s: float) -> Resume:
-    """Make the partition's durable consumer start at its first unacknowledged message.
+async def ensure_consumers(js: JetStreamContext, partitions: int, ack_wait_s: float) -> int:
+    """Create the partitions' durable consumers that do not exist yet (in parallel: each is
+    a replicated group of its own, a few hundred ms to create). Returns how many."""
+    sem = asyncio.Semaphore(16)
 
-    A consumer an earlier owner left with messages delivered but not acknowledged would
-    give them out again only after its ack wait (30 s) and behind newer ones; so it is
-    re-created at the acknowledged floor: the backlog comes now and in order."""
-    name = consumer_name(partition)
+    async def one(p: int) -> int:
+        async with sem:
+            try:
+                await js.consumer_info(STREAM, consumer_name(p))
+                return 0
+            except NotFoundError:
+                await js.add_consumer(STREAM, _config(p, ack_wait_s))
+                return 1
+
+    return sum(await asyncio.gather(*(one(p) for p in range(partitions))))
+
+
+async def take_consumer(js: JetStreamContext, partition: int, ack_wait_s: float) -> Resume:
+    """The partition's consumer position (created when missing)."""
     try:
-        info = await js.consumer_info(STREAM, name)
+        info = await js.consumer_info(STREAM, consumer_name(partition))
     except NotFoundError:
-        await js.add_consumer(STREAM, _config(partition, ack_wait_s, None))
-        return Resume(from_seq=1, seen_to=0)
-    floor = int(info.ack_floor.stream_seq if info.ack_floor else 0)
-    delivered = int(info.delivered.stream_seq if info.delivered else 0)
-    if delivered <= floor and info.config.ack_wait == ack_wait_s:
-        return Resume(from_seq=floor + 1, seen_to=floor)
-    await js.delete_consumer(STREAM, name)
-    await js.add_consumer(STREAM, _config(partition, ack_wait_s, floor + 1))
-    return Resume(from_seq=floor + 1, seen_to=delivered)
+        await js.add_consumer(STREAM, _config(partition, ack_wait_s))
+        return Resume(0, 0)
+    floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+    delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
+    return Resume(floor, max(floor, delivered))
+
+
+async def read_backlog(
+    js: JetStreamContext, partition: int, resume: Resume, timeout_s: float = 2.0
+) -> list[Any]:
+    """The messages in (floor, delivered], in order, from a short-lived ephemeral consumer
+    that acknowledges nothing (the durable's AckAll of a later message covers them)."""
+    if resume.delivered <= resume.floor:
+        return []
+    sub = await js.pull_subscribe(
+        inbound_subject(partition),
+        stream=STREAM,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=resume.floor + 1,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=10.0,
+            mem_storage=True,
+        ),
+    )
+    out: list[Any] = []
+    try:
+        while not out or stream_seq(out[-1]) < resume.delivered:
+            want = min(1000, resume.delivered - (stream_seq(out[-1]) if out else resume.floor))
+            try:
+                msgs = await sub.fetch(max(1, want), timeout=timeout_s)
+            except nats_errors.TimeoutError:
+                break  # nothing more: the rest was removed from the stream
+            out.extend(m for m in msgs if stream_seq(m) <= resume.delivered)
+            if msgs and stream_seq(msgs[-1]) >= resume.delivered:
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return out
 
 
 def stream_seq(msg: Any) -> int:
@@ -114,7 +159,8 @@ def stream_seq(msg: Any) -> int:
 def to_message(msg: Any, seen_to: int) -> Message:
     """A log message as the pipeline reads a broker's PUBLISH: the topic from `Gas-Topic`
     (empty when missing: the router refuses it), QoS 1 with the stream sequence as the
-    packet id (acknowledged after COMMIT), DUP when it may have been judged before."""
+    packet id (acknowledged after COMMIT), DUP when it may have been judged before (given
+    out before, or up to `seen_to`, the last sequence an earlier owner was given)."""
     md = msg.metadata
     seq = int(md.sequence.stream)
     headers = msg.headers or {}

@@ -125,7 +125,8 @@ class WorkerService:
             if taken:
                 await self._take(taken)
         elif len(held) > target and not free:
-            await self._give_up(max(held))
+            extra = sorted(held)[target:]
+            await asyncio.gather(*(self._give_up(p) for p in extra))
 
     async def _take(self, taken: list[int]) -> None:
         """Rebuild each taken partition from the database, then start judging its log."""
@@ -151,12 +152,12 @@ class WorkerService:
                 logger.warning("partition %d not taken (%s); released", p, err)
                 await self.leases.release(p)
                 continue
-            part.seen_to = resume.seen_to
+            part.seen_to = resume.delivered
             part.gw.publish = self._publish
             part.gw.submit = functools.partial(self._submit, part)
             self.owned[p] = part
             self.taken_at[p] = time.time()
-            self.tasks[p] = asyncio.create_task(self._consume(part))
+            self.tasks[p] = asyncio.create_task(self._consume(part, resume))
             logger.info(
                 "partition %d taken buildings=%d devices=%d open_alarms=%d open_commands=%d"
                 " resume_from=%d",
@@ -165,7 +166,7 @@ class WorkerService:
                 len(part.gw.registry),
                 len(loaded.alarms),
                 kept,
-                resume.from_seq,
+                resume.floor + 1,
             )
         self.metrics.devices.set(sum(len(x.gw.registry) for x in self.owned.values()))
         logger.info(
@@ -211,9 +212,19 @@ class WorkerService:
         logger.info("partition %d given up for balance; owning %d", p, len(self.owned))
 
     # ------------------------------------------------------------------ the log
-    async def _consume(self, part: Partition) -> None:
+    async def _consume(self, part: Partition, resume: jetstream.Resume) -> None:
         assert self.js is not None
         s = self.settings.cluster
+        # what an earlier owner was given but did not acknowledge: first, in order
+        backlog = await jetstream.read_backlog(self.js, part.number, resume)
+        if backlog and not part.stopped:
+            logger.info(
+                "partition %d: %d message(s) given to its last owner and not acknowledged, "
+                "judged first (stored idempotently)",
+                part.number,
+                len(backlog),
+            )
+            self._judge(part, backlog, track=False)
         sub = await self.js.pull_subscribe_bind(durable=consumer_name(part.number), stream=STREAM)
         try:
             while not part.stopped:
@@ -232,11 +243,14 @@ class WorkerService:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    def _judge(self, part: Partition, msgs: list[Any]) -> None:
+    def _judge(self, part: Partition, msgs: list[Any], track: bool = True) -> None:
+        """Judge a batch of the partition's log and hand it to the writer; `track`: its
+        last message is acknowledged once committed."""
         messages = []
         for m in msgs:
             message = jetstream.to_message(m, part.seen_to)
-            self.unacked[message.packet_id] = (part, m)
+            if track:
+                self.unacked[message.packet_id] = (part, m)
             messages.append(message)
         part.received += len(messages)
         t0 = time.perf_counter()
@@ -358,6 +372,9 @@ class WorkerService:
         )
         self.js = self.nc.jetstream(timeout=5)
         await jetstream.ensure_stream(self.js)
+        made = await jetstream.ensure_consumers(self.js, self.partitions, s.cluster.ack_wait_s)
+        if made:
+            logger.info("created %d partition consumer(s)", made)
         tuning.tune_runtime()
         self.writer = Writer(s.db.dsn, self.ids, self._committed)  # no spool: the log keeps it
         self.writer.start(init=tuning.bulk_initializer(s.priority))
