@@ -15,7 +15,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from support import wait_row
 from cluster_kit import (
     LogSide,
     WorkerProcess,
@@ -25,6 +24,7 @@ from cluster_kit import (
     reading,
     wait_split,
 )
+from support import wait_row
 
 from gateway.core.partitions import PARTITIONS
 from gateway.ops.nats_cluster import NatsCluster
@@ -122,3 +122,117 @@ def _rejects(dsn: str, device_ids: list[str]) -> list[tuple[str, str]]:
             "SELECT device_id, reason FROM rejects WHERE device_id = ANY(%s)", (device_ids,)
         ).fetchall()
     return [(str(d), str(r)) for d, r in rows] if len(rows) >= 3 else []
+
+
+class Load:
+    """Readings from every device of `households` at about `rate` per second, written into
+    JetStream as the relay would; counts what was confirmed."""
+
+    def __init__(self, side: LogSide, households: list[Any], rate: float) -> None:
+        self.side = side
+        self.devices = [(part_of(h), d) for h in households for d in h.devices]
+        self.rate = rate
+        self.seq: dict[str, int] = {}
+        self.sent = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        tick = 0.1
+        per_tick = max(1, int(self.rate * tick))
+        i = 0
+        while not self.stopping.is_set():
+            t0 = time.monotonic()
+            items = []
+            for _ in range(per_tick):
+                p, d = self.devices[i % len(self.devices)]
+                i += 1
+                n = self.seq[d.id] = self.seq.get(d.id, 0) + 1
+                items.append((p, _topic(d.id), reading(d.kind, n)))
+            self.side.publish_many(items)
+            self.sent += len(items)
+            self.stopping.wait(max(0.0, tick - (time.monotonic() - t0)))
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+
+
+def _stored(dsn: str, ids: list[str]) -> tuple[int, int]:
+    """(rows, distinct readings) stored for these devices."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT (device_id, seq)) FROM ("
+            " SELECT device_id, seq FROM detector_readings WHERE device_id = ANY(%s)"
+            " UNION ALL SELECT device_id, seq FROM meter_readings WHERE device_id = ANY(%s)) r",
+            (ids, ids),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+@pytest.mark.faults
+def test_a_worker_killed_at_load_is_taken_over(fleet, workers, log, dsn) -> None:
+    _, side = log
+    city = fleet(60, seed=7)
+    a, b, c = workers("fo-a", "fo-b", "fo-c")
+    wait_split([a, b, c], PARTITIONS, 60)
+    victim = set(a.partitions())
+    leak_hh = next(h for h in city if part_of(h) in victim)
+    others = [h for h in city if h is not leak_hh]
+    ids = [d.id for h in others for d in h.devices]
+    before = len(side.commands)
+
+    with Load(side, others, rate=300) as load:
+        time.sleep(3.0)
+        t_kill = time.time()
+        a.kill()
+        # a leak in one of the dead worker's partitions, published during the failover
+        p = part_of(leak_hh)
+        side.publish(p, _topic(leak_hh.meter.id), reading("meter", 1, flow=0.3))
+        t_leak = side.publish(p, _topic(leak_hh.detectors[0].id), reading("detector", 1, ch4=45.0))
+
+        def survivors_own_all() -> float | None:
+            hb, hc = b.health(), c.health()
+            if not hb or not hc or len(set(hb["partitions"]) | set(hc["partitions"])) < PARTITIONS:
+                return None
+            return max(float(h["taken_at"].get(str(x), 0)) for h in (hb, hc) for x in victim)
+
+        t_taken = poll(survivors_own_all, 20, "the dead worker's partitions taken over")
+        t_cmd, cmd = poll(lambda: side.commands_for(leak_hh.meter.id), 20, "the leak cut")[0]
+        time.sleep(3.0)
+    sent = load.sent
+    poll(lambda: _stored(dsn, ids)[1] >= sent, 60, f"{sent} readings stored")
+    rows, stored = _stored(dsn, ids)
+    absorbed = sum(int(w.health()["duplicates_absorbed"]) for w in (b, c))
+    closes: dict[str, set[str]] = {}
+    for _, meter, payload in side.commands[before:]:
+        if payload.get("action") == "valve_close":
+            closes.setdefault(meter, set()).add(payload["cmd_id"])
+    twice = sum(len(v) - 1 for v in closes.values())
+    takeover_s = t_taken - t_kill
+    cut_s = t_cmd - max(t_leak, t_taken_partition(b, c, p))
+    print(
+        f"\n[worker kill -9] partitions taken over in {takeover_s:.2f} s (bound "
+        f"{TAKEOVER_BOUND_S:.0f} s); leak published {t_leak - t_kill:.2f} s after the kill, "
+        f"cut {t_cmd - t_leak:.2f} s after it, {cut_s:.2f} s after its partition's takeover "
+        f"(bound {CUT_BOUND_S:.0f} s)\n  sent={sent} stored={stored} lost={sent - stored} "
+        f"duplicate rows={rows - stored} duplicates absorbed={absorbed} "
+        f"commands={sum(len(v) for v in closes.values())} issued twice={twice}"
+    )
+    assert takeover_s <= TAKEOVER_BOUND_S
+    assert cut_s <= CUT_BOUND_S
+    assert stored == sent and rows == stored
+    assert twice == 0 and cmd["action"] == "valve_close"
+
+
+def t_taken_partition(b: WorkerProcess, c: WorkerProcess, p: int) -> float:
+    for w in (b, c):
+        h = w.health()
+        if h and str(p) in h["taken_at"]:
+            return float(h["taken_at"][str(p)])
+    raise AssertionError(f"partition {p} owned by no survivor")
