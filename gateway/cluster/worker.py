@@ -30,7 +30,7 @@ import psycopg
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from gateway.cluster import jetstream
+from gateway.cluster import beside, jetstream
 from gateway.cluster.leases import LeaseLost, Leases, share
 from gateway.cluster.partition import (
     BUILDINGS_SQL,
@@ -386,7 +386,20 @@ class WorkerService:
             _where(s.db.dsn),
             self.partitions,
         )
-        tasks = [asyncio.create_task(c) for c in (self._leases_loop(), self._sweeps())]
+        listener = beside.Listener(
+            s.db.dsn, self.owned, self.ids, self.partitions, self.stopping, self.clock
+        )
+        tasks = [
+            asyncio.create_task(c)
+            for c in (
+                self._leases_loop(),
+                self._sweeps(),
+                listener.run(),
+                beside.write_device_state(
+                    self.owned, self.ids, s.db.dsn, s.db.state_interval_s, self.stopping
+                ),
+            )
+        ]
         # owners' calls: rows are claimed with SKIP LOCKED, so every worker may walk them
         tasks.append(asyncio.create_task(Notifier(s, self.stopping).run()))
         await self.stopping.wait()

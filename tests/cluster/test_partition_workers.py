@@ -116,6 +116,33 @@ def test_forged_messages_are_refused_as_on_the_mqtt_path(fleet, workers, log, ds
     poll(lambda: side.commands_for(victim.meter.id), 5, "the genuine leak cut")
 
 
+def test_operator_commands_and_device_state_reach_the_owner(fleet, workers, log, dsn) -> None:
+    """An operator's command (a row the API inserts, then NOTIFY) goes out from the worker
+    owning the meter's partition, once; the owned devices' latest values reach device_state."""
+    _, side = log
+    city = fleet(8, seed=11)
+    a, b = workers("op-a", "op-b")
+    wait_split([a, b], PARTITIONS, 30)
+    hh = city[0]
+    side.publish(part_of(hh), _topic(hh.meter.id), reading("meter", 1, flow=0.25))
+    wait_row(dsn, "SELECT last_seq FROM device_state WHERE device_id = %s", (hh.meter.id,),
+             cond=lambda r: r and r[0][0] == 1, what="the meter's latest values")
+    cmd_id = f"op-test-{hh.meter.id}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO valve_commands (cmd_id, meter_id, household_id, action, reason,"
+            " state, requested_by, issued_at) VALUES (%s, %s, %s, 'valve_open', 'test',"
+            " 'issued', 'tester', now())",
+            (cmd_id, hh.meter.id, hh.id),
+        )
+        conn.execute("NOTIFY gas_commands")
+    got = poll(lambda: [c for _, c in side.commands_for(hh.meter.id) if c["cmd_id"] == cmd_id],
+               5, "the operator's command on gas.cmd")
+    time.sleep(0.5)
+    assert len([c for _, c in side.commands_for(hh.meter.id) if c["cmd_id"] == cmd_id]) == 1
+    assert got[0]["action"] == "valve_open"
+
+
 def _rejects(dsn: str, device_ids: list[str]) -> list[tuple[str, str]]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
