@@ -46,7 +46,7 @@ from gateway.service import tuning
 from gateway.service.app import StartupError, _where, new_command_id
 from gateway.service.notifier import Notifier
 from gateway.settings import Settings
-from gateway.storage.rows import Batch
+from gateway.storage.rows import Batch, merge_batches
 from gateway.storage.writer import Writer
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,9 @@ class WorkerService:
         self.taken_at: dict[int, float] = {}  # partition -> wall time its rebuild finished
         self.commands_sent = 0
         self.server: Any = None
+        self._outgoing: list[Batch] = []  # partitions' batches not yet with the writer
+        self._outgoing_rows = 0
+        self._send_handle: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Future[None]] = set()  # acks and commands on the wire
 
     # ------------------------------------------------------------------ leases
@@ -203,6 +206,7 @@ class WorkerService:
         part = self._drop(p)
         if part is not None:
             part.gw.flush()
+            self._send()
             deadline = time.monotonic() + RELEASE_WAIT_S
             while any(pt is part for pt, _ in self.unacked.values()):
                 if time.monotonic() > deadline:
@@ -259,8 +263,27 @@ class WorkerService:
         self.metrics.handle_seconds.observe(time.perf_counter() - t0)
 
     def _submit(self, part: Partition, batch: Batch) -> None:
-        assert self.writer is not None
-        self.writer.submit(part.renumber(batch))
+        """A partition's closed batch joins the worker's next database batch: all owned
+        partitions' batches of `batch_max_s` go to the writer as one (one transaction per
+        worker, however thinly the load is spread over its partitions)."""
+        self._outgoing.append(part.renumber(batch))
+        self._outgoing_rows += batch.rows
+        if self._outgoing_rows >= self.settings.db.batch_rows:
+            self._send()
+        elif self._send_handle is None and self.loop is not None:
+            self._send_handle = self.loop.call_later(self.settings.db.batch_max_s, self._send)
+
+    def _send(self) -> None:
+        if self._send_handle is not None:
+            self._send_handle.cancel()
+            self._send_handle = None
+        batches, self._outgoing, self._outgoing_rows = self._outgoing, [], 0
+        if not batches or self.writer is None:
+            return
+        merged = batches[0] if len(batches) == 1 else merge_batches(batches)
+        if len(batches) > 1:
+            merged.packet_ids = [pid for b in batches for pid in b.packet_ids]
+        self.writer.submit(merged)
         self.metrics.buffer_rows.set(self.writer.pending_rows)
 
     def _committed(self, batch: Batch) -> None:  # writer thread
@@ -410,6 +433,7 @@ class WorkerService:
         for part in list(self.owned.values()):
             self._drop(part.number)
             part.gw.flush()
+        self._send()
         if self.writer is not None:
             await asyncio.to_thread(self.writer.stop)
         await asyncio.sleep(0.1)  # the last acks
