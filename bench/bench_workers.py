@@ -97,7 +97,11 @@ def run(k: int, stack: Any, nats_cluster: Any, city: list[Any], a: Any, seqs: di
 
     from gateway.core.partitions import PARTITIONS
 
-    ws = [WorkerProcess(stack, nats_cluster.servers, f"bench{k}-{i}").start() for i in range(k)]
+    ws = [WorkerProcess(stack, nats_cluster.servers, f"bench{k}-{i}") for i in range(k)]
+    for w in ws:
+        if a.linger is not None:
+            w.env["GAS_SAFETY_CLUSTER__FETCH_LINGER_S"] = str(a.linger)
+        w.start()
     try:
         wait_split(ws, PARTITIONS, 120)
         time.sleep(2.0)  # rebuilds done, garbage settled
@@ -121,6 +125,7 @@ def run(k: int, stack: Any, nats_cluster: Any, city: list[Any], a: Any, seqs: di
             h = w.health() or {}
             workers.append({"partitions": len(h.get("partitions", [])),
                             "devices": h.get("devices", 0),
+                            "state_mb": h.get("state_mb", 0),
                             "rss_mb": round(p.memory_info().rss / 2**20, 1)})
         return {"workers": k, "readings": len(items), "stored": got,
                 "publish_s": round(took, 2), "window_s": round(window, 2),
@@ -144,6 +149,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=2000.0, help="offered readings/s")
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--linger", type=float, default=None,
+                    help="the workers' cluster.fetch_linger_s (default: the setting's default)")
     a = ap.parse_args()
     if a.quick:
         a.households, a.readings, a.idle = 600, 12_000, 3.0
@@ -182,7 +189,8 @@ def main() -> int:
           f"{result['load_avg_at_start'][0]:.1f}")
     for k, r in runs.items():
         sizes = ", ".join(f"{w['partitions']} partitions/{w['devices']} devices "
-                          f"{w['rss_mb']} MB" for w in r["per_worker"])
+                          f"{w['rss_mb']} MB (state {w['state_mb']} MB)"
+                          for w in r["per_worker"])
         print(f"  {k} worker(s): {r['stored']}/{r['readings']} stored; CPU "
               f"{r['cpu_us_per_reading']} µs/reading ({r['load_cpu_us_per_reading']} without "
               f"idle work; idle {r['idle_cpu_s_per_s'] * 100:.1f} % of a core); RSS: {sizes}")

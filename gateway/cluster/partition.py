@@ -147,6 +147,16 @@ class Partition:
         self.to_worker = np.concatenate([self.to_worker, slots])
         return n
 
+    @property
+    def state_bytes(self) -> int:
+        """The partition's detection state and latest values: NumPy arrays, by bytes."""
+        return sum(
+            v.nbytes
+            for o in (self.gw.state, self.gw.latest, self.gw.registry)
+            for v in vars(o).values()
+            if isinstance(v, np.ndarray)
+        )
+
     def renumber(self, batch: Batch) -> Batch:
         """The batch's readings with worker-wide slots (for the writer)."""
         for r in (batch.detector, batch.meter):

@@ -232,6 +232,8 @@ class WorkerService:
         sub = await self.js.pull_subscribe_bind(durable=consumer_name(part.number), stream=STREAM)
         try:
             while not part.stopped:
+                if s.fetch_linger_s:
+                    await asyncio.sleep(s.fetch_linger_s)
                 try:
                     msgs = await sub.fetch(s.fetch_batch, timeout=1.0)
                 except nats.errors.TimeoutError:
@@ -264,14 +266,16 @@ class WorkerService:
 
     def _submit(self, part: Partition, batch: Batch) -> None:
         """A partition's closed batch joins the worker's next database batch: all owned
-        partitions' batches of `batch_max_s` go to the writer as one (one transaction per
-        worker, however thinly the load is spread over its partitions)."""
+        partitions' batches of `commit_every_s` go to the writer as one (one transaction
+        per worker and interval, however thinly the load is spread over its partitions)."""
         self._outgoing.append(part.renumber(batch))
         self._outgoing_rows += batch.rows
         if self._outgoing_rows >= self.settings.db.batch_rows:
             self._send()
         elif self._send_handle is None and self.loop is not None:
-            self._send_handle = self.loop.call_later(self.settings.db.batch_max_s, self._send)
+            self._send_handle = self.loop.call_later(
+                self.settings.cluster.commit_every_s, self._send
+            )
 
     def _send(self) -> None:
         if self._send_handle is not None:
@@ -368,6 +372,7 @@ class WorkerService:
             "unacked": len(self.unacked),
             "commands_sent": self.commands_sent,
             "devices": sum(len(p.gw.registry) for p in self.owned.values()),
+            "state_mb": round(sum(p.state_bytes for p in self.owned.values()) / 2**20, 2),
             "stored": self.metrics.value("gas_readings_stored_total"),
             "duplicates_absorbed": w.duplicates_absorbed if w is not None else 0,
         }
