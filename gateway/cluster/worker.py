@@ -80,6 +80,7 @@ class WorkerService:
         self.loader: psycopg.AsyncConnection[Any] | None = None
         self.taken_at: dict[int, float] = {}  # partition -> wall time its rebuild finished
         self.commands_sent = 0
+        self.backlog_judged = 0  # messages a dead owner was given, judged again on takeover
         self.server: Any = None
         self._outgoing: list[Batch] = []  # partitions' batches not yet with the writer
         self._outgoing_rows = 0
@@ -217,9 +218,22 @@ class WorkerService:
 
     # ------------------------------------------------------------------ the log
     async def _consume(self, part: Partition, resume: jetstream.Resume) -> None:
+        """Judge the partition's log until it is dropped; the log away: retried."""
         assert self.js is not None
-        s = self.settings.cluster
-        # what an earlier owner was given but did not acknowledge: first, in order
+        backlog_done = False
+        while not part.stopped:
+            try:
+                if not backlog_done:
+                    await self._backlog(part, resume)
+                    backlog_done = True
+                await self._pull(part)
+            except (nats.errors.Error, OSError) as err:
+                logger.warning("partition %d: log not reachable (%s); retrying", part.number, err)
+                await asyncio.sleep(0.5)
+
+    async def _backlog(self, part: Partition, resume: jetstream.Resume) -> None:
+        """What an earlier owner was given but did not acknowledge: first, in order."""
+        assert self.js is not None
         backlog = await jetstream.read_backlog(self.js, part.number, resume)
         if backlog and not part.stopped:
             logger.info(
@@ -228,7 +242,12 @@ class WorkerService:
                 part.number,
                 len(backlog),
             )
+            self.backlog_judged += len(backlog)
             self._judge(part, backlog, track=False)
+
+    async def _pull(self, part: Partition) -> None:
+        assert self.js is not None
+        s = self.settings.cluster
         sub = await self.js.pull_subscribe_bind(durable=consumer_name(part.number), stream=STREAM)
         try:
             while not part.stopped:
@@ -237,10 +256,6 @@ class WorkerService:
                 try:
                     msgs = await sub.fetch(s.fetch_batch, timeout=1.0)
                 except nats.errors.TimeoutError:
-                    continue
-                except nats.errors.Error as err:
-                    logger.debug("partition %d fetch: %s", part.number, err)
-                    await asyncio.sleep(0.2)
                     continue
                 if part.stopped:
                     return  # lease lost while waiting: not judged, not acknowledged
@@ -371,6 +386,7 @@ class WorkerService:
             "received": sum(p.received for p in self.owned.values()),
             "unacked": len(self.unacked),
             "commands_sent": self.commands_sent,
+            "backlog_judged": self.backlog_judged,
             "devices": sum(len(p.gw.registry) for p in self.owned.values()),
             "state_mb": round(sum(p.state_bytes for p in self.owned.values()) / 2**20, 2),
             "stored": self.metrics.value("gas_readings_stored_total"),
@@ -455,9 +471,6 @@ class WorkerService:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
-
-    def stop(self) -> None:
-        self.stopping.set()
 
 
 def main() -> int:

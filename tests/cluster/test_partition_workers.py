@@ -236,6 +236,7 @@ def test_a_worker_killed_at_load_is_taken_over(fleet, workers, log, dsn) -> None
     poll(lambda: _stored(dsn, ids)[1] >= sent, 60, f"{sent} readings stored")
     rows, stored = _stored(dsn, ids)
     absorbed = sum(int(w.health()["duplicates_absorbed"]) for w in (b, c))
+    backlog = sum(int(w.health()["backlog_judged"]) for w in (b, c))
     closes: dict[str, set[str]] = {}
     for _, meter, payload in side.commands[before:]:
         if payload.get("action") == "valve_close":
@@ -248,7 +249,8 @@ def test_a_worker_killed_at_load_is_taken_over(fleet, workers, log, dsn) -> None
         f"{TAKEOVER_BOUND_S:.0f} s); leak published {t_leak - t_kill:.2f} s after the kill, "
         f"cut {t_cmd - t_leak:.2f} s after it, {cut_s:.2f} s after its partition's takeover "
         f"(bound {CUT_BOUND_S:.0f} s)\n  sent={sent} stored={stored} lost={sent - stored} "
-        f"duplicate rows={rows - stored} duplicates absorbed={absorbed} "
+        f"duplicate rows={rows - stored} given to the dead worker and judged again={backlog} "
+        f"duplicates absorbed={absorbed} "
         f"commands={sum(len(v) for v in closes.values())} issued twice={twice}"
     )
     assert takeover_s <= TAKEOVER_BOUND_S
