@@ -206,9 +206,9 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from gateway.cluster import worker
+    from gateway.cluster import entry
 
-    return worker.main()
+    return entry.main()
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ import psycopg
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from gateway.cluster import beside, jetstream
+from gateway.cluster import beside, jetstream, log_link
 from gateway.cluster.leases import LeaseLost, Leases, share
 from gateway.cluster.partition import (
     BUILDINGS_SQL,
@@ -407,18 +407,15 @@ class WorkerService:
                     f"metrics endpoint {s.metrics_host}:{s.metrics_port}:"
                     f" {err.strerror or err} (set metrics_port to a free port, or 0)"
                 ) from None
-        self.nc = await nats.connect(
-            servers=s.cluster.servers,
-            name=self.name,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            connect_timeout=2,
-        )
+        self.nc = await log_link.connect(s.cluster.servers, self.name, self.stopping)
+        if self.nc is None:
+            return
         self.js = self.nc.jetstream(timeout=5)
-        await jetstream.ensure_stream(self.js)
-        made = await jetstream.ensure_consumers(self.js, self.partitions, s.cluster.ack_wait_s)
-        if made:
-            logger.info("created %d partition consumer(s)", made)
+        while not await self._prepare_log():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 1.0)
+            if self.stopping.is_set():
+                return
         tuning.tune_runtime()
         self.writer = Writer(s.db.dsn, self.ids, self._committed)  # no spool: the log keeps it
         self.writer.start(init=tuning.bulk_initializer(s.priority))
@@ -449,6 +446,22 @@ class WorkerService:
         await self.stopping.wait()
         await self._shutdown(tasks)
 
+    async def _prepare_log(self) -> bool:
+        """The stream and the partitions' consumers exist; False (logged) while the log's
+        cluster cannot create them yet (no JetStream leader)."""
+        assert self.js is not None
+        try:
+            await jetstream.ensure_stream(self.js)
+            made = await jetstream.ensure_consumers(
+                self.js, self.partitions, self.settings.cluster.ack_wait_s
+            )
+        except nats.errors.Error as err:
+            logger.warning("log not ready (%s); retrying", str(err) or type(err).__name__)
+            return False
+        if made:
+            logger.info("created %d partition consumer(s)", made)
+        return True
+
     async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         logger.info("stopping: committing and acknowledging, then releasing the leases")
         for part in list(self.owned.values()):
@@ -471,28 +484,3 @@ class WorkerService:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
-
-
-def main() -> int:
-    import sys
-
-    from gateway import settings as settings_mod
-
-    s = settings_mod.load()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    try:
-        asyncio.run(WorkerService(s).run())
-    except StartupError as err:
-        print(f"gas-safety worker: {err}", file=sys.stderr)
-        return 3
-    except (OSError, nats.errors.Error) as err:
-        print(
-            f"gas-safety worker: log {s.cluster.nats_servers} not reachable: {err}", file=sys.stderr
-        )
-        return 3
-    return 0

@@ -206,10 +206,12 @@ def _stored(dsn: str, ids: list[str]) -> tuple[int, int]:
 def test_a_worker_killed_at_load_is_taken_over(fleet, workers, log, dsn) -> None:
     _, side = log
     city = fleet(60, seed=7)
-    a, b, c = workers("fo-a", "fo-b", "fo-c")
-    wait_split([a, b, c], PARTITIONS, 60)
+    trio = workers("fo-a", "fo-b", "fo-c")
+    wait_split(trio, PARTITIONS, 60)
+    leak_hh = city[0]  # its partition's owner is killed
+    a = next(w for w in trio if part_of(leak_hh) in w.partitions())
+    b, c = (w for w in trio if w is not a)
     victim = set(a.partitions())
-    leak_hh = next(h for h in city if part_of(h) in victim)
     others = [h for h in city if h is not leak_hh]
     ids = [d.id for h in others for d in h.devices]
     before = len(side.commands)
