@@ -143,6 +143,28 @@ def test_operator_commands_and_device_state_reach_the_owner(fleet, workers, log,
     assert got[0]["action"] == "valve_open"
 
 
+def test_a_lost_lease_connection_stops_judging_at_once(fleet, workers, log, dsn) -> None:
+    """The database ends the worker's lease session: every lease goes with it, the worker
+    drops its partitions at once, then takes them again from the log and the database."""
+    _, side = log
+    city = fleet(6, seed=13)
+    (w,) = workers("lease-a")
+    wait_split([w], PARTITIONS, 30)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'lease-a'"
+        ).fetchall()
+    assert ended == [(True,)]
+    poll(lambda: "dropping partitions" in w.log_path.read_text(), 5, "the partitions dropped")
+    wait_split([w], PARTITIONS, 15)
+    hh = city[0]
+    p = part_of(hh)
+    side.publish(p, _topic(hh.meter.id), reading("meter", 1, flow=0.3))
+    side.publish(p, _topic(hh.detectors[0].id), reading("detector", 1, ch4=45.0))
+    poll(lambda: side.commands_for(hh.meter.id), 5, "the leak cut after the leases came back")
+
+
 def _rejects(dsn: str, device_ids: list[str]) -> list[tuple[str, str]]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
