@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -189,6 +190,7 @@ def main() -> int:
     finally:
         nats_cluster.stop()
         stack.down()
+        shutil.rmtree(home, ignore_errors=True)
     runs = {}
     for k in a.workers:
         mine = sorted((r for r in result["runs"] if r["workers"] == k),
