@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import gateway.pipeline.actions as actions  # noqa: E402
-from gateway.pipeline.gateway import Gateway  # noqa: E402
-from gateway.settings import Settings  # noqa: E402
-from gateway.storage.rows import Batch  # noqa: E402
-from gateway.storage.writer_process import frame  # noqa: E402
+import gateway.pipeline.actions as actions
+from gateway.pipeline.gateway import Gateway
+from gateway.settings import Settings
+from gateway.storage.rows import Batch
+from gateway.storage.writer_process import frame
 
 PART_LIMIT_MS = 5.0
 T0 = 1_800_000_000.0

@@ -180,6 +180,12 @@ def _gateway(args: argparse.Namespace) -> int:
     return app.main()
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from gateway.cluster import entry
+
+    return entry.main()
+
+
 def _status(args: argparse.Namespace) -> int:
     from gateway import settings
     from gateway.ops import status
@@ -278,6 +284,19 @@ def register(subparsers: Any) -> None:
     )
     add_service_options(gw)
     gw.set_defaults(func=_gateway)
+
+    wk = subparsers.add_parser(
+        "worker",
+        help="run a partition worker of a cluster (until SIGTERM or Ctrl-C)",
+        description="Run a partition worker: take a share of the 64 building partitions "
+        "(PostgreSQL advisory-lock leases), rebuild their state from the database, judge "
+        "their messages from NATS JetStream (gas.in.<partition>) with the gateway's pipeline, "
+        "acknowledge after COMMIT, send valve commands on gas.cmd.<meter id>. Settings: "
+        "[cluster] nats_servers, worker_name, lease_poll_s, max_partitions, fetch_batch, "
+        "ack_wait_s (docs/cluster.md); metrics and /healthz on metrics_host:metrics_port.",
+    )
+    add_service_options(wk)
+    wk.set_defaults(func=_worker)
     watch.register(subparsers)
     relay_command.register(subparsers)
 

@@ -39,6 +39,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.accounts import COMMANDS, service_password_from_key
+from gateway.cluster_settings import ClusterSettings
 from gateway.core.call_chain import ChainPolicy
 from gateway.core.thresholds import Thresholds
 from gateway.edge_settings import EdgeSettings
@@ -326,6 +327,7 @@ class Settings(BaseSettings):
     priority: PrioritySettings = PrioritySettings()
     clock: ClockSettings = ClockSettings()
     edge: EdgeSettings = EdgeSettings()  # `gas-safety relay` (gateway.edge_settings)
+    cluster: ClusterSettings = ClusterSettings()
 
     @field_validator("log_level", mode="before")
     @classmethod

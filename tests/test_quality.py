@@ -56,4 +56,4 @@ def test_every_package_registers_its_commands() -> None:
     r = subprocess.run([str(BIN / "gas-safety"), "--help"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "{stack,db,config,fleet,gateway,watch,relay,status,api,user,simulate}" in r.stdout
+    assert "{stack,db,config,fleet,gateway,worker,watch,relay,status,api,user,simulate}" in r.stdout

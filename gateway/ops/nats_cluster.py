@@ -67,6 +67,11 @@ class NatsCluster:
     def urls(self) -> list[str]:
         return [n.url for n in self.nodes]
 
+    @property
+    def servers(self) -> str:
+        """The urls as one comma-separated setting (`cluster.nats_servers`)."""
+        return ",".join(self.urls)
+
     @classmethod
     def described(cls, home: Path, nodes: list[dict[str, Any]]) -> NatsCluster:
         """The cluster a `describe()` (in a runtime file) names."""

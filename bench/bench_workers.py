@@ -1,0 +1,227 @@
+"""Partition workers: CPU per reading with 1, 2 and 4 workers, and memory per worker
+against the partitions it owns.
+
+    python bench/bench_workers.py [--quick] [--households N] [--readings N] [--rate R]
+
+A private stack (TimescaleDB) and a private three-node NATS JetStream cluster on this
+machine; a city of households provisioned; for 1, 2 and 4 `gas-safety worker` processes in
+turn: wait until they have split the 64 partitions, publish readings into JetStream as the
+edge relay would (confirmed, with its headers) at a steady rate, wait until every one is
+stored, and read the workers' CPU time (user + system, all their threads and their children)
+over that window. On this 2-core machine throughput cannot grow with workers; what must
+hold is the shape: CPU per reading may grow by at most 15 % from 1 to 4 workers, and a
+worker's memory follows the partitions (devices) it owns.
+Each worker count runs `--repeat` times, alternating, and each figure is the median of its
+rounds. Writes bench/results/workers.json and prints each figure beside its bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "cluster"))
+
+import psutil  # noqa: E402
+import psycopg  # noqa: E402
+
+CPU_GROWTH_BOUND = 0.15  # CPU per reading, 4 workers against 1
+
+
+def cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def stored(dsn: str, since: dt.datetime) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM detector_readings WHERE received_at >= %s)"
+            " + (SELECT count(*) FROM meter_readings WHERE received_at >= %s)",
+            (since, since),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def publish(servers: list[str], items: list[tuple[int, str, bytes]], rate: float) -> float:
+    """Publish at `rate` per second (confirmed); returns the seconds it took."""
+    import nats
+    from cluster_kit import relay_headers
+
+    from gateway.protocol.log_subjects import inbound_subject
+
+    nc = await nats.connect(servers=servers)
+    js = nc.jetstream(timeout=20)
+    t0 = time.monotonic()
+    step = max(1, int(rate / 20))
+    for i in range(0, len(items), step):
+        chunk = items[i : i + step]
+        await asyncio.gather(
+            *(js.publish(inbound_subject(p), b, headers=relay_headers(t, b)) for p, t, b in chunk)
+        )
+        ahead = (i + step) / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+    took = time.monotonic() - t0
+    await nc.close()
+    return took
+
+
+def readings_for(city: list[Any], n: int, seqs: dict[str, int]) -> list[tuple[int, str, bytes]]:
+    from cluster_kit import part_of, reading
+
+    devices = [(part_of(h), d) for h in city for d in h.devices]
+    rng = random.Random(1)
+    out = []
+    for _ in range(n):
+        p, d = devices[rng.randrange(len(devices))]
+        seqs[d.id] = seqs.get(d.id, 0) + 1
+        out.append((p, f"gas/v1/{d.id}/telemetry", reading(d.kind, seqs[d.id])))
+    return out
+
+
+def run(k: int, stack: Any, nats_cluster: Any, city: list[Any], a: Any, seqs: dict[str, int],
+        dsn: str) -> dict[str, Any]:
+    from cluster_kit import WorkerProcess, wait_split
+
+    from gateway.core.partitions import PARTITIONS
+
+    ws = [WorkerProcess(stack, nats_cluster.servers, f"bench{k}-{i}") for i in range(k)]
+    for w in ws:
+        if a.linger is not None:
+            w.env["GAS_SAFETY_CLUSTER__FETCH_LINGER_S"] = str(a.linger)
+        w.start()
+    try:
+        wait_split(ws, PARTITIONS, 120)
+        time.sleep(2.0)  # rebuilds done, garbage settled
+        procs = [psutil.Process(w.proc.pid) for w in ws if w.proc is not None]
+        idle0 = sum(cpu_s(p) for p in procs)
+        time.sleep(a.idle)
+        idle_cpu_s = (sum(cpu_s(p) for p in procs) - idle0) / a.idle
+        items = readings_for(city, a.readings, seqs)
+        since = dt.datetime.now(dt.UTC)
+        base = stored(dsn, since)
+        c0, t0 = sum(cpu_s(p) for p in procs), time.monotonic()
+        took = asyncio.run(publish(nats_cluster.urls, items, a.rate))
+        deadline = time.monotonic() + 120
+        while stored(dsn, since) - base < len(items) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        window = time.monotonic() - t0
+        cpu = sum(cpu_s(p) for p in procs) - c0
+        got = stored(dsn, since) - base
+        workers = []
+        for w, p in zip(ws, procs, strict=True):
+            h = w.health() or {}
+            workers.append({"partitions": len(h.get("partitions", [])),
+                            "devices": h.get("devices", 0),
+                            "state_mb": h.get("state_mb", 0),
+                            "rss_mb": round(p.memory_info().rss / 2**20, 1)})
+        return {"workers": k, "readings": len(items), "stored": got,
+                "publish_s": round(took, 2), "window_s": round(window, 2),
+                "cpu_s": round(cpu, 3),
+                "cpu_us_per_reading": round(cpu / max(1, got) * 1e6, 1),
+                "idle_cpu_s_per_s": round(idle_cpu_s, 4),
+                # the load's own share: the window's CPU less what the workers spend idle
+                "load_cpu_us_per_reading": round(
+                    max(0.0, cpu - idle_cpu_s * window) / max(1, got) * 1e6, 1),
+                "per_worker": workers}
+    finally:
+        for w in ws:
+            w.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a smaller run (a smoke test)")
+    ap.add_argument("--households", type=int, default=3000)
+    ap.add_argument("--readings", type=int, default=60_000, help="per worker count")
+    ap.add_argument("--rate", type=float, default=2000.0, help="offered readings/s")
+    ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="rounds over the worker counts (each figure: the median of its rounds;"
+                    " other work on the machine comes and goes)")
+    ap.add_argument("--linger", type=float, default=None,
+                    help="the workers' cluster.fetch_linger_s (default: the setting's default)")
+    a = ap.parse_args()
+    if a.quick:
+        a.households, a.readings, a.idle, a.repeat = 600, 12_000, 3.0, 1
+
+    from gateway.ops import provision
+    from gateway.ops.nats_cluster import NatsCluster
+    from gateway.ops.stack import Stack
+
+    home = Path(tempfile.mkdtemp(prefix="gas-safety-bench-"))
+    os.chmod(home, 0o755)
+    os.environ["GAS_SAFETY_HOME"] = str(home)
+    stack = Stack(home)
+    nats_cluster = NatsCluster(home / "nats")
+    result: dict[str, Any] = {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count()},
+        "params": vars(a),
+        "load_avg_at_start": os.getloadavg(),
+        "runs": [],
+    }
+    try:
+        rt = stack.up()
+        nats_cluster.start()
+        city = provision.generate_city(a.households, seed=1, prefix="W")
+        provision.provision(rt.dsn, city, None, None)
+        seqs: dict[str, int] = {}
+        for _ in range(a.repeat):
+            for k in a.workers:
+                r = run(k, stack, nats_cluster, city, a, seqs, rt.dsn)
+                result["runs"].append(r)
+                print(json.dumps(r), flush=True)
+    finally:
+        nats_cluster.stop()
+        stack.down()
+        shutil.rmtree(home, ignore_errors=True)
+    runs = {}
+    for k in a.workers:
+        mine = sorted((r for r in result["runs"] if r["workers"] == k),
+                      key=lambda r: r["cpu_us_per_reading"])
+        runs[k] = mine[(len(mine) - 1) // 2]  # the median (the lower one of two)
+        runs[k]["rounds_us_per_reading"] = [r["cpu_us_per_reading"] for r in mine]
+    print(f"\nbench_workers {result['when']} load average at start "
+          f"{result['load_avg_at_start'][0]:.1f}")
+    for k, r in runs.items():
+        sizes = ", ".join(f"{w['partitions']} partitions/{w['devices']} devices "
+                          f"{w['rss_mb']} MB (state {w['state_mb']} MB)"
+                          for w in r["per_worker"])
+        print(f"  {k} worker(s): {r['stored']}/{r['readings']} stored; CPU "
+              f"{r['cpu_us_per_reading']} µs/reading (rounds {r['rounds_us_per_reading']}; "
+              f"{r['load_cpu_us_per_reading']} without "
+              f"idle work; idle {r['idle_cpu_s_per_s'] * 100:.1f} % of a core); RSS: {sizes}")
+    lo, hi = min(runs), max(runs)
+    if lo != hi:
+        g = runs[hi]["cpu_us_per_reading"] / runs[lo]["cpu_us_per_reading"] - 1
+        lo_load = max(1e-9, runs[lo]["load_cpu_us_per_reading"])
+        gl = runs[hi]["load_cpu_us_per_reading"] / lo_load - 1
+        result["cpu_growth"] = round(g, 3)
+        result["load_cpu_growth"] = round(gl, 3)
+        print(f"  CPU per reading, {hi} workers against {lo}: {g * 100:+.1f} % "
+              f"({gl * 100:+.1f} % without idle work); bound +{CPU_GROWTH_BOUND * 100:.0f} % "
+              f"-> {'met' if g <= CPU_GROWTH_BOUND else 'NOT met'}")
+    out = ROOT / "bench" / "results" / "workers.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,291 @@
+"""Partition workers (`gas-safety worker`) against a private three-node NATS JetStream
+cluster and the private TimescaleDB: readings written straight into JetStream with the
+edge relay's headers, workers splitting the 64 partitions, leaks cut on gas.cmd.<meter>,
+forged messages refused, and a worker killed with SIGKILL at load (docs/cluster.md).
+
+Run with `./dev.sh test -m cluster`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from cluster_kit import (
+    LogSide,
+    WorkerProcess,
+    owners,
+    part_of,
+    poll,
+    reading,
+    wait_split,
+)
+from support import wait_row
+
+from gateway.core.partitions import PARTITIONS
+from gateway.ops.nats_cluster import NatsCluster
+from gateway.ops.stack import Stack
+
+pytestmark = [pytest.mark.services, pytest.mark.cluster]
+
+TAKEOVER_BOUND_S = 5.0  # a dead worker's partitions owned and judged again
+CUT_BOUND_S = 5.0  # a leak published during the failover, cut after the takeover
+
+
+@pytest.fixture(scope="module")
+def log(stack: Stack) -> Iterator[tuple[NatsCluster, LogSide]]:
+    cluster = NatsCluster(stack.home / "nats").start()
+    side = LogSide(cluster.urls)
+    try:
+        yield cluster, side
+    finally:
+        side.close()
+        cluster.stop()
+
+
+@pytest.fixture
+def workers(stack: Stack, log: tuple[NatsCluster, LogSide]) -> Iterator[Any]:
+    made: list[WorkerProcess] = []
+
+    def start(*names: str) -> list[WorkerProcess]:
+        ws = [WorkerProcess(stack, log[0].servers, n).start() for n in names]
+        made.extend(ws)
+        return ws
+
+    yield start
+    for w in made:
+        w.stop()
+
+
+def _topic(device_id: str, channel: str = "telemetry") -> str:
+    return f"gas/v1/{device_id}/{channel}"
+
+
+def test_two_workers_split_the_partitions_and_cut_a_leak(fleet, workers, log, dsn) -> None:
+    _, side = log
+    city = fleet(6, seed=3)
+    a, b = workers("split-a", "split-b")
+    wait_split([a, b], PARTITIONS, 30)
+    assert len(a.partitions()) == len(b.partitions()) == PARTITIONS // 2
+    assert set(owners(dsn).values()) == {"split-a", "split-b"}
+
+    hh = city[0]
+    p = part_of(hh)
+    det = hh.detectors[0]
+    side.publish(p, _topic(hh.meter.id), reading("meter", 1, flow=0.3))
+    side.publish(p, _topic(det.id), reading("detector", 1, ch4=1.2))
+    t_pub = side.publish(p, _topic(det.id), reading("detector", 2, ch4=45.0))
+    t_cmd, cmd = poll(lambda: side.commands_for(hh.meter.id), 5, "the close command")[0]
+    assert cmd["action"] == "valve_close"
+    wait_row(dsn, "SELECT state FROM valve_commands WHERE cmd_id = %s", (cmd["cmd_id"],),
+             what="the command recorded")
+    print(f"\n[split] 2 workers x {PARTITIONS // 2} partitions; leak cut in "
+          f"{(t_cmd - t_pub) * 1000:.0f} ms on gas.cmd.{hh.meter.id}")
+
+
+def test_forged_messages_are_refused_as_on_the_mqtt_path(fleet, workers, log, dsn) -> None:
+    _, side = log
+    city = fleet(60, seed=5)
+    (w,) = workers("forge-a")
+    wait_split([w], PARTITIONS, 30)
+    victim, other = city[0], next(h for h in city if part_of(h) != part_of(city[0]))
+    p = part_of(victim)
+    det = victim.detectors[0]
+    # a device of another building's partition, put on this partition's subject
+    side.publish(p, _topic(other.detectors[0].id), reading("detector", 1, ch4=80.0))
+    # a meter's reading on a detector's topic; a device writing a command; no topic at all
+    side.publish(p, _topic(det.id), reading("meter", 1, flow=50.0))
+    side.publish(p, _topic(victim.meter.id, "cmd"), b'{"cmd_id":"x","action":"valve_open"}')
+    side.call(side.js.publish(f"gas.in.{p}", reading("detector", 9, ch4=90.0)))
+    rows = poll(
+        lambda: _rejects(dsn, [other.detectors[0].id, det.id, victim.meter.id]), 10,
+        "three refusals",
+    )
+    time.sleep(1.0)
+    assert not side.commands_for(victim.meter.id) and not side.commands_for(other.meter.id)
+    reasons = sorted(r for _, r in rows)
+    print(f"\n[forged] refused: {reasons}")
+    assert len(rows) >= 3
+    # the partition keeps going: the next genuine reading is judged
+    side.publish(p, _topic(victim.meter.id), reading("meter", 1, flow=0.3))
+    side.publish(p, _topic(det.id), reading("detector", 2, ch4=45.0))
+    poll(lambda: side.commands_for(victim.meter.id), 5, "the genuine leak cut")
+
+
+def test_operator_commands_and_device_state_reach_the_owner(fleet, workers, log, dsn) -> None:
+    """An operator's command (a row the API inserts, then NOTIFY) goes out from the worker
+    owning the meter's partition, once; the owned devices' latest values reach device_state."""
+    _, side = log
+    city = fleet(8, seed=11)
+    a, b = workers("op-a", "op-b")
+    wait_split([a, b], PARTITIONS, 30)
+    hh = city[0]
+    side.publish(part_of(hh), _topic(hh.meter.id), reading("meter", 1, flow=0.25))
+    wait_row(dsn, "SELECT last_seq FROM device_state WHERE device_id = %s", (hh.meter.id,),
+             cond=lambda r: r and r[0][0] == 1, what="the meter's latest values")
+    cmd_id = f"op-test-{hh.meter.id}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO valve_commands (cmd_id, meter_id, household_id, action, reason,"
+            " state, requested_by, issued_at) VALUES (%s, %s, %s, 'valve_open', 'test',"
+            " 'issued', 'tester', now())",
+            (cmd_id, hh.meter.id, hh.id),
+        )
+        conn.execute("NOTIFY gas_commands")
+    got = poll(lambda: [c for _, c in side.commands_for(hh.meter.id) if c["cmd_id"] == cmd_id],
+               5, "the operator's command on gas.cmd")
+    time.sleep(0.5)
+    assert len([c for _, c in side.commands_for(hh.meter.id) if c["cmd_id"] == cmd_id]) == 1
+    assert got[0]["action"] == "valve_open"
+
+
+def test_a_lost_lease_connection_stops_judging_at_once(fleet, workers, log, dsn) -> None:
+    """The database ends the worker's lease session: every lease goes with it, the worker
+    drops its partitions at once, then takes them again from the log and the database."""
+    _, side = log
+    city = fleet(6, seed=13)
+    (w,) = workers("lease-a")
+    wait_split([w], PARTITIONS, 30)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'lease-a'"
+        ).fetchall()
+    assert ended == [(True,)]
+    poll(lambda: "dropping partitions" in w.log_path.read_text(), 5, "the partitions dropped")
+    wait_split([w], PARTITIONS, 15)
+    hh = city[0]
+    p = part_of(hh)
+    side.publish(p, _topic(hh.meter.id), reading("meter", 1, flow=0.3))
+    side.publish(p, _topic(hh.detectors[0].id), reading("detector", 1, ch4=45.0))
+    poll(lambda: side.commands_for(hh.meter.id), 5, "the leak cut after the leases came back")
+
+
+def _rejects(dsn: str, device_ids: list[str]) -> list[tuple[str, str]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT device_id, reason FROM rejects WHERE device_id = ANY(%s)", (device_ids,)
+        ).fetchall()
+    return [(str(d), str(r)) for d, r in rows] if len(rows) >= 3 else []
+
+
+class Load:
+    """Readings from every device of `households` at about `rate` per second, written into
+    JetStream as the relay would; counts what was confirmed."""
+
+    def __init__(self, side: LogSide, households: list[Any], rate: float) -> None:
+        self.side = side
+        self.devices = [(part_of(h), d) for h in households for d in h.devices]
+        self.rate = rate
+        self.seq: dict[str, int] = {}
+        self.sent = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        tick = 0.1
+        per_tick = max(1, int(self.rate * tick))
+        i = 0
+        while not self.stopping.is_set():
+            t0 = time.monotonic()
+            items = []
+            for _ in range(per_tick):
+                p, d = self.devices[i % len(self.devices)]
+                i += 1
+                n = self.seq[d.id] = self.seq.get(d.id, 0) + 1
+                items.append((p, _topic(d.id), reading(d.kind, n)))
+            self.side.publish_many(items)
+            self.sent += len(items)
+            self.stopping.wait(max(0.0, tick - (time.monotonic() - t0)))
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+
+
+def _stored(dsn: str, ids: list[str]) -> tuple[int, int]:
+    """(rows, distinct readings) stored for these devices."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT (device_id, seq)) FROM ("
+            " SELECT device_id, seq FROM detector_readings WHERE device_id = ANY(%s)"
+            " UNION ALL SELECT device_id, seq FROM meter_readings WHERE device_id = ANY(%s)) r",
+            (ids, ids),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+@pytest.mark.faults
+def test_a_worker_killed_at_load_is_taken_over(fleet, workers, log, dsn) -> None:
+    _, side = log
+    city = fleet(60, seed=7)
+    trio = workers("fo-a", "fo-b", "fo-c")
+    wait_split(trio, PARTITIONS, 60)
+    leak_hh = city[0]  # its partition's owner is killed
+    a = next(w for w in trio if part_of(leak_hh) in w.partitions())
+    b, c = (w for w in trio if w is not a)
+    victim = set(a.partitions())
+    others = [h for h in city if h is not leak_hh]
+    ids = [d.id for h in others for d in h.devices]
+    before = len(side.commands)
+
+    with Load(side, others, rate=300) as load:
+        time.sleep(3.0)
+        t_kill = time.time()
+        a.kill()
+        # a leak in one of the dead worker's partitions, published during the failover
+        p = part_of(leak_hh)
+        side.publish(p, _topic(leak_hh.meter.id), reading("meter", 1, flow=0.3))
+        t_leak = side.publish(p, _topic(leak_hh.detectors[0].id), reading("detector", 1, ch4=45.0))
+
+        def survivors_own_all() -> float | None:
+            hb, hc = b.health(), c.health()
+            if not hb or not hc or len(set(hb["partitions"]) | set(hc["partitions"])) < PARTITIONS:
+                return None
+            return max(float(h["taken_at"].get(str(x), 0)) for h in (hb, hc) for x in victim)
+
+        t_taken = poll(survivors_own_all, 20, "the dead worker's partitions taken over")
+        t_cmd, cmd = poll(lambda: side.commands_for(leak_hh.meter.id), 20, "the leak cut")[0]
+        time.sleep(3.0)
+    sent = load.sent
+    poll(lambda: _stored(dsn, ids)[1] >= sent, 60, f"{sent} readings stored")
+    rows, stored = _stored(dsn, ids)
+    absorbed = sum(int(w.health()["duplicates_absorbed"]) for w in (b, c))
+    backlog = sum(int(w.health()["backlog_judged"]) for w in (b, c))
+    closes: dict[str, set[str]] = {}
+    for _, meter, payload in side.commands[before:]:
+        if payload.get("action") == "valve_close":
+            closes.setdefault(meter, set()).add(payload["cmd_id"])
+    twice = sum(len(v) - 1 for v in closes.values())
+    takeover_s = t_taken - t_kill
+    cut_s = t_cmd - max(t_leak, t_taken_partition(b, c, p))
+    print(
+        f"\n[worker kill -9] partitions taken over in {takeover_s:.2f} s (bound "
+        f"{TAKEOVER_BOUND_S:.0f} s); leak published {t_leak - t_kill:.2f} s after the kill, "
+        f"cut {t_cmd - t_leak:.2f} s after it, {cut_s:.2f} s after its partition's takeover "
+        f"(bound {CUT_BOUND_S:.0f} s)\n  sent={sent} stored={stored} lost={sent - stored} "
+        f"duplicate rows={rows - stored} given to the dead worker and judged again={backlog} "
+        f"duplicates absorbed={absorbed} "
+        f"commands={sum(len(v) for v in closes.values())} issued twice={twice}"
+    )
+    assert takeover_s <= TAKEOVER_BOUND_S
+    assert cut_s <= CUT_BOUND_S
+    assert stored == sent and rows == stored
+    assert twice == 0 and cmd["action"] == "valve_close"
+
+
+def t_taken_partition(b: WorkerProcess, c: WorkerProcess, p: int) -> float:
+    for w in (b, c):
+        h = w.health()
+        if h and str(p) in h["taken_at"]:
+            return float(h["taken_at"][str(p)])
+    raise AssertionError(f"partition {p} owned by no survivor")
