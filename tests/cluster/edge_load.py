@@ -96,11 +96,17 @@ async def read_log(urls: list[str], topic_prefix: str) -> LogCopy:
         )
         info = await js.stream_info(STREAM)
         left = info.state.messages
+        timeouts = 0
         while left > 0:
             try:
                 msgs = await sub.fetch(min(left, 2000), timeout=3)
             except TimeoutError:
-                break
+                # a loaded machine can take longer than one fetch: a count that stopped
+                # early would report readings as lost that the log has
+                timeouts += 1
+                if timeouts == 5:
+                    break
+                continue
             left -= len(msgs)
             for m in msgs:
                 headers = dict(m.headers or {})
