@@ -6,6 +6,8 @@ loop runs a due callback (gas_loop_lag_seconds).
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import sys
@@ -27,11 +29,24 @@ def tune_runtime() -> None:
     the hot path: the long-lived registry and state are frozen out of it, and the young
     generations are collected on the ticker's schedule (`GcSchedule`). The event loop also
     takes the GIL back quickly from the threads left (device_state, webhooks; the writer's,
-    with db.writer_process off)."""
+    with db.writer_process off). What loading the registry freed is handed back to the
+    system (`release_free_memory`)."""
     gc.collect()
+    release_free_memory()
     gc.freeze()
     gc.disable()
     sys.setswitchinterval(0.0005)
+
+
+def release_free_memory() -> bool:
+    """glibc keeps freed small blocks in its heap for reuse; after a large transient (the
+    registry's rows, read in parts) `malloc_trim` returns what is free to the system.
+    False where there is no glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 class GcSchedule:
