@@ -68,6 +68,8 @@ async def _gateway_run(dsn: str, spool: str) -> dict[str, Any]:
     svc.loop = loop = asyncio.get_running_loop()
     gw = svc.gw
     t0 = time.perf_counter()
+    if hasattr(tuning, "tune_allocator"):  # as GatewayService.run does, where it does
+        tuning.tune_allocator()
     await svc._load()
     load_s = time.perf_counter() - t0
     tuning.tune_runtime()

@@ -358,6 +358,7 @@ class GatewayService:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, self._stopping.set)
         metrics_url = self._serve_metrics()  # first: a port in use stops the start at once
+        tuning.tune_allocator()
         await self._load()
         tuning.tune_runtime()
         self.writer = writer = self._start_writer(loop)

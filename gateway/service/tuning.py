@@ -6,8 +6,6 @@ loop runs a due callback (gas_loop_lag_seconds).
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import gc
 import logging
 import sys
@@ -15,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from gateway import allocator
 from gateway.priority import set_thread_priority
 from gateway.settings import PrioritySettings
 
@@ -24,29 +23,25 @@ YOUNG_EVERY_S = 1.0
 FULL_EVERY_S = 600.0
 
 
+def tune_allocator() -> None:
+    """Before the registry is loaded: freed memory goes back to the system (see
+    gateway.allocator)."""
+    if not allocator.tune():
+        logger.debug("allocator thresholds not set (not glibc)")
+
+
 def tune_runtime() -> None:
     """Keep the automatic collector from stopping the world at an arbitrary allocation in
     the hot path: the long-lived registry and state are frozen out of it, and the young
     generations are collected on the ticker's schedule (`GcSchedule`). The event loop also
     takes the GIL back quickly from the threads left (device_state, webhooks; the writer's,
     with db.writer_process off). What loading the registry freed is handed back to the
-    system (`release_free_memory`)."""
+    system (gateway.allocator)."""
     gc.collect()
-    release_free_memory()
+    allocator.release()
     gc.freeze()
     gc.disable()
     sys.setswitchinterval(0.0005)
-
-
-def release_free_memory() -> bool:
-    """glibc keeps freed small blocks in its heap for reuse; after a large transient (the
-    registry's rows, read in parts) `malloc_trim` returns what is free to the system.
-    False where there is no glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
 
 
 class GcSchedule:

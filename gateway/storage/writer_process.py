@@ -337,12 +337,14 @@ class WriterProcess:
 
 # ---------------------------------------------------------------- the child
 def _child(down_fd: int, up_fd: int) -> int:
+    from gateway import allocator
     from gateway.logs import setup_logging
     from gateway.priority import set_thread_priority
     from gateway.storage.spool import Spool
     from gateway.storage.state_writer import StateWriter
     from gateway.storage.writer import Writer
 
+    allocator.tune()
     frames = Frames()
     inbox: list[Any] = []
 
@@ -429,6 +431,8 @@ def _child(down_fd: int, up_fd: int) -> int:
             states.put((msg[1], msg[2]))
         elif msg[0] == "ids":
             registry.add_encoded_ids(msg[1], msg[2])
+            del msg
+            allocator.release()  # the ids' frame and the index's scratch arrays
         elif msg[0] == "stop":
             break
     writer.stop()
