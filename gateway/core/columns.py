@@ -28,7 +28,7 @@ class Grow:
 
     def __init__(self, dtype: npt.DTypeLike, values: npt.ArrayLike | None = None) -> None:
         self._a: npt.NDArray[Any] = np.empty(0, dtype)
-        self.mv = memoryview(self._a)
+        self.mv = self._a.data
         self.n = 0
         if values is not None:
             self.extend(values)
@@ -39,7 +39,7 @@ class Grow:
             new = np.empty(n, self._a.dtype)
             new[: self.n] = self._a[: self.n]
             self._a = new
-            self.mv = memoryview(new)
+            self.mv = new.data
 
     def extend(self, values: npt.ArrayLike) -> None:
         v = np.asarray(values, self._a.dtype).ravel()
@@ -150,7 +150,8 @@ class StrIndex:
     """The position of each string of a `StrColumn`: `get(s)`, `s in index`, `index[s]`.
 
     Buckets are two arrays (the str hash, int64; the position, int32; -1 = empty), at most
-    two thirds full (linear probing then looks at about two buckets for a key present); `add` places a run of the column's strings at once, vectorised. Strings
+    two thirds full (linear probing then looks at about two buckets for a key present);
+    `add` places a run of the column's strings at once, vectorised. Strings
     must be unique (the caller checks). Lookups walk the buckets in Python through
     memoryviews of the arrays (a few hundred ns: fine per message, not per row of a batch).
     """
@@ -164,8 +165,8 @@ class StrIndex:
         self._hash = np.zeros(capacity, np.int64)
         self._pos = np.full(capacity, -1, np.int32)
         self._mask = capacity - 1
-        self._mv_hash = memoryview(self._hash)
-        self._mv_pos = memoryview(self._pos)
+        self._mv_hash = self._hash.data
+        self._mv_pos = self._pos.data
 
     def add(self, keys: Iterable[str], first: int, n: int) -> None:
         """Index `n` keys, the column's strings `first`, `first` + 1, ... (any iterable:

@@ -129,8 +129,11 @@ class Households:
 
     def nbytes(self) -> int:
         cols = (self.record, self.qmax_m3h, self.meter)
-        return _str_nbytes(self.ids) + _str_nbytes(self.text) + self.index.nbytes() + sum(
-            c.values.nbytes for c in cols
+        return (
+            _str_nbytes(self.ids)
+            + _str_nbytes(self.text)
+            + self.index.nbytes()
+            + sum(c.values.nbytes for c in cols)
         )
 
 
@@ -229,7 +232,12 @@ class Registry:
         for r in rows:
             if r[3] not in hh_pos:
                 hh_pos[r[3]] = len(infos)
-                infos.append(HouseholdInfo(r[3], *r[5:11], float(r[11]), None))
+                address, community, building, owner, phone, email = r[5:11]
+                infos.append(
+                    HouseholdInfo(
+                        r[3], address, community, building, owner, phone, email, float(r[11]), None
+                    )
+                )
         return self.add_arrays(
             [r[0] for r in rows],
             np.fromiter((r[1] == "meter" for r in rows), np.uint8, len(rows)),

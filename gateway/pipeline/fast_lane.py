@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 
 from gateway import protocol
 from gateway.core.alarms import AlarmKind
