@@ -46,6 +46,8 @@ async def load_registry(conn: psycopg.AsyncConnection[Any], gw: Loads) -> int:
     known = ",".join(gw.device_ids)
     loaded = 0
     async with conn.transaction():
+        # all rows are read: plan for that, not for the first few (a cursor's default)
+        await conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
         row = await (await conn.execute(COUNT_SQL, (known,))).fetchone()
         gw.reserve(len(gw.device_ids) + (row[0] if row else 0))
         async with conn.cursor(name="registry_load") as cur:
