@@ -58,61 +58,72 @@ class Grow:
 
 
 class StrColumn(Sequence[str]):
-    """Strings by position, as UTF-8 in one buffer (`data`) with `start` and `length` each."""
+    """Strings by position, as UTF-8 in one buffer (`data`); string i is
+    data[bounds[i]:bounds[i + 1]] (uint32 bounds: 4 bytes a string, up to 4 GiB in all)."""
 
     def __init__(self, strings: Iterable[str] = ()) -> None:
         self._data = Grow(np.uint8)
-        self._start = Grow(np.int64)
-        self._len = Grow(np.int32)
+        self._bounds = Grow(np.uint32, [0])
         self.extend(strings)
 
     def extend(self, strings: Iterable[str]) -> None:
         encoded = [s.encode() for s in strings]
-        self.extend_encoded(b"".join(encoded), np.fromiter(map(len, encoded), np.int32))
+        self.extend_encoded(b"".join(encoded), np.fromiter(map(len, encoded), np.int64))
 
     def extend_encoded(self, data: bytes, lengths: npt.ArrayLike) -> None:
         """Append strings given as their UTF-8 bytes joined, and each one's length."""
-        lens = np.asarray(lengths, np.int32)
+        lens = np.asarray(lengths, np.int64)
         if int(lens.sum()) != len(data):
             raise ValueError("lengths do not add up to the data's length")
-        ends = np.cumsum(lens, dtype=np.int64)
-        self._start.extend(self._data.n + ends - lens)
-        self._len.extend(lens)
+        if self._data.n + len(data) >= 2**32:
+            raise ValueError("a StrColumn holds up to 4 GiB of text")
+        self._bounds.extend(self._data.n + np.cumsum(lens))
         self._data.extend(np.frombuffer(data, np.uint8))
 
-    def encoded(self, first: int = 0) -> tuple[bytes, npt.NDArray[np.int32]]:
+    def encoded(self, first: int = 0) -> tuple[bytes, npt.NDArray[np.int64]]:
         """Strings from `first` on as (their bytes joined, their lengths): for `extend_encoded`."""
         if first >= len(self):
-            return b"", np.zeros(0, np.int32)
-        start = int(self._start.values[first])
-        return self._data.values[start:].tobytes(), self._len.values[first:].copy()
+            return b"", np.zeros(0, np.int64)
+        b = self._bounds.values[first:].astype(np.int64)
+        return self._data.values[b[0] :].tobytes(), np.diff(b)
+
+    def spans(self, idx: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Start and length in `data` of the strings at positions `idx`."""
+        i = np.asarray(idx, np.intp)
+        b = self._bounds.values
+        start = b[i].astype(np.int64)
+        return start, b[i + 1].astype(np.int64) - start
 
     @property
     def data(self) -> npt.NDArray[np.uint8]:
         return self._data.values
 
     @property
-    def start(self) -> npt.NDArray[np.int64]:
-        return self._start.values
+    def start(self) -> npt.NDArray[np.uint32]:
+        """Every string's start (a view)."""
+        return self._bounds.values[:-1]
 
     @property
-    def length(self) -> npt.NDArray[np.int32]:
-        return self._len.values
+    def length(self) -> npt.NDArray[np.int64]:
+        """Every string's length (computed: `spans` for a few)."""
+        b = self._bounds.values.astype(np.int64)
+        out: npt.NDArray[np.int64] = b[1:] - b[:-1]
+        return out
 
     def __len__(self) -> int:
-        return self._len.n
+        return self._bounds.n - 1
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        n = self._len.n
+        n = self._bounds.n - 1
         j = int(i)
         if j < 0:
             j += n
         if not 0 <= j < n:
             raise IndexError(f"string {i} of {n}")
-        s = self._start.mv[j]
-        return str(self._data.mv[s : s + self._len.mv[j]], "utf-8")
+        b = self._bounds.mv
+        return str(self._data.mv[b[j] : b[j + 1]], "utf-8")
 
     def __iter__(self) -> Iterator[str]:
         return self.iter_from(0)
@@ -121,16 +132,17 @@ class StrColumn(Sequence[str]):
         """The strings from `first` on, decoded one at a time."""
         if first >= len(self):
             return
-        base = int(self._start.values[first])
-        data = self._data.values[base:].tobytes()
-        starts = (self._start.values[first:] - base).tolist()
-        for s, ln in zip(starts, self._len.values[first:].tolist(), strict=True):
-            yield data[s : s + ln].decode()
+        bounds = self._bounds.values[first:].astype(np.int64)
+        data = self._data.values[bounds[0] :].tobytes()
+        bounds -= bounds[0]
+        ends = bounds[1:].tolist()
+        for s, e in zip(bounds[:-1].tolist(), ends, strict=True):
+            yield data[s:e].decode()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, StrColumn):
             return bool(
-                np.array_equal(self.length, other.length)
+                np.array_equal(self._bounds.values, other._bounds.values)
                 and self.data.tobytes() == other.data.tobytes()
             )
         if isinstance(other, list | tuple):
@@ -141,19 +153,21 @@ class StrColumn(Sequence[str]):
 
     def equals(self, i: int, s: str) -> bool:
         """The string at `i` is `s` (without decoding it)."""
-        start = self._start.mv[i]
-        raw = s.encode()
-        return len(raw) == self._len.mv[i] and self._data.mv[start : start + len(raw)] == raw
+        b = self._bounds.mv
+        start, raw = b[i], s.encode()
+        return b[i + 1] - start == len(raw) and self._data.mv[start : start + len(raw)] == raw
 
 
 class StrIndex:
     """The position of each string of a `StrColumn`: `get(s)`, `s in index`, `index[s]`.
 
-    Buckets are two arrays (the str hash, int64; the position, int32; -1 = empty), at most
-    two thirds full (linear probing then looks at about two buckets for a key present);
-    `add` places a run of the column's strings at once, vectorised. Strings
-    must be unique (the caller checks). Lookups walk the buckets in Python through
-    memoryviews of the arrays (a few hundred ns: fine per message, not per row of a batch).
+    It indexes the column's strings 0, 1, ... in order (`add` the ones appended). Buckets
+    are two int32 arrays (the high half of Python's str hash as a tag; the position, -1 =
+    empty), at most two thirds full (linear probing then looks at about two buckets for a
+    key present): 8 bytes a bucket. `add` places a run of strings at once, vectorised;
+    growing hashes the column's strings again. Strings must be unique (the caller checks).
+    Lookups walk the buckets in Python through memoryviews of the arrays and compare the
+    stored bytes (about 1 µs: fine per message, not per row of a batch).
     """
 
     def __init__(self, column: StrColumn) -> None:
@@ -162,25 +176,31 @@ class StrIndex:
         self._alloc(16)
 
     def _alloc(self, capacity: int) -> None:
-        self._hash = np.zeros(capacity, np.int64)
+        self._tag = np.zeros(capacity, np.int32)
         self._pos = np.full(capacity, -1, np.int32)
         self._mask = capacity - 1
-        self._mv_hash = self._hash.data
+        self._mv_tag = self._tag.data
         self._mv_pos = self._pos.data
 
-    def add(self, keys: Iterable[str], first: int, n: int) -> None:
-        """Index `n` keys, the column's strings `first`, `first` + 1, ... (any iterable:
-        `column.iter_from(first)` makes no list of them)."""
-        if n == 0:
-            return
-        if 3 * (self.n + n) > 2 * (self._mask + 1):
-            old_h, old_p = self._hash, self._pos
-            capacity = self._mask + 1
-            while 3 * (self.n + n) > 2 * capacity:
+    def reserve(self, n: int) -> None:
+        """Room for `n` strings in all without growing again."""
+        capacity = self._mask + 1
+        if 3 * n > 2 * capacity:
+            while 3 * n > 2 * capacity:
                 capacity *= 2
             self._alloc(capacity)
-            used = old_p >= 0
-            self._place(old_h[used], old_p[used])
+            if self.n:
+                hashes = np.fromiter(map(hash, self.column.iter_from(0)), np.int64, self.n)
+                self._place(hashes, np.arange(self.n, dtype=np.int32))
+
+    def add(self, keys: Iterable[str], first: int, n: int) -> None:
+        """Index `n` keys, the column's strings `first` (= len(self)), `first` + 1, ...
+        (any iterable: `column.iter_from(first)` makes no list of them)."""
+        if first != self.n:
+            raise ValueError(f"StrIndex.add: the next string is {self.n}, not {first}")
+        if n == 0:
+            return
+        self.reserve(self.n + n)
         h = np.fromiter(map(hash, keys), np.int64, n)
         self._place(h, np.arange(first, first + n, dtype=np.int32))
         self.n += n
@@ -189,13 +209,14 @@ class StrIndex:
         """Linear probing, vectorised: each round, every key still pending takes its bucket
         if free (one key per bucket, the first), the others try the next bucket."""
         bucket = h & self._mask
+        tag = (h >> 32).astype(np.int32)
         pending = np.arange(h.size)
         while pending.size:
             b = bucket[pending]
             free = self._pos[b] < 0
             taken, first = np.unique(b[free], return_index=True)
             won = pending[free][first]
-            self._hash[taken] = h[won]
+            self._tag[taken] = tag[won]
             self._pos[taken] = pos[won]
             placed = np.zeros(h.size, np.bool_)
             placed[won] = True
@@ -204,16 +225,17 @@ class StrIndex:
 
     def get(self, key: str, default: int | None = None) -> int | None:
         h = hash(key)
-        mask, hashes, positions = self._mask, self._mv_hash, self._mv_pos
+        mask, tags, positions = self._mask, self._mv_tag, self._mv_pos
+        tag = h >> 32
         i = h & mask
         while True:
             p: int = positions[i]
             if p < 0:
                 return default
-            if hashes[i] == h:  # the same hash: the same string, almost surely; make sure
-                col = self.column
-                start, raw = col._start.mv[p], key.encode()
-                if col._len.mv[p] == len(raw) and col._data.mv[start : start + len(raw)] == raw:
+            if tags[i] == tag:  # the same hash, almost surely the same string: make sure
+                b = self.column._bounds.mv
+                start, raw = b[p], key.encode()
+                if b[p + 1] - start == len(raw) and self.column._data.mv[start : b[p + 1]] == raw:
                     return p
             i = (i + 1) & mask
 
@@ -230,4 +252,4 @@ class StrIndex:
         return self.n
 
     def nbytes(self) -> int:
-        return int(self._hash.nbytes + self._pos.nbytes)
+        return int(self._tag.nbytes + self._pos.nbytes)

@@ -188,12 +188,21 @@ class Registry:
         return self.ids.data
 
     @property
-    def id_start(self) -> npt.NDArray[np.int64]:
+    def id_start(self) -> npt.NDArray[np.uint32]:
         return self.ids.start
 
     @property
-    def id_len(self) -> npt.NDArray[np.int32]:
+    def id_len(self) -> npt.NDArray[np.int64]:
+        """Every id's length (computed; `id_spans` for a batch's slots)."""
         return self.ids.length
+
+    def id_spans(self, slots: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Start and length in `id_bytes` of the ids of `slots` (for binary COPY)."""
+        return self.ids.spans(slots)
+
+    def reserve(self, n: int) -> None:
+        """Room for `n` devices in all (the index sized once, not grown while loading)."""
+        self.index.reserve(n)
 
     def nbytes(self) -> int:
         """Bytes held by the registry's columns."""
@@ -335,7 +344,7 @@ class Registry:
         self.index.add(self.ids.iter_from(first), first, len(self.ids) - first)
         self.kind.extend(bytes(len(self.ids) - first))
 
-    def encoded_ids(self, first: int = 0) -> tuple[bytes, npt.NDArray[np.int32]]:
+    def encoded_ids(self, first: int = 0) -> tuple[bytes, npt.NDArray[np.int64]]:
         """The ids of slots `first`.. as (bytes joined, lengths): compact to send."""
         return self.ids.encoded(first)
 
@@ -351,4 +360,4 @@ def _text(h: HouseholdInfo) -> str:
 
 
 def _str_nbytes(c: StrColumn) -> int:
-    return int(c.data.nbytes + c.start.nbytes + c.length.nbytes)
+    return int(c.data.nbytes + 4 * (len(c) + 1))

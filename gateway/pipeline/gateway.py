@@ -167,6 +167,7 @@ class Gateway:
     def reserve(self, n: int) -> None:
         """Room for `n` devices in all, before loading them in parts (the state's arrays
         are then sized once, not grown by half again and again)."""
+        self.registry.reserve(n)
         self.state.ensure_capacity(n)
         self.latest.ensure(n)
 

@@ -44,15 +44,21 @@ def test_the_str_index_finds_every_key_through_growth_and_collisions() -> None:
     with pytest.raises(KeyError):
         index["nope"]
     assert 3 * len(index) <= 2 * len(index._pos)  # at most two thirds full
+    index.reserve(20_000)  # grown ahead: hashed again from the column
+    assert len(index._pos) == 32768 and all(index.get(k) == i for i, k in enumerate(keys))
+    with pytest.raises(ValueError, match="next string"):
+        index.add(["x"], 7, 1)
+    start, length = col.spans([0, 4999])
+    assert length.tolist() == [7, 7] and start.tolist() == [0, 4999 * 7]
 
 
 def test_a_key_whose_hash_matches_a_stored_one_is_still_told_apart() -> None:
     col = StrColumn(["a"])
     index = StrIndex(col)
     index.add(["a"], 0, 1)
-    h = hash("zz")  # forge the table: "a" stored under the hash of "zz", in its bucket
+    h = hash("zz")  # forge the table: "a" stored under the tag of "zz", in its bucket
     index._pos[:] = -1
-    index._pos[h & index._mask], index._hash[h & index._mask] = 0, h
+    index._pos[h & index._mask], index._tag[h & index._mask] = 0, h >> 32
     assert index.get("zz") is None
 
 
