@@ -19,6 +19,8 @@ import numpy.typing as npt
 
 __all__ = ["Grow", "StrColumn", "StrIndex"]
 
+PART = 1 << 16  # strings decoded, or keys placed, at a time: bounds the scratch memory
+
 
 class Grow:
     """An append-only NumPy column; `values` is a view of what was appended, `mv` a
@@ -80,12 +82,12 @@ class StrColumn(Sequence[str]):
         self._bounds.extend(self._data.n + np.cumsum(lens))
         self._data.extend(np.frombuffer(data, np.uint8))
 
-    def encoded(self, first: int = 0) -> tuple[bytes, npt.NDArray[np.int64]]:
+    def encoded(self, first: int = 0) -> tuple[bytes, npt.NDArray[np.int32]]:
         """Strings from `first` on as (their bytes joined, their lengths): for `extend_encoded`."""
         if first >= len(self):
-            return b"", np.zeros(0, np.int64)
+            return b"", np.zeros(0, np.int32)
         b = self._bounds.values[first:].astype(np.int64)
-        return self._data.values[b[0] :].tobytes(), np.diff(b)
+        return self._data.values[b[0] :].tobytes(), np.diff(b).astype(np.int32)
 
     def spans(self, idx: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Start and length in `data` of the strings at positions `idx`."""
@@ -129,15 +131,14 @@ class StrColumn(Sequence[str]):
         return self.iter_from(0)
 
     def iter_from(self, first: int) -> Iterator[str]:
-        """The strings from `first` on, decoded one at a time."""
-        if first >= len(self):
-            return
-        bounds = self._bounds.values[first:].astype(np.int64)
-        data = self._data.values[bounds[0] :].tobytes()
-        bounds -= bounds[0]
-        ends = bounds[1:].tolist()
-        for s, e in zip(bounds[:-1].tolist(), ends, strict=True):
-            yield data[s:e].decode()
+        """The strings from `first` on, decoded one at a time (in parts of PART)."""
+        n = len(self)
+        for lo in range(first, n, PART):
+            bounds = self._bounds.values[lo : min(n, lo + PART) + 1].astype(np.int64)
+            data = self._data.values[bounds[0] : bounds[-1]].tobytes()
+            bounds -= bounds[0]
+            for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+                yield data[s:e].decode()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, StrColumn):
@@ -189,9 +190,8 @@ class StrIndex:
             while 3 * n > 2 * capacity:
                 capacity *= 2
             self._alloc(capacity)
-            if self.n:
-                hashes = np.fromiter(map(hash, self.column.iter_from(0)), np.int64, self.n)
-                self._place(hashes, np.arange(self.n, dtype=np.int32))
+            n, self.n = self.n, 0
+            self.add(self.column.iter_from(0), 0, n)
 
     def add(self, keys: Iterable[str], first: int, n: int) -> None:
         """Index `n` keys, the column's strings `first` (= len(self)), `first` + 1, ...
@@ -201,8 +201,12 @@ class StrIndex:
         if n == 0:
             return
         self.reserve(self.n + n)
-        h = np.fromiter(map(hash, keys), np.int64, n)
-        self._place(h, np.arange(first, first + n, dtype=np.int32))
+        it = iter(keys)
+        for lo in range(first, first + n, PART):
+            m = min(PART, first + n - lo)
+            self._place(
+                np.fromiter(map(hash, it), np.int64, m), np.arange(lo, lo + m, dtype=np.int32)
+            )
         self.n += n
 
     def _place(self, h: npt.NDArray[np.int64], pos: npt.NDArray[np.int32]) -> None:
@@ -233,9 +237,9 @@ class StrIndex:
             if p < 0:
                 return default
             if tags[i] == tag:  # the same hash, almost surely the same string: make sure
-                b = self.column._bounds.mv
-                start, raw = b[p], key.encode()
-                if b[p + 1] - start == len(raw) and self.column._data.mv[start : b[p + 1]] == raw:
+                col = self.column
+                b = col._bounds.mv
+                if str(col._data.mv[b[p] : b[p + 1]], "utf-8") == key:
                     return p
             i = (i + 1) & mask
 

@@ -344,7 +344,7 @@ class Registry:
         self.index.add(self.ids.iter_from(first), first, len(self.ids) - first)
         self.kind.extend(bytes(len(self.ids) - first))
 
-    def encoded_ids(self, first: int = 0) -> tuple[bytes, npt.NDArray[np.int64]]:
+    def encoded_ids(self, first: int = 0) -> tuple[bytes, npt.NDArray[np.int32]]:
         """The ids of slots `first`.. as (bytes joined, lengths): compact to send."""
         return self.ids.encoded(first)
 

@@ -98,6 +98,7 @@ class Router:
         self.registry = registry
         self._head = prefix + "/"
         self._skip = len(self._head)
+        self._slot_of = registry.index.get  # the index object lives as long as the registry
 
     def route(self, topic_name: str) -> tuple[protocol.Topic, int]:
         device_id, channel, slot = self.lookup(topic_name)
@@ -109,7 +110,7 @@ class Router:
             device_id, _, channel = topic_name[self._skip :].rpartition("/")
             ch = _CHANNELS.get(channel)
             if ch is not None:
-                slot = self.registry.index.get(device_id)
+                slot = self._slot_of(device_id)
                 if slot is not None:
                     return device_id, ch, slot
         topic, slot = self.parse(topic_name)
