@@ -39,12 +39,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _status(pid: int | str) -> dict[str, float]:
-    """VmRSS, VmHWM, RssAnon and RssFile of a process, in MB."""
+    """VmRSS, VmHWM, RssAnon, RssFile and AnonHugePages (transparent huge pages: NumPy
+    asks for them for arrays of 4 MB and more) of a process, in MB."""
     out: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[key] = round(int(value.split()[0]) / 1024, 1)
+    for name in ("status", "smaps_rollup"):
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "AnonHugePages"):
+                out[key] = round(int(value.split()[0]) / 1024, 1)
     return out
 
 
