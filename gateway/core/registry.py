@@ -72,11 +72,14 @@ class Households:
         """Add or update households; return their positions (in `infos` order)."""
         pos = np.empty(len(infos), np.int32)
         new: list[HouseholdInfo] = []
+        fresh: dict[str, int] = {}  # new ones given twice: one household
         for i, info in enumerate(infos):
             p = self.index.get(info.id)
             if p is None:
-                p = len(self.ids) + len(new)
-                new.append(info)
+                p = fresh.get(info.id)
+                if p is None:
+                    p = fresh[info.id] = len(self.ids) + len(new)
+                    new.append(info)
             else:  # known: new text only if it changed (rows repeat it for every device)
                 text = _text(info)
                 if not self.text.equals(int(self.record.values[p]), text):

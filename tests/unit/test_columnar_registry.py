@@ -99,6 +99,8 @@ def test_from_arrays_builds_a_partitions_registry() -> None:
     )
     assert cols["meter_slot"].tolist() == [0, 1, 0] and r.models == {"G": 0, "L": 1}
     assert cols["model"].tolist() == [0, 0, 1] and r.households["h0"].meter_id == "m0"
+    twice, _ = Registry.from_arrays(["m5"], [1], ["G"], [1], [0.0], [homes[0], homes[0]])
+    assert len(twice.households) == 1 and twice.households["h0"].meter_id == "m5"
     with pytest.raises(ValueError, match="same length"):
         r.add_arrays(["x"], [0, 1], ["L"], [0], [0.0], homes)
     with pytest.raises(ValueError, match="household"):
