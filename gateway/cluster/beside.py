@@ -118,7 +118,7 @@ class Listener:
                     (
                         [c for c, _ in part.buildings],
                         [b for _, b in part.buildings],
-                        part.gw.device_ids,
+                        list(part.gw.device_ids),
                     ),
                 )
             ).fetchall()

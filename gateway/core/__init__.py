@@ -12,5 +12,6 @@ Modules, each named after what it holds (imports flow down this list):
 - sweep: sweep, mark_offline, mark_seen; incidents: group_incidents
 - detection: the steps above in one namespace, for the pipeline
 - response: alarm kind -> valve action, work order, notice; commands: the valve-command book
-- registry: device id -> slot, and what a slot belongs to
+- columns: append-only NumPy columns, strings in one buffer, a compact str index
+- registry: device id -> slot, and what a slot belongs to, in those columns
 """

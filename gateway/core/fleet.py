@@ -194,7 +194,12 @@ class FleetState:
         self.records_bytes = hot.view(np.uint8).reshape(capacity, RECORD.itemsize)
         for name, (dtype, fill, shape) in self._COLD.items():
             old = getattr(self, name)
-            new = np.full((capacity, *shape), fill, dtype=dtype)
+            # zeros (the rise ring) are not written here: untouched pages are not resident,
+            # and the ring of a detector is touched only by its elevated readings
+            if fill == 0:
+                new = np.zeros((capacity, *shape), dtype=dtype)
+            else:
+                new = np.full((capacity, *shape), fill, dtype=dtype)
             new[: old.shape[0]] = old
             setattr(self, name, new)
         self.capacity = capacity

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 
 from gateway import protocol
 from gateway.core.alarms import AlarmKind
@@ -67,7 +67,7 @@ class FastLane:
         registry: Registry,
         state: FleetState,
         router: Router,
-        last_seq: list[int],
+        last_seq: MutableSequence[int],
         metrics: Metrics,
         cuts: dict[int, tuple[int, str]],
         close_valve: Callable[[str, str, AlarmKind, float], ValveCommand | None],
@@ -114,10 +114,10 @@ class FastLane:
 
     def _cut_for(self, msg: Message, now: float) -> int:
         try:
-            topic, slot = self.router.route(msg.topic)
-            if topic.channel is not Channel.TELEMETRY or self.registry.kind[slot] == KIND_METER:
+            device_id, channel, slot = self.router.lookup(msg.topic)
+            if channel is not Channel.TELEMETRY or self.registry.kind[slot] == KIND_METER:
                 return 0
-            reading = protocol.decode(protocol.DetectorReading, msg.payload, topic.device_id)
+            reading = protocol.decode(protocol.DetectorReading, msg.payload, device_id)
         except Rejected:
             return 0  # `handle` rejects it with its reason
         last = self.last_seq[slot]
@@ -132,7 +132,7 @@ class FastLane:
             or reading.ch4 < state.thresholds(int(state.model[slot])).leak_instant_lel
         ):
             return 0
-        cmd = self.close_valve(self.registry.ids[meter], topic.device_id, AlarmKind.LEAK, now)
+        cmd = self.close_valve(self.registry.ids[meter], device_id, AlarmKind.LEAK, now)
         if cmd is None:
             return 0  # a close is already on its way
         self.cuts[slot] = (reading.seq, cmd.cmd_id)

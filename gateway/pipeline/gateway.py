@@ -12,7 +12,8 @@ tests feed `handle` directly and deterministically; gateway.service drives it fo
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from gateway.core.alarms import AlarmKind
 from gateway.core.commands import CommandBook, ValveCommand
 from gateway.core.detection import Effects, FleetState
 from gateway.core.events import apply_events
-from gateway.core.registry import Registry, rows_to_registry_input
+from gateway.core.registry import Registry
 from gateway.pipeline.actions import Actions
 from gateway.pipeline.events import EventActions
 from gateway.pipeline.fast_lane import FastLane, at_least
@@ -71,7 +72,9 @@ class Gateway:
             max_resends=r.max_resends,
             backoff_factor=r.backoff_factor,
         )
-        self.last_seq: list[int] = []  # per slot; -1 until the device's first reading
+        # per slot, -1 until the device's first reading (an array: a Python int per device
+        # would cost 36 bytes, and the hot path reads and writes it as ints)
+        self.last_seq = array("q")
         self.latest = LatestValues()
         self.outbox = Outbox()
         # fast lane: detector slot -> (seq, cmd_id) of an instant leak cut ahead of its turn
@@ -161,14 +164,21 @@ class Gateway:
         self.outbox.flush()
 
     # ------------------------------------------------------------------ registry
-    def load_devices(self, rows: list[tuple]) -> int:
-        """Devices new to the registry (rows of storage.registry_sql.LOAD_SQL); returns how many."""
-        devices, households = rows_to_registry_input(rows)
-        cols = self.registry.add(devices, households)
+    def reserve(self, n: int) -> None:
+        """Room for `n` devices in all, before loading them in parts (the state's arrays
+        are then sized once, not grown by half again and again)."""
+        self.registry.reserve(n)
+        self.state.ensure_capacity(n)
+        self.latest.ensure(n)
+
+    def load_devices(self, rows: Sequence[tuple]) -> int:
+        """Devices new to the registry (rows of storage.registry_sql.LOAD_SQL, all or a part
+        of them: meters come first); returns how many."""
+        cols = self.registry.add_rows(rows)
         n = len(cols["kinds"])
         if n:
             self.state.add_devices(last_seen=np.full(n, self.clock()), **cols)
-            self.last_seq.extend([-1] * n)
+            self.last_seq.extend(array("q", [-1]) * n)
             self.latest.ensure(len(self.registry))
         self.metrics.devices.set(len(self.registry))
         return n
@@ -192,8 +202,8 @@ class Gateway:
         return kept
 
     @property
-    def device_ids(self) -> list[str]:
-        """Every device the registry holds, by slot."""
+    def device_ids(self) -> Sequence[str]:
+        """Every device the registry holds, by slot (a StrColumn: index, len, iterate)."""
         return self.registry.ids
 
     # ------------------------------------------------------------------ commands

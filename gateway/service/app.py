@@ -32,7 +32,7 @@ from gateway.service.links import Link, Links, command_config, ingest_config
 from gateway.service.listener import Listener
 from gateway.service.periodic import Ticker, write_device_state
 from gateway.settings import Settings
-from gateway.storage.registry_sql import LOAD_SQL
+from gateway.storage.registry_sql import load_registry
 from gateway.storage.rows import Batch
 from gateway.storage.writer import Writer
 from gateway.storage.writer_process import WriterConfig, WriterProcess
@@ -108,8 +108,7 @@ class GatewayService:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=5) as conn:
-                    rows = await (await conn.execute(LOAD_SQL, ([],))).fetchall()
-                    n = self.gw.load_devices(rows)
+                    n = await load_registry(conn, self.gw)
                     alarms = await (await conn.execute(_OPEN_ALARMS_SQL)).fetchall()
                     cmds = await (await conn.execute(_OPEN_COMMANDS_SQL)).fetchall()
                 break
@@ -359,6 +358,7 @@ class GatewayService:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, self._stopping.set)
         metrics_url = self._serve_metrics()  # first: a port in use stops the start at once
+        tuning.tune_allocator()
         await self._load()
         tuning.tune_runtime()
         self.writer = writer = self._start_writer(loop)

@@ -18,7 +18,7 @@ import psycopg
 
 from gateway.core.commands import ValveCommand
 from gateway.pipeline.gateway import Gateway
-from gateway.storage.registry_sql import LOAD_SQL
+from gateway.storage.registry_sql import load_registry
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,7 @@ class Listener:
     async def refresh_registry(self) -> None:
         """Devices provisioned since the last load join the registry."""
         async with await psycopg.AsyncConnection.connect(self.dsn) as conn:
-            rows = await (await conn.execute(LOAD_SQL, (self.gw.device_ids,))).fetchall()
-        n = self.gw.load_devices(rows)
+            n = await load_registry(conn, self.gw)
         if n:
             logger.info("registry refreshed new_devices=%d total=%d", n, len(self.gw.device_ids))
 

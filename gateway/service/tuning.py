@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from gateway import allocator
 from gateway.priority import set_thread_priority
 from gateway.settings import PrioritySettings
 
@@ -22,13 +23,22 @@ YOUNG_EVERY_S = 1.0
 FULL_EVERY_S = 600.0
 
 
+def tune_allocator() -> None:
+    """Before the registry is loaded: freed memory goes back to the system (see
+    gateway.allocator)."""
+    if not allocator.tune():
+        logger.debug("allocator thresholds not set (not glibc)")
+
+
 def tune_runtime() -> None:
     """Keep the automatic collector from stopping the world at an arbitrary allocation in
     the hot path: the long-lived registry and state are frozen out of it, and the young
     generations are collected on the ticker's schedule (`GcSchedule`). The event loop also
     takes the GIL back quickly from the threads left (device_state, webhooks; the writer's,
-    with db.writer_process off)."""
+    with db.writer_process off). What loading the registry freed is handed back to the
+    system (gateway.allocator)."""
     gc.collect()
+    allocator.release()
     gc.freeze()
     gc.disable()
     sys.setswitchinterval(0.0005)

@@ -66,7 +66,8 @@ def copy_payload(
     head["nfields"] = 7 if kind == "detector" else 10
     head["time_len"] = 8
     head["time"] = copy_format.pg_micros(r.time)
-    head["device_len"] = registry.id_len[slots]
+    id_start, id_len = registry.id_spans(slots)
+    head["device_len"] = id_len
     if kind == "detector":
         tail = np.empty(n, DET_TAIL)
         tail["ch4"] = r.values["ch4"]
@@ -94,8 +95,8 @@ def copy_payload(
     return copy_format.assemble(
         head,
         registry.id_bytes,
-        registry.id_start[slots],
-        registry.id_len[slots],
+        id_start,
+        id_len,
         tail,
         header,
         trailer,

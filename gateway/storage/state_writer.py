@@ -44,7 +44,8 @@ def _payload(
     n = len(slots)
     head = np.empty(n, _HEAD)
     head["nfields"] = nfields
-    head["device_len"] = registry.id_len[slots]
+    id_start, id_len = registry.id_spans(slots)
+    head["device_len"] = id_len
     tail = np.empty(n, tail_dtype)
     widths = {
         "online": 1,
@@ -66,9 +67,7 @@ def _payload(
     tail["seq"] = rows["seq"]
     for name, value in values.items():
         tail[name] = value
-    return copy_format.assemble(
-        head, registry.id_bytes, registry.id_start[slots], registry.id_len[slots], tail
-    )
+    return copy_format.assemble(head, registry.id_bytes, id_start, id_len, tail)
 
 
 _STAGE = (

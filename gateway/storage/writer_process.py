@@ -7,9 +7,10 @@ up and waits up to a switch interval to get it back. In a process of its own the
 (`storage.Writer`, unchanged, with its spool) shares nothing with the event loop but two
 pipes.
 
-Protocol: length-prefixed pickles. To the child: the config, then ("ids", [...]) whenever
-the registry grew (before any batch that names a new slot), ("batch", Batch), ("state", n,
-Changes) (device_state upserts, written by a second thread on a connection of its own) and
+Protocol: length-prefixed pickles. To the child: the config, then ("ids", bytes, lengths)
+(the new device ids' UTF-8 bytes joined, and each one's length) whenever the registry grew
+(before any batch that names a new slot), ("batch", Batch), ("state", n, Changes)
+(device_state upserts, written by a second thread on a connection of its own) and
 ("stop",). From the child: ("done", seq, stats) after each batch is committed or spooled,
 ("state_done", n, ok), ("status", stats) twice a second (the database may be away with
 nothing committing), ("bye", stats).
@@ -223,10 +224,10 @@ class WriterProcess:
             self._send_batch(self._inflight[seq])
 
     def _send_ids(self) -> None:
-        ids = self.registry.ids
-        if len(ids) > self._ids_sent:
-            self._send(("ids", ids[self._ids_sent :]))
-            self._ids_sent = len(ids)
+        n = len(self.registry)
+        if n > self._ids_sent:
+            self._send(("ids", *self.registry.encoded_ids(self._ids_sent)))
+            self._ids_sent = n
 
     def _send_batch(self, batch: Batch) -> None:
         self._send_ids()
@@ -336,12 +337,14 @@ class WriterProcess:
 
 # ---------------------------------------------------------------- the child
 def _child(down_fd: int, up_fd: int) -> int:
+    from gateway import allocator
     from gateway.logs import setup_logging
     from gateway.priority import set_thread_priority
     from gateway.storage.spool import Spool
     from gateway.storage.state_writer import StateWriter
     from gateway.storage.writer import Writer
 
+    allocator.tune()
     frames = Frames()
     inbox: list[Any] = []
 
@@ -427,7 +430,9 @@ def _child(down_fd: int, up_fd: int) -> int:
         elif msg[0] == "state":
             states.put((msg[1], msg[2]))
         elif msg[0] == "ids":
-            registry.add_ids(msg[1])
+            registry.add_encoded_ids(msg[1], msg[2])
+            del msg
+            allocator.release()  # the ids' frame and the index's scratch arrays
         elif msg[0] == "stop":
             break
     writer.stop()

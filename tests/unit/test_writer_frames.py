@@ -59,7 +59,11 @@ def test_the_writers_registry_names_slots_as_the_gateways_does() -> None:
                  {"h" + i[1:3]: HouseholdInfo("h" + i[1:3], "a", "c", "b", "o", "p", None,
                                               2.5, None) for i in part})
         ids_only.add_ids(part)
-    assert ids_only.ids == full.ids and ids_only.index == full.index
+    assert list(ids_only.ids) == list(full.ids) == ["m1", "d1", "m22", "d22a", "d22b"]
+    assert [ids_only.index[i] for i in full.ids] == list(range(5))
+    sent = Registry()
+    sent.add_encoded_ids(*full.encoded_ids())  # as the writer process receives them
+    assert list(sent.ids) == list(full.ids) and sent.index.get("d22a") == 3
     for name in ("id_bytes", "id_start", "id_len"):
         assert np.array_equal(getattr(ids_only, name), getattr(full, name))
 
