@@ -65,7 +65,7 @@ async def test_operator_closes_valve_and_engineer_is_refused(api, users, city, d
     await op.click('#household [data-range="day"]')
     await op.wait_for_selector('#household [data-chart="methane"] canvas')
     path = await shot(op, "household-operator")
-    if os.environ.get("GAS_SAFETY_DOCS_SHOTS"):  # refresh the README's picture on request
+    if os.environ.get("DOCS_SCREENSHOTS"):  # refresh the README's picture on request
         shutil.copyfile(path, DOCS / "console-household.png")
 
     eng = await new_page()
