@@ -440,12 +440,21 @@ def read_stack() -> tuple[Path | None, dict[str, Any]]:
                 "command_password": service_password_from_key(info["fleet_key"], COMMANDS),
             },
             "db": {"dsn": info["dsn"], **_replica_dsn(runtime.with_name("replica.json"))},
+            **_cluster_log(runtime.parent / "cluster" / "cluster.json"),
         }
     except (ValueError, KeyError, TypeError) as err:
         raise SettingsError(
             f"{runtime}: not a runtime file of `gas-safety stack up` ({err!r}); "
             "run `gas-safety stack up` again or remove it"
         ) from None
+
+
+def _cluster_log(path: Path) -> dict[str, Any]:
+    """`cluster.nats_servers` from `gas-safety stack up --cluster`'s file, when there is one:
+    `gas-safety worker` then joins the private cluster with no configuration."""
+    if not path.is_file():
+        return {}
+    return {"cluster": {"nats_servers": ",".join(json.loads(path.read_text())["nats_urls"])}}
 
 
 def _replica_dsn(path: Path) -> dict[str, str]:
