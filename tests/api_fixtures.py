@@ -69,7 +69,8 @@ def api_settings(dsn: str, phones: PhoneGateway) -> Settings:
                               "notify_sms_url": phones.url + "/sms",
                               "notify_voice_url": phones.url + "/voice",
                               "notify_sms_timeout_s": 3.0},
-                    api={"jwt_secret": JWT_SECRET, "token_ttl_s": 600, "max_points": 1000,
+                    # the session's tokens outlive a whole run (a slow one takes well over 10 min)
+                    api={"jwt_secret": JWT_SECRET, "token_ttl_s": 4 * 3600, "max_points": 1000,
                          "max_range_days": 400,
                          # every test client is 127.0.0.1: trusting it as a proxy lets a test
                          # act as other clients with X-Forwarded-For (the sign-in and

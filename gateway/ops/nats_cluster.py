@@ -148,12 +148,15 @@ class NatsCluster:
             return False
 
     def _meta_ready(self) -> bool:
-        for node in self.nodes:
-            if self.pid(node) is None:
-                continue
+        """A meta leader that knows every other running node as a current peer: before that
+        an R3 stream is refused ("no suitable peers for placement")."""
+        running = [n for n in self.nodes if self.pid(n) is not None]
+        for node in running:
             meta = self._jsz(node).get("meta_cluster") or {}
-            if isinstance(meta, dict) and meta.get("leader"):
-                return True
+            if not isinstance(meta, dict) or meta.get("leader") != node.name:
+                continue
+            peers = [p for p in meta.get("replicas") or [] if p.get("current")]
+            return len(peers) >= len(running) - 1
         return False
 
     def stream_leader(self, stream: str = STREAM) -> NatsNode:

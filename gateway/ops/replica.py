@@ -102,6 +102,12 @@ class Replica:
                 check=False,
             )
 
+    def remove(self) -> None:
+        """Stop it and delete its data and runtime file: the stack is single-node again."""
+        self.down()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.runtime_file.unlink(missing_ok=True)
+
     def kill(self) -> None:
         """Stop at once (immediate mode: no shutdown checkpoint), as a crash would."""
         if self.running():

@@ -20,9 +20,10 @@ def _stack_up(args: argparse.Namespace) -> int:
         rt = stack.up()
         print(f"postgres  127.0.0.1:{rt.pg_port}  (dsn in {rt.home}/runtime.json)")
         print(f"mosquitto 127.0.0.1:{rt.mqtt_port}")
-    if args.replica:
-        from gateway.ops.replica import Replica
+    from gateway.ops.replica import Replica
 
+    if args.replica or Replica(stack).runtime() is not None:
+        # a replica once set up comes back with the stack (status counts it)
         replica = Replica(stack).up()
         print(f"replica   127.0.0.1:{replica.port}  (the API's reads that may lag)")
     return 0
@@ -76,8 +77,8 @@ def register(subparsers: Any) -> None:
     up.add_argument(
         "--replica",
         action="store_true",
-        help="also a streaming replica of PostgreSQL, for the API's reads that may lag"
-        " (default: none)",
+        help="also a streaming replica of PostgreSQL, for the API's reads that may lag;"
+        " once set up, later `stack up` runs start it too (default: none)",
     )
     up.set_defaults(func=_stack_up)
     stack.add_parser("down", help="stop both cleanly").set_defaults(func=_stack_down)

@@ -26,7 +26,7 @@ async def test_token_login_and_me(client: httpx.AsyncClient, users) -> None:
                                                "password": PASSWORD})
     assert r.status_code == 200
     body = r.json()
-    assert body["token_type"] == "bearer" and body["expires_in"] == 600
+    assert body["token_type"] == "bearer" and body["expires_in"] == 4 * 3600
     assert body["role"] == "engineer"
     me = await client.get("/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"})
     assert me.json() == {"username": users["engineer"], "role": "engineer", "via": "token"}

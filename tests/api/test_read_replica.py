@@ -29,7 +29,7 @@ def replica(stack: Stack) -> Iterator[Replica]:
     r = Replica(stack)
     r.up()
     yield r
-    r.down()
+    r.remove()
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,7 @@ class LogSide:
         self.commands: list[tuple[float, str, dict[str, Any]]] = []  # (time, meter, payload)
         self.nc: Any = None
         self.js: Any = None
-        self.call(self._connect())
+        self.call(self._connect(), timeout=90)
 
     def call(self, coro: Any, timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -124,13 +124,14 @@ class LogSide:
     async def _connect(self) -> None:
         import nats
 
-        from gateway.cluster.jetstream import ensure_stream
+        from gateway.ops.nats_cluster import ensure_stream_async
 
+        # patient: a fresh cluster's leader may not know every peer yet
+        await ensure_stream_async(self.servers)
         self.nc = await nats.connect(
             servers=self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2
         )
         self.js = self.nc.jetstream(timeout=10)
-        await ensure_stream(self.js)
 
         async def on_cmd(msg: Any) -> None:
             meter = msg.subject.split(".", 2)[2]
