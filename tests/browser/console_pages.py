@@ -15,3 +15,10 @@ async def sign_in(page: Page, base_url: str, username: str, *, language: str = "
     await page.click("#login-form button[type=submit]")
     await page.wait_for_selector("#login", state="hidden")
     await page.wait_for_selector("body[data-live=on]")
+
+
+async def cell(page: Page, selector: str) -> str:
+    """A board cell's text whether or not its row is on screen: the board's rows skip
+    rendering off screen (content-visibility), where innerText reads empty."""
+    text = await page.text_content(selector)
+    return " ".join((text or "").split())

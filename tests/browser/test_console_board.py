@@ -13,7 +13,7 @@ import time
 
 import psycopg
 import pytest
-from console_pages import sign_in
+from console_pages import cell, sign_in
 
 pytestmark = pytest.mark.services
 
@@ -44,15 +44,15 @@ async def test_leak_appears_live_and_valve_confirmed(api, users, own_gateway, fl
     appeared_s = time.time() - sent
     print(f"leak on the board {appeared_s:.2f} s after the detector published it")
     assert appeared_s < 2.0
-    assert await page.inner_text(f"{row} .sev") == "Critical"
-    assert house.address.split()[0] in await page.inner_text(f"{row} .addr")
+    assert await cell(page, f"{row} .sev") == "Critical"
+    assert house.address.split()[0] in await cell(page, f"{row} .addr")
 
     _, cmd = await asyncio.to_thread(meter.commands.get, True, 5)
     assert cmd["action"] == "valve_close"
     await asyncio.to_thread(meter.ack, cmd["cmd_id"])
     await page.wait_for_selector(f'{row} [data-valve="closed"]', timeout=5_000)
-    assert await page.inner_text(f"{row} .valve") == "Confirmed closed"
-    assert await page.inner_text(f"{row} .order") != "—"  # the leak's work order, with its SLA
+    assert await cell(page, f"{row} .valve") == "Confirmed closed"
+    assert await cell(page, f"{row} .order") != "—"  # the leak's work order, with its SLA
     assert await _same_document(page)
     await shot(page, "board-leak-closed")
 
@@ -113,7 +113,7 @@ async def test_acknowledge_shelve_and_viewer(api, users, city, dsn, raise_alarm,
     await sign_in(page, api.base_url, users["operator"])
     # a critical alarm cannot be shelved; the others can
     assert await page.locator(f'tr[data-alarm="{leak}"] button.shelve').count() == 0
-    assert "Returned to normal" in await page.inner_text(f'tr[data-alarm="{returned}"] .state')
+    assert "Returned to normal" in await cell(page, f'tr[data-alarm="{returned}"] .state')
 
     for alarm_id, comment in ((leak, "crew called"), (returned, "seen, back to normal")):
         await page.click(f'tr[data-alarm="{alarm_id}"] button.ack')
@@ -121,7 +121,7 @@ async def test_acknowledge_shelve_and_viewer(api, users, city, dsn, raise_alarm,
         await page.click("#act-ok")
         await page.wait_for_selector(f'tr[data-alarm="{alarm_id}"] button.ack', state="detached")
     # the acknowledged leak stays (not cleared); the returned one leaves the board
-    assert await page.inner_text(f'tr[data-alarm="{leak}"] .state') == "Acknowledged"
+    assert await cell(page, f'tr[data-alarm="{leak}"] .state') == "Acknowledged"
     await page.wait_for_selector(f'tr[data-alarm="{returned}"]', state="detached")
     # ...and the viewer's board followed without a reload
     await viewer.wait_for_selector(f'tr[data-alarm="{returned}"]', state="detached")

@@ -16,7 +16,7 @@ import zoneinfo
 import httpx
 import psycopg
 import pytest
-from console_pages import sign_in
+from console_pages import cell, sign_in
 
 from gateway.ops.provision import generate_city, provision
 
@@ -108,7 +108,7 @@ async def test_resident_books_cancels_and_is_refused_past_quota(api, users, as_r
         await op.goto(api.base_url + "/#upgrades")
         row = f'#upg-quotas tr[data-community="{community}"]'
         await op.wait_for_selector(row)
-        assert await op.inner_text(f"{row} .remaining") == "1"
+        assert await cell(op, f"{row} .remaining") == "1"
         booking = r.json()
         r = await client.get("/upgrades/bookings", params={"household_id": b.id},
                              headers=as_role["viewer"])

@@ -29,19 +29,23 @@ VOICE_TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def phones() -> Iterator[PhoneGateway]:
+def chain_phones() -> Iterator[PhoneGateway]:
+    """This module's own phone gateway (slow calls ring for most of the voice timeout); not
+    named `phones`, which the session's API is built on."""
     with PhoneGateway(slow_s=VOICE_TIMEOUT_S * 0.8) as gw:
         yield gw
 
 
 @pytest.fixture(scope="module")
-def chain_gateway(gateway: GatewayProcess, stack: Any, phones: PhoneGateway) -> Iterator[Any]:
+def chain_gateway(
+    gateway: GatewayProcess, stack: Any, chain_phones: PhoneGateway
+) -> Iterator[Any]:
     """A gateway whose notifier calls the fake phones, with a 3 s confirm window. The run's
     shared gateway steps aside meanwhile (the gateway account's client id is its name)."""
     env = {
         "GAS_SAFETY_RESPONSE__NOTIFY_CHANNEL": "webhook",
-        "GAS_SAFETY_RESPONSE__NOTIFY_VOICE_URL": f"{phones.url}/voice",
-        "GAS_SAFETY_RESPONSE__NOTIFY_SMS_URL": f"{phones.url}/sms",
+        "GAS_SAFETY_RESPONSE__NOTIFY_VOICE_URL": f"{chain_phones.url}/voice",
+        "GAS_SAFETY_RESPONSE__NOTIFY_SMS_URL": f"{chain_phones.url}/sms",
         "GAS_SAFETY_RESPONSE__NOTIFY_CONFIRM_S": str(CONFIRM_S),
         "GAS_SAFETY_RESPONSE__NOTIFY_BACKOFF_S": str(BACKOFF_S),
         "GAS_SAFETY_RESPONSE__NOTIFY_MAX_ATTEMPTS": "3",
@@ -143,16 +147,16 @@ def start_leak(chain_gateway: Any, fleet: Any, devices: Any, dsn: str) -> tuple[
 
 
 def test_owner_answers_at_step_one_and_the_chain_stops(
-    chain_gateway: Any, phones: PhoneGateway, fleet: Any, devices: Any, dsn: str, http: Any
+    chain_gateway: Any, chain_phones: PhoneGateway, fleet: Any, devices: Any, dsn: str, http: Any
 ) -> None:
     house, det = start_leak(chain_gateway, fleet, devices, dsn)
     owner, _ = own_numbers(dsn, house, False)
-    phones.configure(owner, ["answered"])
+    chain_phones.configure(owner, ["answered"])
     det.publish("event", {"seq": 1, "ts": time.time(), "type": "local_alarm"})
     n = notice(dsn, house.id, cond=lambda r: r and r[0][1] == "confirmed")
     assert n[2] == "owner:voice"
     time.sleep(1.0)  # nothing more may follow
-    got = mine(phones.calls(), house.id)
+    got = mine(chain_phones.calls(), house.id)
     assert [(c.channel, c.to) for c in got] == [("voice", owner)]
     assert attempt_states(http, house.id) == [("voice_owner", "answered", owner)]
     viewer = attempt_states(http, house.id, "viewer")
@@ -160,7 +164,7 @@ def test_owner_answers_at_step_one_and_the_chain_stops(
 
 
 def test_nobody_answers_walks_the_chain_to_the_control_room(
-    chain_gateway: Any, phones: PhoneGateway, fleet: Any, devices: Any, dsn: str, http: Any
+    chain_gateway: Any, chain_phones: PhoneGateway, fleet: Any, devices: Any, dsn: str, http: Any
 ) -> None:
     house, det = start_leak(chain_gateway, fleet, devices, dsn)
     owner, emergency = own_numbers(dsn, house, True)
@@ -170,8 +174,8 @@ def test_nobody_answers_walks_the_chain_to_the_control_room(
         headers=http.roles["operator"],
     )
     assert r.status_code == 200, r.text
-    phones.configure(owner, ["no_answer"])
-    phones.configure(emergency, ["no_answer"])
+    chain_phones.configure(owner, ["no_answer"])
+    chain_phones.configure(emergency, ["no_answer"])
     tap = EventTap(
         str(http.base_url), http.roles["viewer"], ["notification.state", "work_order.flagged"]
     )
@@ -204,7 +208,7 @@ def test_nobody_answers_walks_the_chain_to_the_control_room(
         ("control_room", "flagged"),
     ], steps
     assert owner not in json.dumps(seen) and emergency not in json.dumps(seen)
-    got = mine(phones.calls(), house.id)
+    got = mine(chain_phones.calls(), house.id)
     assert [(c.channel, c.to) for c in got] == [
         ("voice", owner),
         ("sms", owner),
@@ -232,14 +236,14 @@ def test_nobody_answers_walks_the_chain_to_the_control_room(
 
 
 def test_a_failing_voice_gateway_is_retried_with_backoff_then_the_chain_moves_on(
-    chain_gateway: Any, phones: PhoneGateway, fleet: Any, devices: Any, dsn: str, http: Any
+    chain_gateway: Any, chain_phones: PhoneGateway, fleet: Any, devices: Any, dsn: str, http: Any
 ) -> None:
     house, det = start_leak(chain_gateway, fleet, devices, dsn)
     owner, _ = own_numbers(dsn, house, False)
-    phones.configure(owner, ["error"], "voice")  # HTTP 500 to every call; texts go out
+    chain_phones.configure(owner, ["error"], "voice")  # HTTP 500 to every call; texts go out
     det.publish("event", {"seq": 1, "ts": time.time(), "type": "local_alarm"})
-    phones.wait_for(lambda calls: len(mine(calls, house.id)) >= 4, 20)
-    got = mine(phones.calls(), house.id)
+    chain_phones.wait_for(lambda calls: len(mine(calls, house.id)) >= 4, 20)
+    got = mine(chain_phones.calls(), house.id)
     voice = [c for c in got if c.channel == "voice"]
     assert len(voice) == 3 and got[3].channel == "sms" and got[3].to == owner
     gaps = [b.at - a.at for a, b in itertools.pairwise(voice)]
@@ -255,18 +259,18 @@ def test_a_failing_voice_gateway_is_retried_with_backoff_then_the_chain_moves_on
 
 
 def test_a_gateway_killed_mid_call_is_followed_by_one_retry_and_nothing_lost(
-    chain_gateway: Any, phones: PhoneGateway, fleet: Any, devices: Any, dsn: str, http: Any
+    chain_gateway: Any, chain_phones: PhoneGateway, fleet: Any, devices: Any, dsn: str, http: Any
 ) -> None:
     house, det = start_leak(chain_gateway, fleet, devices, dsn)
     owner, _ = own_numbers(dsn, house, False)
-    phones.configure(owner, ["slow", "no_answer"])  # the first call rings until the kill
+    chain_phones.configure(owner, ["slow", "no_answer"])  # the first call rings until the kill
     det.publish("event", {"seq": 1, "ts": time.time(), "type": "local_alarm"})
-    phones.wait_for(lambda calls: len(mine(calls, house.id)) >= 1, 20)
+    chain_phones.wait_for(lambda calls: len(mine(calls, house.id)) >= 1, 20)
     chain_gateway.kill()
     chain_gateway.start()
     n = notice(dsn, house.id, cond=lambda r: r and r[0][1] == "escalated", timeout_s=40)
     assert n[1] == "escalated"
-    got = mine(phones.calls(), house.id)
+    got = mine(chain_phones.calls(), house.id)
     assert [(c.channel, c.call_id.rsplit("-", 1)[1]) for c in got] == [
         ("voice", "1"),
         ("voice", "2"),  # the lost attempt's one retry
@@ -281,13 +285,13 @@ def test_a_gateway_killed_mid_call_is_followed_by_one_retry_and_nothing_lost(
 
 
 def test_an_operator_confirming_during_the_call_stops_the_chain(
-    chain_gateway: Any, phones: PhoneGateway, fleet: Any, devices: Any, dsn: str, http: Any
+    chain_gateway: Any, chain_phones: PhoneGateway, fleet: Any, devices: Any, dsn: str, http: Any
 ) -> None:
     house, det = start_leak(chain_gateway, fleet, devices, dsn)
     owner, _ = own_numbers(dsn, house, False)
-    phones.configure(owner, ["slow"], "voice")  # rings, then no answer
+    chain_phones.configure(owner, ["slow"], "voice")  # rings, then no answer
     det.publish("event", {"seq": 1, "ts": time.time(), "type": "local_alarm"})
-    phones.wait_for(lambda calls: len(mine(calls, house.id)) >= 1, 20)
+    chain_phones.wait_for(lambda calls: len(mine(calls, house.id)) >= 1, 20)
     n = notice(dsn, house.id)
     r = http.post(
         f"/notifications/{n[0]}/confirm",
@@ -302,12 +306,12 @@ def test_an_operator_confirming_during_the_call_stops_the_chain(
         what="the ringing call's outcome recorded",
     )
     time.sleep(1.0)
-    assert [c.channel for c in mine(phones.calls(), house.id)] == ["voice"]
+    assert [c.channel for c in mine(chain_phones.calls(), house.id)] == ["voice"]
     assert notice(dsn, house.id)[1] == "confirmed"
 
 
 def test_latency_from_local_alarm_to_order_and_first_call(
-    chain_gateway: Any, phones: PhoneGateway, fleet: Any, devices: Any, dsn: str
+    chain_gateway: Any, chain_phones: PhoneGateway, fleet: Any, devices: Any, dsn: str
 ) -> None:
     """Twenty leaks, one at a time: the figures are printed for the record (-s to see)."""
     houses = fleet(20, seed=5)
@@ -327,7 +331,7 @@ def test_latency_from_local_alarm_to_order_and_first_call(
                 what="the work order",
             )
             to_order.append(time.time() - t0)
-            first = phones.wait_for(lambda c, h=house: bool(mine(c, h.id)), 10)
+            first = chain_phones.wait_for(lambda c, h=house: bool(mine(c, h.id)), 10)
             to_call.append(mine(first, house.id)[0].at - t0)
     for name, xs in (("work order", to_order), ("first call", to_call)):
         print(

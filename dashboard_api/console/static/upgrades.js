@@ -83,11 +83,11 @@ function build() {
   };
   return el("section", { class: "upgrades" },
     label("upg.quotas", "h2"),
-    el("table", { class: "board" }, head("upg.community", "upg.places", "upg.booked", "upg.remaining"), parts.quotas),
+    el("table", { class: "list" }, head("upg.community", "upg.places", "upg.booked", "upg.remaining"), parts.quotas),
     add, parts.msg, parts.error,
     label("upg.bookings", "h2"),
     el("div", { class: "filters" }, el("label", {}, label("upg.status"), " ", status)),
-    el("table", { class: "board" },
+    el("table", { class: "list" },
       head("upg.slot", "upg.household", "upg.community", "upg.status", "upg.by", "upg.actions"), parts.bookings));
 }
 
