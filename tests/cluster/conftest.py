@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,15 @@ def cluster(stack: Stack) -> Iterator[ClusterStack]:
         cs.down()
         if not os.environ.get("GAS_SAFETY_KEEP_TEST_HOME"):
             shutil.rmtree(cs.home, ignore_errors=True)
+
+
+def _connected_for(edge: Any, seconds: float) -> bool:
+    from edge_load import relay_metric
+
+    if relay_metric(edge, "gas_relay_broker_up") != 1:
+        return False
+    time.sleep(seconds)
+    return relay_metric(edge, "gas_relay_broker_up") == 1
 
 
 @pytest.fixture
@@ -52,6 +62,10 @@ def edge_fleet(cluster: ClusterStack, stack: Stack, runtime: Runtime, prefix: st
                        what=f"edge broker {e.name} accepts {last}")
             wait_until(lambda e=e: relay_metric(e, "gas_relay_registry_devices") == row[0], 20,
                        what=f"relay {e.name} knows the new devices")
+            # a reload can drop the relay's connection (Mosquitto 2.0 re-checks connected
+            # clients): the test's load starts once the relay is subscribed again
+            wait_until(lambda e=e: _connected_for(e, 0.5), 20,
+                       what=f"relay {e.name} connected to its broker after the reload")
         return city
 
     return make
