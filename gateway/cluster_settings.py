@@ -25,15 +25,16 @@ class ClusterSettings(BaseModel):
     lease_poll_s: float = Field(default=0.5, ge=0.1, le=2.0)
     # the most partitions one worker owns; 0: an even share, ceil(partitions / workers alive)
     max_partitions: int = Field(default=0, ge=0, le=4096)
-    # messages taken from one partition's consumer at once
+    # messages one standing pull request asks of a partition's consumer (renewed at half)
     fetch_batch: int = Field(default=512, ge=1, le=10_000)
-    # the shortest pause between two pulls of one partition: a partition then brings
-    # several messages to one judgement (less CPU per reading), for up to this much more
-    # latency; 0: pull again at once
+    # how long messages that arrived collect before one judgement of every owned
+    # partition's share (less CPU per reading), for up to this much more latency; 0: judged
+    # as soon as the event loop is free
     fetch_linger_s: float = Field(default=0.01, ge=0.0, le=0.5)
-    # how long the owned partitions' closed batches collect before they go to the writer
-    # as one transaction (acknowledged after it); the cut is never waiting on it
-    commit_every_s: float = Field(default=0.05, gt=0.0, le=1.0)
+    # how long readings of the owned partitions collect before they go to the writer as one
+    # transaction (acknowledged after it); alarms, orders, notices and commands go at once,
+    # and the cut is never waiting on it
+    commit_every_s: float = Field(default=0.25, gt=0.0, le=1.0)
     # JetStream redelivers a message not acknowledged this long after delivery
     ack_wait_s: float = Field(default=30.0, ge=2.0, le=600.0)
 

@@ -112,10 +112,12 @@ async def ensure_consumers(js: JetStreamContext, partitions: int, ack_wait_s: fl
     return sum(await asyncio.gather(*(one(p) for p in range(partitions))))
 
 
-async def take_consumer(js: JetStreamContext, partition: int, ack_wait_s: float) -> Resume:
+async def take_consumer(
+    js: JetStreamContext, partition: int, ack_wait_s: float, timeout_s: float | None = None
+) -> Resume:
     """The partition's consumer position (created when missing)."""
     try:
-        info = await js.consumer_info(STREAM, consumer_name(partition))
+        info = await js.consumer_info(STREAM, consumer_name(partition), timeout=timeout_s)
     except NotFoundError:
         await js.add_consumer(STREAM, _config(partition, ack_wait_s))
         return Resume(0, 0)

@@ -98,6 +98,7 @@ class Partition:
     seen_to: int = 0  # stream sequence up to which an earlier owner may have judged
     to_worker: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     unacked: dict[int, Any] = field(default_factory=dict)  # stream seq -> log message
+    feed: Any = None  # gateway.cluster.feed.Feed, once the backlog is judged
     received = 0
     stopped = False
 
@@ -111,9 +112,9 @@ class Partition:
         new_id: Callable[[], str],
         metrics: Metrics,
     ) -> Partition:
-        return cls(
-            number, Gateway(settings, clock=clock, new_id=new_id, metrics=metrics), buildings
-        )
+        gw = Gateway(settings, clock=clock, new_id=new_id, metrics=metrics)
+        gw.ingest.late_stored = True  # the log can reorder a device's messages
+        return cls(number, gw, buildings)
 
     def rebuild(self, loaded: Loaded, ids: Registry, now: float) -> int:
         """Load the devices and restore what was open; returns the commands kept."""

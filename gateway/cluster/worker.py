@@ -4,12 +4,13 @@ partitions this worker owns, fed from NATS JetStream, acknowledged after COMMIT.
 Every `lease_poll_s` the worker checks its leases (gateway.cluster.leases) and takes free
 partitions up to its share; for each taken partition it rebuilds the pipeline's state from
 the database (gateway.cluster.partition), resets the partition's durable consumer to the
-first unacknowledged message (gateway.cluster.jetstream) and starts pulling. A pulled batch
-is judged by the same code the single gateway runs, closed as one database batch, and its
-last message acknowledged (AckAll) once the writer has committed it. Valve commands go out
-on core NATS, `gas.cmd.<meter id>`, to every edge relay (docs/cluster.md says why). Losing
-the lease connection drops every partition at once, unacknowledged: their new owners take
-them from the log.
+first unacknowledged message (gateway.cluster.jetstream) and starts its feed: a standing
+pull request that streams the partition's messages as they come (gateway.cluster.feed).
+What arrived is judged by the same code the single gateway runs, closed as one database
+batch, and each partition's last message acknowledged (AckAll) once the writer committed
+it. Valve commands go out on core NATS, `gas.cmd.<meter id>`, to every edge relay
+(docs/cluster.md says why). Losing the lease connection drops every partition at once,
+unacknowledged: their new owners take them from the log.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from gateway.cluster import beside, jetstream, log_link
+from gateway.cluster.feed import Feed
 from gateway.cluster.leases import LeaseLost, Leases, share
 from gateway.cluster.partition import (
     BUILDINGS_SQL,
@@ -41,7 +43,7 @@ from gateway.cluster.partition import (
 from gateway.core.partitions import PARTITIONS
 from gateway.core.registry import Registry
 from gateway.pipeline.metrics import Metrics
-from gateway.protocol.log_subjects import HEADER_TOPIC, STREAM, command_subject, consumer_name
+from gateway.protocol.log_subjects import HEADER_TOPIC, command_subject
 from gateway.service import tuning
 from gateway.service.app import StartupError, _where, new_command_id
 from gateway.service.notifier import Notifier
@@ -52,6 +54,19 @@ from gateway.storage.writer import Writer
 logger = logging.getLogger(__name__)
 
 RELEASE_WAIT_S = 5.0  # a partition given up for balance waits this long for its acks
+TAKE_TIMEOUT_S = 1.5  # a taken partition's log position; longer: released, taken again later
+
+
+def _urgent(batch: Batch) -> bool:
+    return bool(
+        batch.alarms
+        or batch.cleared
+        or batch.commands
+        or batch.work_orders
+        or batch.notifications
+        or batch.audit
+        or batch.live
+    )
 
 
 def worker_name(settings: Settings) -> str:
@@ -85,6 +100,8 @@ class WorkerService:
         self._outgoing: list[Batch] = []  # partitions' batches not yet with the writer
         self._outgoing_rows = 0
         self._send_handle: asyncio.TimerHandle | None = None
+        self._arrivals: list[tuple[Partition, Any]] = []  # feeds' messages not yet judged
+        self._judge_handle: asyncio.Handle | None = None
         self._background: set[asyncio.Future[None]] = set()  # acks and commands on the wire
 
     # ------------------------------------------------------------------ leases
@@ -133,51 +150,55 @@ class WorkerService:
             await asyncio.gather(*(self._give_up(p) for p in extra))
 
     async def _take(self, taken: list[int]) -> None:
-        """Rebuild each taken partition from the database, then start judging its log."""
+        """Rebuild each taken partition from the database, then start judging its log. The
+        partitions' log positions are asked at once, each with a short timeout: a partition
+        whose consumer is electing a leader is released and taken again at the next poll,
+        without holding up the others."""
         t0 = time.perf_counter()
         conn = await self._loader()
         rows = await (await conn.execute(BUILDINGS_SQL)).fetchall()
         by_part = buildings_by_partition(rows, self.partitions)
-        assert self.js is not None
-        for p in taken:
-            part = Partition.new(
-                p,
-                self.settings,
-                by_part.get(p, []),
-                self.clock,
-                new_command_id,
-                self.metrics,
-            )
-            try:
-                loaded = await load_partition(conn, part.buildings, [])
-                kept = part.rebuild(loaded, self.ids, self.clock())
-                resume = await jetstream.take_consumer(self.js, p, self.settings.cluster.ack_wait_s)
-            except (psycopg.Error, nats.errors.Error) as err:
-                logger.warning("partition %d not taken (%s); released", p, err)
-                await self.leases.release(p)
-                continue
-            part.seen_to = resume.delivered
-            part.gw.publish = self._publish
-            part.gw.submit = functools.partial(self._submit, part)
-            self.owned[p] = part
-            self.taken_at[p] = time.time()
-            self.tasks[p] = asyncio.create_task(self._consume(part, resume))
-            logger.info(
-                "partition %d taken buildings=%d devices=%d open_alarms=%d open_commands=%d"
-                " resume_from=%d",
-                p,
-                len(part.buildings),
-                len(part.gw.registry),
-                len(loaded.alarms),
-                kept,
-                resume.floor + 1,
-            )
+        await asyncio.gather(*(self._take_one(conn, p, by_part.get(p, [])) for p in taken))
         self.metrics.devices.set(sum(len(x.gw.registry) for x in self.owned.values()))
         logger.info(
             "took %d partition(s) in %.0f ms; owning %d",
             len(taken),
             (time.perf_counter() - t0) * 1000,
             len(self.owned),
+        )
+
+    async def _take_one(
+        self, conn: psycopg.AsyncConnection[Any], p: int, buildings: list[tuple[str, str]]
+    ) -> None:
+        assert self.js is not None
+        part = Partition.new(p, self.settings, buildings, self.clock, new_command_id, self.metrics)
+        try:
+            loaded = await load_partition(conn, part.buildings, [])
+            kept = part.rebuild(loaded, self.ids, self.clock())
+            resume = await jetstream.take_consumer(
+                self.js, p, self.settings.cluster.ack_wait_s, timeout_s=TAKE_TIMEOUT_S
+            )
+        except (psycopg.Error, nats.errors.Error) as err:
+            logger.warning(
+                "partition %d not taken (%s); released", p, str(err) or type(err).__name__
+            )
+            await self.leases.release(p)
+            return
+        part.seen_to = resume.delivered
+        part.gw.publish = self._publish
+        part.gw.submit = functools.partial(self._submit, part)
+        self.owned[p] = part
+        self.taken_at[p] = time.time()
+        self.tasks[p] = asyncio.create_task(self._consume(part, resume))
+        logger.info(
+            "partition %d taken buildings=%d devices=%d open_alarms=%d open_commands=%d"
+            " resume_from=%d",
+            p,
+            len(part.buildings),
+            len(part.gw.registry),
+            len(loaded.alarms),
+            kept,
+            resume.floor + 1,
         )
 
     async def _loader(self) -> psycopg.AsyncConnection[Any]:
@@ -193,6 +214,8 @@ class WorkerService:
         self.taken_at.pop(p, None)
         if part is not None:
             part.stopped = True
+            if part.feed is not None:
+                part.feed.stop()
         task = self.tasks.pop(p, None)
         if task is not None:
             task.cancel()
@@ -218,18 +241,25 @@ class WorkerService:
 
     # ------------------------------------------------------------------ the log
     async def _consume(self, part: Partition, resume: jetstream.Resume) -> None:
-        """Judge the partition's log until it is dropped; the log away: retried."""
-        assert self.js is not None
-        backlog_done = False
-        while not part.stopped:
+        """Judge the partition's log until it is dropped: first what its last owner was
+        given and did not acknowledge, then the messages of its feed as they arrive."""
+        assert self.nc is not None
+        while not part.stopped and not self.stopping.is_set():
             try:
-                if not backlog_done:
-                    await self._backlog(part, resume)
-                    backlog_done = True
-                await self._pull(part)
+                await self._backlog(part, resume)
+                break
             except (nats.errors.Error, OSError) as err:
                 logger.warning("partition %d: log not reachable (%s); retrying", part.number, err)
                 await asyncio.sleep(0.5)
+        if part.stopped or self.stopping.is_set():
+            return
+        part.feed = Feed(
+            self.nc,
+            part.number,
+            functools.partial(self._arrived, part),
+            batch=self.settings.cluster.fetch_batch,
+        )
+        await part.feed.run()
 
     async def _backlog(self, part: Partition, resume: jetstream.Resume) -> None:
         """What an earlier owner was given but did not acknowledge: first, in order."""
@@ -245,24 +275,29 @@ class WorkerService:
             self.backlog_judged += len(backlog)
             self._judge(part, backlog, track=False)
 
-    async def _pull(self, part: Partition) -> None:
-        assert self.js is not None
-        s = self.settings.cluster
-        sub = await self.js.pull_subscribe_bind(durable=consumer_name(part.number), stream=STREAM)
-        try:
-            while not part.stopped:
-                if s.fetch_linger_s:
-                    await asyncio.sleep(s.fetch_linger_s)
-                try:
-                    msgs = await sub.fetch(s.fetch_batch, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    continue
-                if part.stopped:
-                    return  # lease lost while waiting: not judged, not acknowledged
-                self._judge(part, msgs)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+    def _arrived(self, part: Partition, msg: Any) -> None:
+        """A message of an owned partition's feed: judged with whatever else arrives within
+        `fetch_linger_s`, every partition's share of it at once."""
+        if part.stopped:
+            return
+        self._arrivals.append((part, msg))
+        if self._judge_handle is None and self.loop is not None:
+            linger = self.settings.cluster.fetch_linger_s
+            self._judge_handle = (
+                self.loop.call_later(linger, self._judge_arrivals)
+                if linger
+                else self.loop.call_soon(self._judge_arrivals)
+            )
+
+    def _judge_arrivals(self) -> None:
+        self._judge_handle = None
+        arrivals, self._arrivals = self._arrivals, []
+        groups: dict[int, tuple[Partition, list[Any]]] = {}
+        for part, msg in arrivals:
+            if not part.stopped:
+                groups.setdefault(id(part), (part, []))[1].append(msg)
+        for part, msgs in groups.values():
+            self._judge(part, msgs)
 
     def _judge(self, part: Partition, msgs: list[Any], track: bool = True) -> None:
         """Judge a batch of the partition's log and hand it to the writer; `track`: its
@@ -280,12 +315,15 @@ class WorkerService:
         self.metrics.handle_seconds.observe(time.perf_counter() - t0)
 
     def _submit(self, part: Partition, batch: Batch) -> None:
-        """A partition's closed batch joins the worker's next database batch: all owned
-        partitions' batches of `commit_every_s` go to the writer as one (one transaction
-        per worker and interval, however thinly the load is spread over its partitions)."""
+        """A partition's closed batch joins the worker's next database batch: readings
+        collect for `commit_every_s` over all owned partitions and go to the writer as one
+        transaction (a transaction's own cost is then shared by however many workers the
+        load is spread over); a batch carrying an alarm, an order, a notice or a command goes
+        at once, with whatever collected before it (the control room and the owner's call
+        wait on its commit)."""
         self._outgoing.append(part.renumber(batch))
         self._outgoing_rows += batch.rows
-        if self._outgoing_rows >= self.settings.db.batch_rows:
+        if self._outgoing_rows >= self.settings.db.batch_rows or _urgent(batch):
             self._send()
         elif self._send_handle is None and self.loop is not None:
             self._send_handle = self.loop.call_later(
@@ -366,6 +404,8 @@ class WorkerService:
     def health(self) -> dict[str, Any]:
         """/healthz: the partitions owned and ready, and the connections."""
         w = self.writer
+        owned = dict(self.owned)  # the metrics thread reads while the loop takes and drops
+        taken_at = dict(self.taken_at)
         lease_up = self.leases.conn is not None and not self.leases.conn.closed
         nats_up = self.nc is not None and self.nc.is_connected
         problems = [
@@ -381,14 +421,14 @@ class WorkerService:
             "status": "degraded" if problems else "ok",
             "problems": problems,
             "worker": self.name,
-            "partitions": sorted(self.owned),
-            "taken_at": {str(p): t for p, t in self.taken_at.items()},
-            "received": sum(p.received for p in self.owned.values()),
+            "partitions": sorted(owned),
+            "taken_at": {str(p): t for p, t in taken_at.items()},
+            "received": sum(p.received for p in owned.values()),
             "unacked": len(self.unacked),
             "commands_sent": self.commands_sent,
             "backlog_judged": self.backlog_judged,
-            "devices": sum(len(p.gw.registry) for p in self.owned.values()),
-            "state_mb": round(sum(p.state_bytes for p in self.owned.values()) / 2**20, 2),
+            "devices": sum(len(p.gw.registry) for p in owned.values()),
+            "state_mb": round(sum(p.state_bytes for p in owned.values()) / 2**20, 2),
             "stored": self.metrics.value("gas_readings_stored_total"),
             "duplicates_absorbed": w.duplicates_absorbed if w is not None else 0,
         }
@@ -464,6 +504,9 @@ class WorkerService:
 
     async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         logger.info("stopping: committing and acknowledging, then releasing the leases")
+        leases_loop = tasks[0]  # first: no partition is taken while the others are dropped
+        leases_loop.cancel()
+        await asyncio.gather(leases_loop, return_exceptions=True)
         for part in list(self.owned.values()):
             self._drop(part.number)
             part.gw.flush()
@@ -474,6 +517,8 @@ class WorkerService:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._drop_all()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.flush(timeout=2)

@@ -157,6 +157,11 @@ class Ingest:
         self.actions = actions
         self.apply = apply
         self.valve_closed = valve_closed  # a meter's ack said its valve is closed
+        # The cluster's log can reorder one device's messages (an edge relay resending
+        # through a log election, a device moving to another edge): there a reading behind
+        # its device's sequence is late, not a replay, and is stored without being judged.
+        # A broker's single session keeps order, so the single gateway refuses it.
+        self.late_stored = False
 
     def read(self, messages: list[Message], now: float) -> Read:
         """Every message routed and decoded; a bad one becomes a reject row, never an error."""
@@ -188,11 +193,14 @@ class Ingest:
                         delta = (seq - last) % U32
                         if delta == 0 or delta > U32 // 2:
                             if not msg.dup:
-                                raise Rejected(
-                                    RejectReason.SEQ_REPLAYED,
-                                    f"seq {seq} after {last}",
-                                    device_id,
-                                )
+                                if not self.late_stored:
+                                    raise Rejected(
+                                        RejectReason.SEQ_REPLAYED,
+                                        f"seq {seq} after {last}",
+                                        device_id,
+                                    )
+                                self.metrics.late.inc()
+                                batch.redelivered = True  # stored idempotently
                             fresh = False  # a redelivery: store (idempotent), judge no more
                         elif delta > 1:
                             self.metrics.seq_gaps.inc(delta - 1)

@@ -77,6 +77,12 @@ class Metrics:
             registry=r,
         )
         self.seq_gaps = Counter("gas_seq_gaps", "Readings missing by device sequence", registry=r)
+        self.late = Counter(
+            "gas_readings_late",
+            "Readings behind their device's sequence from a reordering input (the cluster's"
+            " log): stored, not judged",
+            registry=r,
+        )
         self.clock_skew = Counter(
             "gas_clock_skew", "Readings with a skewed device clock", registry=r
         )

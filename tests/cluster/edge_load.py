@@ -78,7 +78,9 @@ class LogCopy:
     messages: list[tuple[str, dict[str, str], dict[str, Any]]] = field(default_factory=list)
 
     def keys(self) -> Counter[tuple[str, int]]:
-        return Counter((h[HEADER_TOPIC], int(p["seq"])) for _, h, p in self.messages)
+        return Counter(
+            (h[HEADER_TOPIC], int(p["seq"])) for _, h, p in self.messages if "seq" in p
+        )  # readings; a meter's ack has none
 
 
 async def read_log(urls: list[str], topic_prefix: str) -> LogCopy:

@@ -8,6 +8,7 @@ Run with `./dev.sh test -m cluster`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -289,3 +290,69 @@ def t_taken_partition(b: WorkerProcess, c: WorkerProcess, p: int) -> float:
         if h and str(p) in h["taken_at"]:
             return float(h["taken_at"][str(p)])
     raise AssertionError(f"partition {p} owned by no survivor")
+
+
+FEED_PARTITION = 1000  # outside the 64: no worker of this module reads it
+
+
+def test_a_partition_feed_streams_in_order_renews_and_stops(log) -> None:
+    """The worker's standing pull requests (gateway.cluster.feed): every message once, in
+    the stream's order, more requests as the batch runs low; after `stop()` nothing is
+    delivered, and the next feed on the partition gets what came meanwhile at once (the
+    stopped feed's request died with its inbox, nothing waits for the ack wait)."""
+    import asyncio
+
+    import nats
+
+    from gateway.cluster import jetstream
+    from gateway.cluster.feed import Feed
+    from gateway.protocol.log_subjects import STREAM, inbound_subject
+
+    cluster, _ = log
+
+    async def go() -> None:
+        nc = await nats.connect(cluster.urls)
+        js = nc.jetstream(timeout=10)
+        try:
+            await jetstream.ensure_stream(js)
+            await jetstream.take_consumer(js, FEED_PARTITION, 30.0)  # created when missing
+            got: list[Any] = []
+            feed = Feed(nc, FEED_PARTITION, got.append, batch=100, expires_s=1.0)
+            task = asyncio.create_task(feed.run())
+            marker = f"{time.time():.6f}"
+            for i in range(450):
+                await js.publish(inbound_subject(FEED_PARTITION), f"{marker}:{i}".encode())
+            deadline = time.monotonic() + 10
+            while len([m for m in got if m.data.startswith(marker.encode())]) < 450:
+                assert time.monotonic() < deadline, f"{len(got)} of 450 delivered"
+                await asyncio.sleep(0.05)
+            mine = [m.data.decode() for m in got if m.data.startswith(marker.encode())]
+            assert mine == [f"{marker}:{i}" for i in range(450)]  # once each, in order
+            assert feed.requests >= 450 // 100  # renewed at half of each batch
+            await got[-1].ack()
+
+            feed.stop()
+            await asyncio.wait_for(task, 5)
+            before = len(got)
+            for i in range(5):
+                await js.publish(inbound_subject(FEED_PARTITION), f"{marker}:late{i}".encode())
+            await asyncio.sleep(1.0)
+            assert len(got) == before, "a stopped feed delivered"
+
+            later: list[Any] = []
+            second = Feed(nc, FEED_PARTITION, later.append, batch=100, expires_s=1.0)
+            task2 = asyncio.create_task(second.run())
+            deadline = time.monotonic() + 3
+            while len(later) < 5:
+                assert time.monotonic() < deadline, f"{len(later)} of 5 given to the next feed"
+                await asyncio.sleep(0.05)
+            assert [m.data.decode() for m in later] == [f"{marker}:late{i}" for i in range(5)]
+            await later[-1].ack()
+            second.stop()
+            await asyncio.wait_for(task2, 5)
+        finally:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(STREAM, f"part-{FEED_PARTITION}")
+            await nc.close()
+
+    asyncio.run(go())

@@ -109,6 +109,17 @@ def test_seq_replay_is_rejected_but_a_redelivery_is_stored_without_judging(h: Ha
     assert list(h.gw.batch.detector.seq) == [10, 8]  # type: ignore[union-attr]
 
 
+def test_behind_its_sequence_from_the_cluster_log_is_stored_not_judged(h: Harness) -> None:
+    h.gw.ingest.late_stored = True  # as a partition worker's pipeline
+    h.detector("d1", 1.0, seq=10)
+    h.detector("d1", 45.0, seq=9)  # resent by an edge relay through a log election
+    assert h.gw.batch.rejects == []
+    assert h.closes() == []  # older than what was judged: never acted on
+    assert h.gw.batch.redelivered  # written idempotently
+    assert list(h.gw.batch.detector.seq) == [10, 9]  # type: ignore[union-attr]
+    assert h.gw.metrics.value("gas_readings_late_total") == 1
+
+
 def test_far_future_clock_is_stored_at_receive_time_and_flagged(h: Harness) -> None:
     h.feed("gas/v1/d1/telemetry", {"seq": 1, "ts": 4102444800.0, "ch4": 1.0, "fault": 0})
     d = h.gw.batch.detector
