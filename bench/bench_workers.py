@@ -122,6 +122,33 @@ def measure(procs: list[psutil.Process], dsn: str, n: int, since: dt.datetime,
                 max(0.0, cpu - idle_cpu_s * window) / max(1, got) * 1e6, 1)}
 
 
+def per_worker(ws: list[Any], procs: list[psutil.Process]) -> list[dict[str, Any]]:
+    """Each worker's partitions, devices, detection state and memory: RSS, and PSS / USS
+    (the library pages workers on one machine share are counted once)."""
+    out = []
+    for w, p in zip(ws, procs, strict=True):
+        h = w.health() or {}
+        mem = p.memory_full_info()
+        out.append({"partitions": len(h.get("partitions", [])),
+                    "devices": h.get("devices", 0),
+                    "engine": h.get("engine"),
+                    "state_mb": h.get("state_mb", 0),
+                    "rss_mb": round(mem.rss / 2**20, 1),
+                    "pss_mb": round(mem.pss / 2**20, 1),
+                    "uss_mb": round(mem.uss / 2**20, 1)})
+    return out
+
+
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares y = base + slope * x."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    return my - slope * mx, slope
+
+
 def run(k: int, stack: Any, nats_cluster: Any, city: list[Any], a: Any, seqs: dict[str, int],
         dsn: str) -> dict[str, Any]:
     from cluster_kit import WorkerProcess, wait_split
@@ -130,6 +157,7 @@ def run(k: int, stack: Any, nats_cluster: Any, city: list[Any], a: Any, seqs: di
 
     ws = [WorkerProcess(stack, nats_cluster.servers, f"bench{k}-{i}") for i in range(k)]
     for w in ws:
+        w.env["GAS_SAFETY_DETECTION__ENGINE"] = a.engine
         if a.linger is not None:
             w.env["GAS_SAFETY_CLUSTER__FETCH_LINGER_S"] = str(a.linger)
         w.start()
@@ -137,6 +165,8 @@ def run(k: int, stack: Any, nats_cluster: Any, city: list[Any], a: Any, seqs: di
         wait_split(ws, PARTITIONS, 120)
         time.sleep(2.0)  # rebuilds done, garbage settled
         procs = [psutil.Process(w.proc.pid) for w in ws if w.proc is not None]
+        if a.memory_only:
+            return {"workers": k, "per_worker": per_worker(ws, procs)}
         idle0 = sum(cpu_s(p) for p in procs)
         time.sleep(a.idle)
         idle_cpu_s = (sum(cpu_s(p) for p in procs) - idle0) / a.idle
@@ -163,15 +193,8 @@ def run(k: int, stack: Any, nats_cluster: Any, city: list[Any], a: Any, seqs: di
             return 0.0
 
         saturated = measure(procs, dsn, len(backlog), since, let_go, idle_cpu_s)
-        workers = []
-        for w, p in zip(ws, procs, strict=True):
-            h = w.health() or {}
-            workers.append({"partitions": len(h.get("partitions", [])),
-                            "devices": h.get("devices", 0),
-                            "state_mb": h.get("state_mb", 0),
-                            "rss_mb": round(p.memory_info().rss / 2**20, 1)})
         return {"workers": k, **steady, "saturated": saturated,
-                "idle_cpu_s_per_s": round(idle_cpu_s, 4), "per_worker": workers}
+                "idle_cpu_s_per_s": round(idle_cpu_s, 4), "per_worker": per_worker(ws, procs)}
     finally:
         for w in ws:
             w.stop()
@@ -190,6 +213,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2,
                     help="rounds over the worker counts (each figure: the median of its rounds;"
                     " other work on the machine comes and goes)")
+    ap.add_argument("--engine", choices=["auto", "compiled", "numpy"], default="auto",
+                    help="the workers' detection.engine")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only each worker's memory once the partitions are split (no load)")
     ap.add_argument("--linger", type=float, default=None,
                     help="the workers' cluster.fetch_linger_s (default: the setting's default)")
     a = ap.parse_args()
@@ -229,7 +256,7 @@ def main() -> int:
         shutil.rmtree(home, ignore_errors=True)
     print(f"\nbench_workers {result['when']} load average at start "
           f"{result['load_avg_at_start'][0]:.1f}")
-    for mode in ("steady", "saturated"):
+    for mode in () if a.memory_only else ("steady", "saturated"):
         runs = {}
         for k in a.workers:
             mine = sorted((r if mode == "steady" else r["saturated"]
@@ -255,10 +282,19 @@ def main() -> int:
                      " (a thin load per worker: each wakes for a few readings)"))
     for r in result["runs"]:
         sizes = ", ".join(f"{w['partitions']} partitions/{w['devices']} devices "
-                          f"{w['rss_mb']} MB (state {w['state_mb']} MB)"
-                          for w in r["per_worker"])
-        print(f"  {r['workers']} worker(s): idle {r['idle_cpu_s_per_s'] * 100:.1f} % of a core;"
-              f" RSS: {sizes}")
+                          f"RSS {w['rss_mb']} PSS {w['pss_mb']} USS {w['uss_mb']} MB "
+                          f"(state {w['state_mb']} MB)" for w in r["per_worker"])
+        idle = ("" if a.memory_only else
+                f" idle {r['idle_cpu_s_per_s'] * 100:.1f} % of a core;")
+        print(f"  {r['workers']} worker(s):{idle} {sizes}")
+    every = [w for r in result["runs"] for w in r["per_worker"]]
+    print(f"  memory against devices owned ({a.engine} engine), least squares over"
+          f" {len(every)} workers:")
+    for what in ("rss_mb", "pss_mb", "uss_mb", "state_mb"):
+        base, slope = fit([(w["devices"], w[what]) for w in every])
+        result[f"fit_{what}"] = {"base_mb": round(base, 1),
+                                 "kb_per_device": round(slope * 1024, 3)}
+        print(f"    {what[:-3].upper():5}: {base:6.1f} MB + {slope * 1024:.3f} KB a device")
     out = ROOT / "bench" / "results" / "workers.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -112,6 +112,20 @@ async def ensure_consumers(js: JetStreamContext, partitions: int, ack_wait_s: fl
     return sum(await asyncio.gather(*(one(p) for p in range(partitions))))
 
 
+async def prepare(js: JetStreamContext, partitions: int, ack_wait_s: float) -> bool:
+    """The stream and the partitions' consumers exist; False (logged) while the log's
+    cluster cannot create them yet (no JetStream leader)."""
+    try:
+        await ensure_stream(js)
+        made = await ensure_consumers(js, partitions, ack_wait_s)
+    except nats_errors.Error as err:
+        logger.warning("log not ready (%s); retrying", str(err) or type(err).__name__)
+        return False
+    if made:
+        logger.info("created %d partition consumer(s)", made)
+    return True
+
+
 async def take_consumer(
     js: JetStreamContext, partition: int, ack_wait_s: float, timeout_s: float | None = None
 ) -> Resume:

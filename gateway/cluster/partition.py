@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from gateway.core.commands import CommandState, ValveCommand
+from gateway.core.commands import still_open
 from gateway.core.partitions import partition_of
 from gateway.core.registry import Registry
 from gateway.pipeline.gateway import Gateway
@@ -112,29 +112,15 @@ class Partition:
         new_id: Callable[[], str],
         metrics: Metrics,
     ) -> Partition:
-        gw = Gateway(settings, clock=clock, new_id=new_id, metrics=metrics)
+        # a small start: the load sizes the state to the partition's devices
+        gw = Gateway(settings, clock=clock, new_id=new_id, metrics=metrics, capacity=64)
         gw.ingest.late_stored = True  # the log can reorder a device's messages
         return cls(number, gw, buildings)
 
     def rebuild(self, loaded: Loaded, ids: Registry, now: float) -> int:
         """Load the devices and restore what was open; returns the commands kept."""
         self.add_devices(loaded.devices, ids)
-        cmds = [
-            ValveCommand(
-                cmd_id=c[0],
-                meter_id=c[1],
-                household_id=c[2],
-                action=c[3],
-                reason=c[4],
-                requested_by=c[5],
-                issued_at=float(c[6]),
-                attempts=c[7],
-                state=CommandState.SENT,
-                deadline=now,  # resent at the first sweep, same cmd_id
-            )
-            for c in loaded.commands
-        ]
-        return self.gw.restore(loaded.alarms, cmds)
+        return self.gw.restore(loaded.alarms, still_open(loaded.commands, now))
 
     def add_devices(self, rows: list[tuple[Any, ...]], ids: Registry) -> int:
         """Devices new to the partition; each also gets (or keeps) its worker-wide slot."""
@@ -150,10 +136,10 @@ class Partition:
 
     @property
     def state_bytes(self) -> int:
-        """The partition's detection state and latest values: NumPy arrays, by bytes."""
-        return sum(
+        """The partition's detection state, latest values and registry columns, by bytes."""
+        return self.gw.state.nbytes() + sum(
             v.nbytes
-            for o in (self.gw.state, self.gw.latest, self.gw.registry)
+            for o in (self.gw.latest, self.gw.registry)
             for v in vars(o).values()
             if isinstance(v, np.ndarray)
         )

@@ -31,7 +31,7 @@ import psycopg
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from gateway.cluster import beside, jetstream, log_link
+from gateway.cluster import beside, health, jetstream, log_link
 from gateway.cluster.feed import Feed
 from gateway.cluster.leases import LeaseLost, Leases, share
 from gateway.cluster.partition import (
@@ -45,7 +45,7 @@ from gateway.core.registry import Registry
 from gateway.pipeline.metrics import Metrics
 from gateway.protocol.log_subjects import HEADER_TOPIC, command_subject
 from gateway.service import tuning
-from gateway.service.app import StartupError, _where, new_command_id
+from gateway.service.app import _where, new_command_id, serve_metrics
 from gateway.service.notifier import Notifier
 from gateway.settings import Settings
 from gateway.storage.rows import Batch, merge_batches
@@ -123,6 +123,7 @@ class WorkerService:
                         sorted(self.owned),
                     )
                 self._drop_all()
+                tuning.release_transient()
                 await self.leases.close()
                 delay = min(delay * 2, 5.0)
             with contextlib.suppress(TimeoutError):
@@ -160,10 +161,12 @@ class WorkerService:
         by_part = buildings_by_partition(rows, self.partitions)
         await asyncio.gather(*(self._take_one(conn, p, by_part.get(p, [])) for p in taken))
         self.metrics.devices.set(sum(len(x.gw.registry) for x in self.owned.values()))
+        settle = tuning.release_transient()  # the rows loaded
         logger.info(
-            "took %d partition(s) in %.0f ms; owning %d",
+            "took %d partition(s) in %.0f ms (memory settled in %.0f ms); owning %d",
             len(taken),
             (time.perf_counter() - t0) * 1000,
+            settle * 1000,
             len(self.owned),
         )
 
@@ -237,6 +240,7 @@ class WorkerService:
                     break
                 await asyncio.sleep(0.02)
         await self.leases.release(p)
+        tuning.release_transient()  # the partition's pipeline, freed
         logger.info("partition %d given up for balance; owning %d", p, len(self.owned))
 
     # ------------------------------------------------------------------ the log
@@ -390,7 +394,9 @@ class WorkerService:
     # ------------------------------------------------------------------ sweeps
     async def _sweeps(self) -> None:
         interval = self.settings.detection.sweep_interval_s
+        collections = tuning.GcSchedule()  # the automatic collector is off (tune_runtime)
         while not self.stopping.is_set():
+            collections.run_due()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), interval)
             for part in list(self.owned.values()):
@@ -402,36 +408,8 @@ class WorkerService:
 
     # ------------------------------------------------------------------ main
     def health(self) -> dict[str, Any]:
-        """/healthz: the partitions owned and ready, and the connections."""
-        w = self.writer
-        owned = dict(self.owned)  # the metrics thread reads while the loop takes and drops
-        taken_at = dict(self.taken_at)
-        lease_up = self.leases.conn is not None and not self.leases.conn.closed
-        nats_up = self.nc is not None and self.nc.is_connected
-        problems = [
-            what
-            for what, ok in (
-                ("lease connection down", lease_up),
-                ("log not connected", nats_up),
-                ("writer cannot reach the database", w is None or w.db_up or not w.pending_rows),
-            )
-            if not ok
-        ]
-        return {
-            "status": "degraded" if problems else "ok",
-            "problems": problems,
-            "worker": self.name,
-            "partitions": sorted(owned),
-            "taken_at": {str(p): t for p, t in taken_at.items()},
-            "received": sum(p.received for p in owned.values()),
-            "unacked": len(self.unacked),
-            "commands_sent": self.commands_sent,
-            "backlog_judged": self.backlog_judged,
-            "devices": sum(len(p.gw.registry) for p in owned.values()),
-            "state_mb": round(sum(p.state_bytes for p in owned.values()) / 2**20, 2),
-            "stored": self.metrics.value("gas_readings_stored_total"),
-            "duplicates_absorbed": w.duplicates_absorbed if w is not None else 0,
-        }
+        """/healthz (gateway.cluster.health)."""
+        return health.report(self)
 
     async def run(self) -> None:
         self.loop = loop = asyncio.get_running_loop()
@@ -439,19 +417,13 @@ class WorkerService:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, self.stopping.set)
         s = self.settings
-        if s.metrics_port:
-            try:
-                self.server = self.metrics.serve(s.metrics_port, s.metrics_host, self.health)
-            except OSError as err:
-                raise StartupError(
-                    f"metrics endpoint {s.metrics_host}:{s.metrics_port}:"
-                    f" {err.strerror or err} (set metrics_port to a free port, or 0)"
-                ) from None
+        self.server = serve_metrics(self.metrics, s, self.health)
+        tuning.tune_allocator()  # before any partition is loaded
         self.nc = await log_link.connect(s.cluster.servers, self.name, self.stopping)
         if self.nc is None:
             return
         self.js = self.nc.jetstream(timeout=5)
-        while not await self._prepare_log():
+        while not await jetstream.prepare(self.js, self.partitions, s.cluster.ack_wait_s):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 1.0)
             if self.stopping.is_set():
@@ -485,22 +457,6 @@ class WorkerService:
         tasks.append(asyncio.create_task(Notifier(s, self.stopping).run()))
         await self.stopping.wait()
         await self._shutdown(tasks)
-
-    async def _prepare_log(self) -> bool:
-        """The stream and the partitions' consumers exist; False (logged) while the log's
-        cluster cannot create them yet (no JetStream leader)."""
-        assert self.js is not None
-        try:
-            await jetstream.ensure_stream(self.js)
-            made = await jetstream.ensure_consumers(
-                self.js, self.partitions, self.settings.cluster.ack_wait_s
-            )
-        except nats.errors.Error as err:
-            logger.warning("log not ready (%s); retrying", str(err) or type(err).__name__)
-            return False
-        if made:
-            logger.info("created %d partition consumer(s)", made)
-        return True
 
     async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         logger.info("stopping: committing and acknowledging, then releasing the leases")

@@ -8,8 +8,10 @@ pipeline sends what it is told to and feeds acks and the time back in.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 __all__ = [
     "OPEN_STATES",
@@ -18,6 +20,7 @@ __all__ = [
     "CommandState",
     "UnknownCommand",
     "ValveCommand",
+    "still_open",
 ]
 
 
@@ -52,6 +55,28 @@ class ValveCommand:
     ack_ok: bool | None = None
     ack_valve: str | None = None
     ack_error: str | None = None
+
+
+def still_open(rows: Iterable[Sequence[Any]], now: float) -> list[ValveCommand]:
+    """Commands a restart finds open: rows of (cmd_id, meter_id, household_id, action,
+    reason, requested_by, issued_at as epoch seconds, attempts, ...). Each is taken up as
+    sent and resent with the same cmd_id at the first sweep, never issued anew: the meter
+    may have executed it already, and it executes one cmd_id once."""
+    return [
+        ValveCommand(
+            cmd_id=c[0],
+            meter_id=c[1],
+            household_id=c[2],
+            action=c[3],
+            reason=c[4],
+            requested_by=c[5],
+            issued_at=float(c[6]),
+            attempts=c[7],
+            state=CommandState.SENT,
+            deadline=now,
+        )
+        for c in rows
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,9 @@ class Gateway:
         clock: Callable[[], float],
         new_id: Callable[[], str],
         metrics: Metrics | None = None,
+        capacity: int = 1024,
     ) -> None:
+        """`capacity`: device slots allocated before the first load (the state grows)."""
         self.settings = settings
         self.clock = clock
         self.metrics = metrics or Metrics()
@@ -64,7 +66,10 @@ class Gateway:
             for m in settings.detection.models
         }
         self.state = FleetState(
-            capacity=1024, thresholds=settings.detection.thresholds, models=models
+            capacity=capacity,
+            engine=settings.detection.engine,
+            thresholds=settings.detection.thresholds,
+            models=models,
         )
         r = settings.response
         self.book = CommandBook(
@@ -75,7 +80,7 @@ class Gateway:
         # per slot, -1 until the device's first reading (an array: a Python int per device
         # would cost 36 bytes, and the hot path reads and writes it as ints)
         self.last_seq = array("q")
-        self.latest = LatestValues()
+        self.latest = LatestValues(capacity)
         self.outbox = Outbox()
         # fast lane: detector slot -> (seq, cmd_id) of an instant leak cut ahead of its turn
         self._fast_cut: dict[int, tuple[int, str]] = {}

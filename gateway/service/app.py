@@ -19,13 +19,16 @@ import signal
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Coroutine
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from gateway.core.commands import CommandState, ValveCommand
+from gateway.core.commands import still_open
 from gateway.pipeline.gateway import Gateway
+from gateway.pipeline.metrics import Metrics
 from gateway.protocol.packets import Lookahead, Message
 from gateway.service import tuning
 from gateway.service.links import Link, Links, command_config, ingest_config
@@ -122,21 +125,7 @@ class GatewayService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5)
         now = self.clock()
-        open_cmds = [
-            ValveCommand(
-                cmd_id=c[0],
-                meter_id=c[1],
-                household_id=c[2],
-                action=c[3],
-                reason=c[4],
-                requested_by=c[5],
-                issued_at=float(c[6]),
-                attempts=c[7],
-                state=CommandState.SENT,
-                deadline=now,
-            )
-            for c in cmds
-        ]
+        open_cmds = still_open(cmds, now)
         kept = self.gw.restore([(a[0], a[1]) for a in alarms], open_cmds)
         self.devices_loaded = n
         logger.info(
@@ -408,20 +397,10 @@ class GatewayService:
             self.server.server_close()
 
     def _serve_metrics(self) -> str:
-        """/metrics and /healthz up; their URL ("off" for port 0). StartupError when the
-        address cannot be bound, naming the settings to change."""
+        """/metrics and /healthz up; their URL ("off" for port 0)."""
         s = self.settings
-        if not s.metrics_port:
-            return "off"
-        try:
-            self.server = self.gw.metrics.serve(s.metrics_port, s.metrics_host, self.health)
-        except OSError as err:
-            raise StartupError(
-                f"metrics endpoint {s.metrics_host}:{s.metrics_port}: {err.strerror or err}"
-                " (set metrics_port or metrics_host to a free address, or metrics_port = 0"
-                " to turn the endpoint off)"
-            ) from None
-        return f"http://{s.metrics_host}:{s.metrics_port}/metrics"
+        self.server = serve_metrics(self.gw.metrics, s, self.health)
+        return f"http://{s.metrics_host}:{s.metrics_port}/metrics" if self.server else "off"
 
     def stop(self) -> None:
         self._stopping.set()
@@ -464,7 +443,30 @@ def _thread_priority() -> str:
         return "unknown"
 
 
-def main() -> int:
+def serve_metrics(
+    metrics: Metrics, s: Settings, health: Callable[[], dict[str, Any]]
+) -> ThreadingHTTPServer | None:
+    """/metrics and /healthz on the settings' address (None for port 0). StartupError when
+    the address cannot be bound, naming the settings to change."""
+    try:
+        return metrics.serve(s.metrics_port, s.metrics_host, health)
+    except OSError as err:
+        raise StartupError(
+            f"metrics endpoint {s.metrics_host}:{s.metrics_port}: {err.strerror or err}"
+            " (set metrics_port or metrics_host to a free address, or metrics_port = 0"
+            " to turn the endpoint off)"
+        ) from None
+
+
+def run_service(
+    program: str,
+    service: Callable[[Settings], Coroutine[Any, Any, None]],
+    unreachable: tuple[type[BaseException], ...] = (),
+    what: Callable[[Settings], str] = lambda s: "",
+) -> int:
+    """Load the settings and run `service(settings)` on uvloop until it returns. The exit
+    status: 0 stopped, 3 could not start (one line on stderr: the StartupError, or `what`
+    was not reachable for the errors in `unreachable`)."""
     import sys
 
     from gateway import settings as settings_mod
@@ -477,8 +479,16 @@ def main() -> int:
     except ImportError:
         pass
     try:
-        asyncio.run(GatewayService(s).run())
+        asyncio.run(service(s))
     except StartupError as err:
-        print(f"gas-safety gateway: {err}", file=sys.stderr)
+        print(f"{program}: {err}", file=sys.stderr)
+        return 3
+    except unreachable as err:
+        print(f"{program}: {what(s)} not reachable: {err}", file=sys.stderr)
         return 3
     return 0
+
+
+def main() -> int:
+    """Run the gateway; the exit status: 0 stopped, 3 could not start."""
+    return run_service("gas-safety gateway", lambda s: GatewayService(s).run())

@@ -44,6 +44,17 @@ def tune_runtime() -> None:
     sys.setswitchinterval(0.0005)
 
 
+def release_transient() -> float:
+    """After a large transient in a running process (a worker's partitions taken or
+    dropped: their rows, a dropped pipeline's state): collect it, cycles included, and hand
+    the heap's free memory back to the system. Returns the seconds it took (the event loop
+    waits for it)."""
+    t0 = time.perf_counter()
+    gc.collect()
+    allocator.release()
+    return time.perf_counter() - t0
+
+
 class GcSchedule:
     """Collections at times of our choosing (the ticker's turn), by a monotonic clock.
 

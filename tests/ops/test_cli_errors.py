@@ -48,14 +48,15 @@ def test_simulator_counts_are_checked_too(cli: Cli) -> None:
     assert "must be above 0" in one_line(r, 2)
 
 
-def test_metrics_port_in_use_names_the_address_and_the_setting(cli: Cli) -> None:
+@pytest.mark.parametrize("program", ["gateway", "worker"])
+def test_metrics_port_in_use_names_the_address_and_the_setting(cli: Cli, program: str) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        r = cli("gateway", env={"GAS_SAFETY_METRICS_PORT": str(port)})
+        r = cli(program, env={"GAS_SAFETY_METRICS_PORT": str(port)})
     line = one_line(r, 3)
-    assert line == (f"gas-safety gateway: metrics endpoint 127.0.0.1:{port}: Address already in "
+    assert line == (f"gas-safety {program}: metrics endpoint 127.0.0.1:{port}: Address already in "
                     "use (set metrics_port or metrics_host to a free address, or "
                     "metrics_port = 0 to turn the endpoint off)")
 

@@ -4,7 +4,10 @@ pipeline reads it, slot renumbering, and the worker's settings."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import gc
 import time
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,9 +17,11 @@ from pydantic import ValidationError
 from gateway.cluster.jetstream import to_message
 from gateway.cluster.leases import share
 from gateway.cluster.partition import Loaded, Partition, buildings_by_partition
+from gateway.cluster.worker import WorkerService
 from gateway.core.partitions import partition_of
 from gateway.core.registry import Registry
 from gateway.pipeline.metrics import Metrics
+from gateway.service import tuning
 from gateway.settings import ClusterSettings, Settings
 from gateway.storage.rows import Batch
 
@@ -74,6 +79,52 @@ def test_partition_slots_are_renumbered_to_the_workers() -> None:
     parts[1].renumber(b)
     assert b.detector is not None
     assert [ids.ids[i] for i in b.detector.slot] == ["bD0", "bM0"]
+
+
+def test_a_partitions_state_follows_its_devices_not_a_fixed_size() -> None:
+    """A worker holds many partitions: each starts small and the load sizes it, so a
+    worker's detection state follows the devices it owns."""
+    s = Settings()
+    ids = Registry()
+    small, half, large = (Partition.new(p, s, [], time.time, str, Metrics()) for p in (0, 1, 2))
+    small.rebuild(Loaded(_rows("a", 3), [], []), ids, time.time())
+    half.rebuild(Loaded(_rows("b", 300), [], []), ids, time.time())
+    large.rebuild(Loaded(_rows("c", 600), [], []), ids, time.time())
+    assert small.gw.state.capacity < 100 and large.gw.state.capacity == 1200
+    assert small.state_bytes < 100_000
+    # beyond the rules' tables (a fixed few KB), each device costs the same (arrays grow
+    # in steps, hence the tolerance)
+    per_device = (large.state_bytes - half.state_bytes) / 600  # devices
+    assert per_device == pytest.approx((half.state_bytes - small.state_bytes) / 594, rel=0.2)
+
+
+def test_a_dropped_partition_is_freed_with_the_collector_off() -> None:
+    """A running worker has the automatic collector off (tuning.tune_runtime), and a taken
+    partition's pipeline holds a cycle back to it; its memory is collected once dropped."""
+    w = WorkerService(Settings())
+    part = Partition.new(0, w.settings, [], time.time, str, w.metrics)
+    part.rebuild(Loaded(_rows("a", 50), [], []), w.ids, time.time())
+    part.gw.submit = functools.partial(w._submit, part)  # as a take wires it
+    w.owned[0] = part
+    state = weakref.ref(part.gw.state)
+    gc.disable()
+    try:
+        w._drop(0)
+        del part
+        assert state() is not None  # the cycle: reference counts alone do not free it
+        tuning.release_transient()
+        assert state() is None
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("engine", ["numpy", "compiled"])
+def test_the_rules_engine_is_a_setting(engine: str) -> None:
+    s = Settings.model_validate({"detection": {"engine": engine}})
+    part = Partition.new(0, s, [], time.time, str, Metrics())
+    assert part.gw.state.engine == engine
+    with pytest.raises(ValidationError, match="engine"):
+        Settings.model_validate({"detection": {"engine": "numba"}})
 
 
 def test_cluster_settings_are_strict() -> None:
