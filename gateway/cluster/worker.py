@@ -103,6 +103,7 @@ class WorkerService:
         self._arrivals: list[tuple[Partition, Any]] = []  # feeds' messages not yet judged
         self._judge_handle: asyncio.Handle | None = None
         self._background: set[asyncio.Future[None]] = set()  # acks and commands on the wire
+        self._loading = asyncio.Lock()
 
     # ------------------------------------------------------------------ leases
     async def _leases_loop(self) -> None:
@@ -176,8 +177,11 @@ class WorkerService:
         assert self.js is not None
         part = Partition.new(p, self.settings, buildings, self.clock, new_command_id, self.metrics)
         try:
-            loaded = await load_partition(conn, part.buildings, [])
-            kept = part.rebuild(loaded, self.ids, self.clock())
+            async with self._loading:  # one partition's rows at a time: a smaller transient
+                loaded = await load_partition(conn, part.buildings, [])
+                kept = part.rebuild(loaded, self.ids, self.clock())
+                alarms = len(loaded.alarms)
+                del loaded
             resume = await jetstream.take_consumer(
                 self.js, p, self.settings.cluster.ack_wait_s, timeout_s=TAKE_TIMEOUT_S
             )
@@ -199,7 +203,7 @@ class WorkerService:
             p,
             len(part.buildings),
             len(part.gw.registry),
-            len(loaded.alarms),
+            alarms,
             kept,
             resume.floor + 1,
         )
