@@ -157,6 +157,10 @@ def run(k: int, stack: Any, nats_cluster: Any, city: list[Any], a: Any, seqs: di
 
     ws = [WorkerProcess(stack, nats_cluster.servers, f"bench{k}-{i}") for i in range(k)]
     for w in ws:
+        # the product's defaults, not the tests' quicker sweeps, state writes and ack timeouts
+        for quick in ("GAS_SAFETY_DETECTION__SWEEP_INTERVAL_S", "GAS_SAFETY_DB__STATE_INTERVAL_S",
+                      "GAS_SAFETY_RESPONSE__ACK_TIMEOUT_S"):
+            w.env.pop(quick, None)
         w.env["GAS_SAFETY_DETECTION__ENGINE"] = a.engine
         if a.linger is not None:
             w.env["GAS_SAFETY_CLUSTER__FETCH_LINGER_S"] = str(a.linger)

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +177,12 @@ def install(app: FastAPI) -> None:
     async def _db_down(request: Request, exc: Exception) -> JSONResponse:
         logger.warning("database unavailable path=%s error=%s", request.url.path, exc)
         return problem(503, "database unavailable, retry shortly", headers={"Retry-After": "5"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _left(request: Request, exc: Exception) -> JSONResponse:
+        # Nobody reads this answer; the line says why the request ended, without a traceback.
+        logger.info("client disconnected before its request was read path=%s", request.url.path)
+        return problem(400, "the client disconnected before its request was read")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -24,11 +24,10 @@ from gateway.cluster.partition import (
     Partition,
     buildings_by_partition,
 )
-from gateway.core.commands import ValveCommand
 from gateway.core.registry import Registry
-from gateway.service.listener import _ATTACH_SQL, _ISSUED_SQL
 from gateway.storage import copy_format
 from gateway.storage.device_state import Changes
+from gateway.storage.operator_commands import attach, issued_commands
 from gateway.storage.state_writer import StateWriter
 
 logger = logging.getLogger(__name__)
@@ -128,25 +127,17 @@ class Listener:
 
     async def pick_up_operator_commands(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Issued commands to owned meters not yet in their book: sent, or attached."""
-        rows = await (await conn.execute(_ISSUED_SQL)).fetchall()
+        commands = await issued_commands(conn)
         now = self.clock()
         touched = set()
-        for cmd_id, meter_id, hh, action, reason, by, issued in rows:
+        for cmd in commands:
+            meter_id = cmd.meter_id
             part = next((x for x in self.owned.values() if meter_id in x.gw.registry.index), None)
-            if part is None or part.stopped or part.gw.knows_command(cmd_id):
+            if part is None or part.stopped or part.gw.knows_command(cmd.cmd_id):
                 continue
-            cmd = ValveCommand(
-                cmd_id=cmd_id,
-                meter_id=meter_id,
-                household_id=hh,
-                action=action,
-                reason=reason,
-                requested_by=by,
-                issued_at=float(issued),
-            )
             current = part.gw.operator_command(cmd, now)
             if current is not None:
-                await conn.execute(_ATTACH_SQL, (current.cmd_id, cmd_id))
+                await attach(conn, cmd.cmd_id, current.cmd_id)
             touched.add(part.number)
         for p in touched:
             if p in self.owned:

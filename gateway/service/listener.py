@@ -16,21 +16,11 @@ from typing import Any
 
 import psycopg
 
-from gateway.core.commands import ValveCommand
 from gateway.pipeline.gateway import Gateway
+from gateway.storage.operator_commands import attach, issued_commands
 from gateway.storage.registry_sql import load_registry
 
 logger = logging.getLogger(__name__)
-
-_ISSUED_SQL = (
-    "SELECT cmd_id, meter_id, household_id, action, reason, requested_by,"
-    " extract(epoch FROM issued_at) FROM valve_commands WHERE state = 'issued'"
-    " ORDER BY issued_at"
-)
-_ATTACH_SQL = (
-    "UPDATE valve_commands SET state = 'attached', attached_to = %s,"
-    " updated_at = now() WHERE cmd_id = %s AND state = 'issued'"
-)
 
 
 class Listener:
@@ -81,22 +71,13 @@ class Listener:
 
     async def pick_up_operator_commands(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Every issued command not yet in the book: sent, or attached to the one in flight."""
-        rows = await (await conn.execute(_ISSUED_SQL)).fetchall()
+        commands = await issued_commands(conn)
         now = self.clock()
-        for cmd_id, meter_id, hh, action, reason, by, issued in rows:
-            if self.gw.knows_command(cmd_id):
+        for cmd in commands:
+            if self.gw.knows_command(cmd.cmd_id):
                 continue
-            cmd = ValveCommand(
-                cmd_id=cmd_id,
-                meter_id=meter_id,
-                household_id=hh,
-                action=action,
-                reason=reason,
-                requested_by=by,
-                issued_at=float(issued),
-            )
             current = self.gw.operator_command(cmd, now)
             if current is not None:
-                await conn.execute(_ATTACH_SQL, (current.cmd_id, cmd_id))
-        if rows:
+                await attach(conn, cmd.cmd_id, current.cmd_id)
+        if commands:
             self.gw.flush()
