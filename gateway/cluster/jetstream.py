@@ -10,12 +10,12 @@ on the MQTT path, and refuses a payload that names another device.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from nats import errors as nats_errors
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -140,38 +140,59 @@ async def take_consumer(
     return Resume(floor, max(floor, delivered))
 
 
+@dataclass(frozen=True)
+class _Sequence:
+    stream: int
+
+
+@dataclass(frozen=True)
+class _Metadata:
+    sequence: _Sequence
+    num_delivered: int
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A log message read back by its sequence: what `to_message` and `stream_seq` read of a
+    delivered one. Given once to an earlier owner, so delivered once at least."""
+
+    data: bytes
+    headers: dict[str, str] | None
+    metadata: _Metadata
+
+
 async def read_backlog(
-    js: JetStreamContext, partition: int, resume: Resume, timeout_s: float = 2.0
+    nc: NATS, partition: int, resume: Resume, timeout_s: float = 1.0
 ) -> list[Any]:
-    """The messages in (floor, delivered], in order, from a short-lived ephemeral consumer
-    that acknowledges nothing (the durable's AckAll of a later message covers them)."""
-    if resume.delivered <= resume.floor:
-        return []
-    sub = await js.pull_subscribe(
-        inbound_subject(partition),
-        stream=STREAM,
-        config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=resume.floor + 1,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=10.0,
-            mem_storage=True,
-        ),
-    )
+    """The partition's messages in (floor, delivered], in order, read one by one from the
+    stream's leader (`STREAM.MSG.GET`, the next message on the partition's subject).
+
+    No consumer is made for this: creating one needs the log's metadata leader to place it,
+    and just after a log node dies it can be placed on the dead node and time out until the
+    log counts that node offline (measured: 30 s and more, the takeover's leak waiting
+    behind it). A read by sequence needs only the stream's leader, which the feed needs too.
+    A read gets no answer while the stream elects its leader: `timeout_s` is short, so that
+    the caller's next try comes soon after the log answers again.
+    """
+    js = nc.jetstream(timeout=timeout_s)
+    subject = inbound_subject(partition)
     out: list[Any] = []
-    try:
-        while not out or stream_seq(out[-1]) < resume.delivered:
-            want = min(1000, resume.delivered - (stream_seq(out[-1]) if out else resume.floor))
-            try:
-                msgs = await sub.fetch(max(1, want), timeout=timeout_s)
-            except nats_errors.TimeoutError:
-                break  # nothing more: the rest was removed from the stream
-            out.extend(m for m in msgs if stream_seq(m) <= resume.delivered)
-            if msgs and stream_seq(msgs[-1]) >= resume.delivered:
-                break
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+    seq = resume.floor + 1
+    while seq <= resume.delivered:
+        try:
+            raw = await js.get_msg(STREAM, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            break  # nothing more: the rest was removed from the stream
+        if raw.seq is None or raw.seq > resume.delivered:
+            break
+        out.append(
+            StoredMessage(
+                data=raw.data or b"",
+                headers=raw.headers,
+                metadata=_Metadata(_Sequence(int(raw.seq)), num_delivered=1),
+            )
+        )
+        seq = int(raw.seq) + 1
     return out
 
 

@@ -258,7 +258,7 @@ class WorkerService:
                 break
             except (nats.errors.Error, OSError) as err:
                 logger.warning("partition %d: log not reachable (%s); retrying", part.number, err)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.25)
         if part.stopped or self.stopping.is_set():
             return
         part.feed = Feed(
@@ -271,8 +271,8 @@ class WorkerService:
 
     async def _backlog(self, part: Partition, resume: jetstream.Resume) -> None:
         """What an earlier owner was given but did not acknowledge: first, in order."""
-        assert self.js is not None
-        backlog = await jetstream.read_backlog(self.js, part.number, resume)
+        assert self.nc is not None
+        backlog = await jetstream.read_backlog(self.nc, part.number, resume)
         if backlog and not part.stopped:
             logger.info(
                 "partition %d: %d message(s) given to its last owner and not acknowledged, "

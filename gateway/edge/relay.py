@@ -58,7 +58,7 @@ from gateway.service.mqtt_client import ClientConfig, MqttClient
 
 logger = logging.getLogger(__name__)
 
-RETRY_PAUSE_S = (0.1, 0.25, 0.5, 1.0, 2.0)  # between resends of unconfirmed publishes
+RETRY_PAUSE_S = (0.1, 0.25, 0.5, 1.0)  # between resends of unconfirmed publishes
 RECONNECT_PAUSE_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # between broker connection attempts
 LOGGED_REJECTS = 200  # one line each for the first ones, then every 1000th
 RESEND_LOG_EVERY_S = 5.0  # resends during an election come in thousands: one line at most
@@ -301,8 +301,11 @@ class Relay:
                     first_error = first_error or err
                     futures.append(None)
             live = [f for f in futures if f is not None]
+            wait_s = self.edge.publish_timeout_s
+            if attempt:
+                wait_s = min(wait_s, self.edge.resend_timeout_s)
             if live:
-                _, late = await asyncio.wait(live, timeout=self.edge.publish_timeout_s)
+                _, late = await asyncio.wait(live, timeout=wait_s)
                 for f in late:
                     f.cancel()  # no answer in time: resent below, same message id
             failed = []

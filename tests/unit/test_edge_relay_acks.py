@@ -40,8 +40,8 @@ class FakeClient:
         self.acked.extend(ids)
 
 
-def relay() -> tuple[Relay, FakeLog, FakeClient]:
-    r = Relay(EdgeSettings(name="edge-x", publish_timeout_s=0.2), "dsn", "gas/v1")
+def relay(**edge: float) -> tuple[Relay, FakeLog, FakeClient]:
+    r = Relay(EdgeSettings(name="edge-x", **{"publish_timeout_s": 0.2, **edge}), "dsn", "gas/v1")
     r.map.partitions = {"m1": 7, "m2": 9}
     log = FakeLog()
     r.js = log
@@ -147,5 +147,22 @@ def test_a_lost_connections_batches_are_never_acknowledged_on_the_next() -> None
         log.sent[1][3].set_result(Ack())
         await _turns()
         assert client.acked == [1]  # packet id 1 of the new connection, once
+
+    asyncio.run(go())
+
+
+def test_resends_wait_less_than_the_first_publish() -> None:
+    """Through a log election every publish goes unanswered: the first waits
+    publish_timeout_s, each resend only resend_timeout_s, so what was held goes out soon
+    after the log answers again, not a whole publish_timeout_s later."""
+    async def go() -> None:
+        r, log, _ = relay(publish_timeout_s=0.6, resend_timeout_s=0.1)
+        r._on_batch([msg("m1", 1)])
+        await asyncio.sleep(0.65)
+        assert len(log.sent) == 1  # the first publish waited its whole 0.6 s
+        # then: pause 0.1, resend, 0.1 wait, pause 0.25, resend (1.15 s in all)
+        await asyncio.sleep(0.6)
+        assert len(log.sent) == 3
+        assert len({sent[2][HEADER_MSG_ID] for sent in log.sent}) == 1
 
     asyncio.run(go())
