@@ -30,6 +30,9 @@ from gateway.ops.stack import (
     _port_open,
     _run,
     free_port,
+    pg_running,
+    pg_start,
+    pg_stop,
 )
 
 logger = logging.getLogger(__name__)
@@ -63,12 +66,7 @@ class Replica:
         return ReplicaRuntime(**json.loads(self.runtime_file.read_text()))
 
     def running(self) -> bool:
-        if not (self.data / "PG_VERSION").exists():
-            return False
-        r = _run(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "status"], user=_pg_user(), check=False
-        )
-        return r.returncode == 0
+        return pg_running(self.data)
 
     # ------------------------------------------------------------ public
     def up(self) -> ReplicaRuntime:
@@ -85,22 +83,7 @@ class Replica:
         return rt
 
     def down(self) -> None:
-        if self.running():
-            _run(
-                [
-                    str(PG_BIN / "pg_ctl"),
-                    "-D",
-                    str(self.data),
-                    "-m",
-                    "fast",
-                    "-w",
-                    "-t",
-                    "60",
-                    "stop",
-                ],
-                user=_pg_user(),
-                check=False,
-            )
+        pg_stop(self.data)
 
     def remove(self) -> None:
         """Stop it and delete its data and runtime file: the stack is single-node again."""
@@ -110,12 +93,7 @@ class Replica:
 
     def kill(self) -> None:
         """Stop at once (immediate mode: no shutdown checkpoint), as a crash would."""
-        if self.running():
-            _run(
-                [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
-                user=_pg_user(),
-                check=False,
-            )
+        pg_stop(self.data, "immediate")
 
     def status(self) -> dict[str, object]:
         rt = self.runtime()
@@ -210,32 +188,4 @@ class Replica:
             shutil.chown(conf, _pg_user(), _pg_user())
 
     def _start(self, rt: ReplicaRuntime) -> None:
-        if self.running():
-            return
-        if _port_open(rt.port):
-            raise StackError(
-                f"port {rt.port} (replica) is used by another program; "
-                f"stop it or delete {self.runtime_file} to choose a new port"
-            )
-        user = _pg_user()
-        self.log.touch()
-        if os.geteuid() == 0:
-            shutil.chown(self.log, user, user)
-        r = _run(
-            [
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(self.data),
-                "-l",
-                str(self.log),
-                "-w",
-                "-t",
-                "90",
-                "start",
-            ],
-            user=user,
-            check=False,
-        )
-        if r.returncode != 0:
-            tail = self.log.read_text(errors="replace").splitlines()[-15:]
-            raise StackError("the replica did not start:\n" + "\n".join(tail))
+        pg_start(self.data, self.log, rt.port, "the replica", self.runtime_file)

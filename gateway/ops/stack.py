@@ -79,6 +79,43 @@ def _run(
     return subprocess.run(cmd, check=check, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
 
 
+def pg_running(data: Path) -> bool:
+    """Whether the PostgreSQL instance of `data` runs (`pg_ctl status`)."""
+    if not (data / "PG_VERSION").exists():
+        return False
+    r = _run([str(PG_BIN / "pg_ctl"), "-D", str(data), "status"], user=_pg_user(), check=False)
+    return r.returncode == 0
+
+
+def pg_start(data: Path, log: Path, port: int, what: str, runtime_file: Path) -> None:
+    """Start the instance of `data` on `port` (waiting until it accepts connections), unless
+    it runs; `what` names it in errors, `runtime_file` is where its port was chosen."""
+    if pg_running(data):
+        return
+    if _port_open(port):
+        raise StackError(
+            f"port {port} ({what}) is used by another program; "
+            f"stop it or delete {runtime_file} to choose new ports"
+        )
+    user = _pg_user()
+    os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
+    if os.geteuid() == 0:
+        shutil.chown(log, user, user)
+    cmd = ["-D", str(data), "-l", str(log), "-w", "-t", "90", "start"]
+    r = _run([str(PG_BIN / "pg_ctl"), *cmd], user=user, check=False)
+    if r.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise StackError(f"{what} did not start:\n" + "\n".join(tail))
+
+
+def pg_stop(data: Path, mode: str = "fast") -> None:
+    """Stop the instance of `data` if it runs: `fast` (a clean shutdown) or `immediate`
+    (no shutdown checkpoint, as a crash would)."""
+    if pg_running(data):
+        cmd = ["-D", str(data), "-m", mode, "-w", "-t", "60", "stop"]
+        _run([str(PG_BIN / "pg_ctl"), *cmd], user=_pg_user(), check=False)
+
+
 class Stack:
     def __init__(self, home: Path | None = None) -> None:
         self.home = (home or stack_home()).resolve()
@@ -216,44 +253,10 @@ class Stack:
             shutil.chown(conf, user, user)
 
     def pg_running(self) -> bool:
-        r = _run(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.pg_data), "status"],
-            user=_pg_user(),
-            check=False,
-        )
-        return r.returncode == 0
+        return pg_running(self.pg_data)
 
     def _pg_start(self, rt: Runtime) -> None:
-        if self.pg_running():
-            return
-        if _port_open(rt.pg_port):
-            raise StackError(
-                f"port {rt.pg_port} (PostgreSQL) is used by another program; "
-                f"stop it or delete {self.runtime_file} to choose new ports"
-            )
-        user = _pg_user()
-        log_fd = os.open(self.pg_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        os.close(log_fd)
-        if os.geteuid() == 0:
-            shutil.chown(self.pg_log, user, user)
-        r = _run(
-            [
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(self.pg_data),
-                "-l",
-                str(self.pg_log),
-                "-w",
-                "-t",
-                "90",
-                "start",
-            ],
-            user=user,
-            check=False,
-        )
-        if r.returncode != 0:
-            tail = self.pg_log.read_text(errors="replace").splitlines()[-15:]
-            raise StackError("PostgreSQL did not start:\n" + "\n".join(tail))
+        pg_start(self.pg_data, self.pg_log, rt.pg_port, "PostgreSQL", self.runtime_file)
 
     def _pg_bootstrap_db(self, rt: Runtime) -> None:
         import psycopg
@@ -277,22 +280,7 @@ class Stack:
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
 
     def _pg_stop(self) -> None:
-        if self.pg_data.exists() and self.pg_running():
-            _run(
-                [
-                    str(PG_BIN / "pg_ctl"),
-                    "-D",
-                    str(self.pg_data),
-                    "-m",
-                    "fast",
-                    "-w",
-                    "-t",
-                    "60",
-                    "stop",
-                ],
-                user=_pg_user(),
-                check=False,
-            )
+        pg_stop(self.pg_data)
 
     # ------------------------------------------------------------ mosquitto
     def _mq_pid(self) -> int | None:
