@@ -27,11 +27,13 @@ class EdgeSettings(BaseModel):
     max_unacked: int = Field(default=10_000, ge=100, le=60_000)
     # JetStream: any of the cluster's nodes; the client fails over between them
     nats_urls: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1)
-    # a publish not confirmed within this is sent again (same Nats-Msg-Id); a confirm takes
-    # milliseconds, so a wait this long means the log is electing or away
-    publish_timeout_s: float = Field(default=2.0, gt=0, le=60)
-    # how long each resend waits: short, so that readings held through a log election (a
-    # leak among them) go out within about a second of the log answering again
+    # a publish not confirmed within this is sent again (same Nats-Msg-Id). A confirm takes
+    # milliseconds, but at saturation thousands queue ahead of one; a short first wait
+    # would resend what is merely queued and add to the load
+    publish_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # how long each resend waits (the log is known to be in trouble by then): short, so that
+    # readings held through a log election (a leak among them) go out within about a second
+    # of the log answering again
     resend_timeout_s: float = Field(default=1.0, gt=0, le=60)
     # the device -> partition map is reloaded on NOTIFY gas_registry and at least this often
     registry_refresh_s: float = Field(default=300.0, gt=0)
