@@ -57,7 +57,11 @@ async def test_operator_closes_valve_and_engineer_is_refused(api, users, city, d
     cmd = '#household tr[data-action="valve_close"]'
     await op.wait_for_selector(cmd)
     assert "resident smells gas" in await op.inner_text(cmd)
-    assert "Close command sent" in await op.inner_text("#hh-valve-note")
+    note = op.locator("#hh-valve-note")
+    await note.filter(has_text="Close command sent").wait_for()
+    # the command's live event reloads the page 0.3 s later: the answer stays
+    await op.wait_for_timeout(1200)
+    assert "Close command sent" in await note.inner_text()
     await op.wait_for_selector('#household [data-audit]')
     assert "valve.valve_close" in await op.inner_text("#household .hh-audit")
     await op.click('#household [data-range="hour"]')
@@ -77,6 +81,8 @@ async def test_operator_closes_valve_and_engineer_is_refused(api, users, city, d
     refusal = await eng.inner_text("#hh-valve-error")
     print(f"reopen refused: {refusal}")
     assert refusal.startswith("Refused:") and "order" in refusal
+    await eng.wait_for_timeout(1200)  # past the live refresh its audit row brings
+    assert await eng.inner_text("#hh-valve-error") == refusal
     await shot(eng, "household-reopen-refused")
 
 

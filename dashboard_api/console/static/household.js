@@ -16,6 +16,8 @@ let current = null;  // the household id shown
 let range = "day";
 let refreshTimer = null;
 let parts = null;    // the section's containers
+let valveSaid = null; // {meter, said, refused}: the answer to this page's last valve action,
+                      // kept across the live refreshes that follow it
 
 function build() {
   const section = el("section", { class: "household" });
@@ -44,6 +46,7 @@ function build() {
 let detail = null;
 
 async function load(arg) {
+  if (arg !== current) valveSaid = null;
   current = arg;
   if (!current) { parts.head.replaceChildren(el("p", { class: "empty" }, t("hh.none"))); return; }
   const id = encodeURIComponent(current);
@@ -105,16 +108,25 @@ function renderValve(meter, requests) {
   const reason = el("input", { name: "reason", maxLength: 2000, placeholder: t("hh.reason") });
   const error = el("p", { class: "error", id: "hh-valve-error", role: "alert" });
   const note = el("p", { class: "note", id: "hh-valve-note" });
+  if (valveSaid && valveSaid.meter === meter.id) {
+    (valveSaid.refused ? error : note).append(valveSaid.said.cloneNode(true));
+  }
   const send = async (action, what = action) => {
-    error.textContent = ""; note.textContent = "";
+    error.textContent = ""; note.textContent = ""; valveSaid = null;
     if (!reason.value.trim()) { error.textContent = t("hh.reason_needed"); return; }
     const r = await api(`/valves/${encodeURIComponent(meter.id)}/${action}`, { method: "POST", json: { reason: reason.value.trim() } });
-    if (!r.ok) { error.replaceChildren(t("hh.refused"), " ", dv(await problemText(r))); return; }
+    if (!r.ok) {
+      valveSaid = { meter: meter.id, refused: true,
+        said: el("span", {}, t("hh.refused"), " ", dv(await problemText(r))) };
+      error.replaceChildren(valveSaid.said.cloneNode(true));
+      return;
+    }
     const body = await r.json();
-    note.replaceChildren(t(body.request ? "reopen.pending" : "hh.sent." + what), " ", dv(body.note));
+    valveSaid = { meter: meter.id, refused: false,
+      said: el("span", {}, t(body.request ? "reopen.pending" : "hh.sent." + what), " ", dv(body.note)) };
+    note.replaceChildren(valveSaid.said.cloneNode(true));
     reason.value = "";
     await load(current);
-    parts.valve.querySelector("#hh-valve-note").replaceChildren(...note.childNodes);
   };
   const buttons = [];
   if (session.may("operator")) {
