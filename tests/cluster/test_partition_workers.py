@@ -356,3 +356,55 @@ def test_a_partition_feed_streams_in_order_renews_and_stops(log) -> None:
             await nc.close()
 
     asyncio.run(go())
+
+
+def test_a_backlog_is_read_back_by_sequence_with_its_topics(log) -> None:
+    """What a dead owner was given and never acknowledged (floor, delivered] is read back
+    from the stream by sequence: only its partition's messages, in order, none past the last
+    one delivered, each with the topic the edge received it on (the device it acts for)."""
+    import asyncio
+
+    import nats
+    from cluster_kit import relay_headers
+
+    from gateway.cluster import jetstream
+    from gateway.protocol.log_subjects import inbound_subject
+
+    cluster, _ = log
+    mine, other = FEED_PARTITION + 1, FEED_PARTITION + 2
+
+    async def go() -> tuple[list[tuple[int, str, bytes]], list[Any], jetstream.Resume]:
+        nc = await nats.connect(cluster.urls)
+        js = nc.jetstream(timeout=10)
+        try:
+            sent: list[tuple[int, str, bytes]] = []  # (stream seq, topic, payload) of `mine`
+            for i in range(8):
+                topic = f"gas/v1/backlog-{time.time_ns()}-{i}/telemetry"
+                payload = reading("detector", i + 1)
+                part = mine if i % 2 == 0 else other
+                ack = await js.publish(inbound_subject(part), payload,
+                                       headers=relay_headers(topic, payload))
+                if part == mine:
+                    sent.append((ack.seq, topic, payload))
+            resume = jetstream.Resume(floor=sent[0][0], delivered=sent[2][0])
+            return sent, await jetstream.read_backlog(nc, mine, resume), resume
+        finally:
+            await nc.close()
+
+    sent, got, resume = asyncio.run(go())
+    messages = [jetstream.to_message(m, resume.delivered) for m in got]
+    assert [(m.packet_id, m.topic, m.payload) for m in messages] == sent[1:3]
+    assert all(m.dup for m in messages)  # given out before: judged again, stored idempotently
+    assert asyncio.run(_empty_backlog(cluster.urls, mine, sent[3][0])) == []
+
+
+async def _empty_backlog(urls: list[str], partition: int, at: int) -> list[Any]:
+    import nats
+
+    from gateway.cluster import jetstream
+
+    nc = await nats.connect(urls)
+    try:
+        return await jetstream.read_backlog(nc, partition, jetstream.Resume(at, at))
+    finally:
+        await nc.close()
