@@ -20,7 +20,6 @@ import logging
 import os
 import time
 import tomllib
-import zoneinfo
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +38,11 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.accounts import COMMANDS, service_password_from_key
+from gateway.api_settings import ApiSettings
 from gateway.cluster_settings import ClusterSettings
-from gateway.core.call_chain import ChainPolicy
 from gateway.core.thresholds import Thresholds
 from gateway.edge_settings import EdgeSettings
+from gateway.response_settings import ResponseSettings
 
 logger = logging.getLogger(__name__)
 
@@ -183,61 +183,6 @@ class DetectionSettings(BaseModel):
         return dataclasses.replace(self.thresholds, **overrides.model_dump(exclude_none=True))
 
 
-class ResponseSettings(BaseModel):
-    model_config = _STRICT
-
-    ack_timeout_s: float = 5.0
-    max_resends: int = 3
-    backoff_factor: float = 2.0
-    emergency_arrival_s: float = 30 * 60
-    routine_repair_s: float = 4 * 3600
-    notify_channel: Literal["log", "webhook"] = "log"
-    notify_webhook_url: str | None = None
-    notify_max_attempts: int = Field(default=5, ge=1)  # attempts per call-chain step
-    # The owner call chain (gateway/core/call_chain.py): steps per notice kind, the rest
-    # take `notify_chain_default`. Steps: voice_owner, sms_owner, voice_emergency,
-    # sms_emergency, control_room (last only). With notify_channel=webhook, voice steps
-    # POST to notify_voice_url and SMS steps to notify_sms_url (or notify_webhook_url).
-    notify_chains: dict[str, list[str]] = Field(
-        default_factory=lambda: {
-            kind: ["voice_owner", "sms_owner", "voice_emergency", "control_room"]
-            for kind in ("leak", "overflow")
-        }
-    )
-    notify_chain_default: list[str] = Field(default_factory=lambda: ["sms_owner"])
-    notify_confirm_s: float = Field(default=600.0, gt=0)  # before the control room is flagged
-    notify_backoff_s: float = Field(default=2.0, gt=0)  # first retry of a failed attempt
-    notify_backoff_max_s: float = Field(default=300.0, gt=0)
-    notify_voice_url: str | None = None
-    notify_sms_url: str | None = None
-    notify_voice_timeout_s: float = Field(default=60.0, gt=0)  # a call rings, then answers
-    notify_sms_timeout_s: float = Field(default=10.0, gt=0)
-    notify_poll_s: float = Field(default=0.5, gt=0)
-    # a detector's `local_alarm` cut the gas itself: the household's meter must confirm the
-    # valve closed within this many seconds, or the platform sends its own close
-    local_cut_confirm_s: float = Field(default=5.0, gt=0)
-
-    @model_validator(mode="after")
-    def _chains(self) -> ResponseSettings:
-        """Every chain must parse (known steps, control_room last), checked at start."""
-        for kind, names in {**self.notify_chains, "*": self.notify_chain_default}.items():
-            try:
-                ChainPolicy.of(names)
-            except ValueError as err:
-                raise ValueError(f"notify_chains.{kind}: {err}") from None
-        if self.notify_channel == "webhook":
-            steps = {
-                n for c in (*self.notify_chains.values(), self.notify_chain_default) for n in c
-            }
-            if any(n.startswith("voice_") for n in steps) and not self.notify_voice_url:
-                raise ValueError("notify_channel=webhook with voice steps needs notify_voice_url")
-            if any(n.startswith("sms_") for n in steps) and not (
-                self.notify_sms_url or self.notify_webhook_url
-            ):
-                raise ValueError("notify_channel=webhook with SMS steps needs notify_sms_url")
-        return self
-
-
 class ClockSettings(BaseModel):
     """The platform clock. For tests of time-based rules only: a clock that runs `speed`
     times faster than the wall clock from `wall_origin` (epoch seconds; standing still at
@@ -263,47 +208,6 @@ class ClockSettings(BaseModel):
         s0 = w0 if self.sim_origin is None else self.sim_origin
         speed = self.speed
         return lambda: s0 + max(0.0, wall() - w0) * speed
-
-
-class ApiSettings(BaseModel):
-    model_config = _STRICT
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    jwt_secret: SecretStr | None = None
-    token_ttl_s: int = Field(default=3600, ge=60, le=7 * 86400)
-    max_points: int = 10_000
-    max_range_days: int = 400
-    # Proxies ("10.0.0.0/8", "127.0.0.1") whose X-Forwarded-For names the client (clients.py)
-    trusted_proxies: list[str] = Field(default_factory=list)
-    # Valve actions by one account within a minute: past the threshold each needs
-    # `confirm_mass_action` and a reason this long; at the limit the account gets 429.
-    valve_mass_action_threshold: int = Field(default=10, ge=1)
-    valve_rate_limit_per_minute: int = Field(default=30, ge=1)
-    valve_mass_reason_min_chars: int = Field(default=20, ge=1, le=500)
-    # The console: the utility's time zone (IANA name) its pages show times in, and the
-    # language a first visit sees ("zh-CN" or "en").
-    time_zone: str = "Asia/Shanghai"
-    console_language: Literal["zh-CN", "en"] = "zh-CN"
-
-    @field_validator("time_zone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown time zone {value!r} (an IANA name such as Asia/Shanghai)"
-            ) from None
-        return value
-
-    @model_validator(mode="after")
-    def _valve_limits(self) -> ApiSettings:
-        if self.valve_rate_limit_per_minute <= self.valve_mass_action_threshold:
-            raise ValueError(
-                "valve_rate_limit_per_minute must be above valve_mass_action_threshold"
-            )
-        return self
 
 
 class Settings(BaseSettings):
