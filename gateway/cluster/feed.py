@@ -15,6 +15,14 @@ inbox at once; a request left at the leader expires within `expires_s`, and what
 leader gave it meanwhile is not acknowledged, so it is given out again after the ack wait.
 A leader change drops waiting requests; the next renewal (within `expires_s`) asks the new
 leader.
+
+A delivery can go to nobody: to a dead owner's request still waiting at the leader, or on
+the wire when a log node dies between the leader and this worker. The consumer counts it
+as given, and since one acknowledgement covers everything before it (AckAll), the next
+acknowledged message would cover it too, never judged. So the feed follows the consumer's
+count of deliveries (the consumer sequence): when it skips, the partition's messages
+between the last one this feed had and the one that came are read back from the stream by
+sequence and delivered first (`gap_filled` counts them), redeliveries stored idempotently.
 """
 
 from __future__ import annotations
@@ -26,14 +34,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 from nats.js.api import Header
 
+from gateway.cluster.jetstream import Resume, read_range
 from gateway.protocol.log_subjects import STREAM, consumer_name
 
 logger = logging.getLogger(__name__)
 
 RENEW_AT = 0.75  # of a request's expiry: the next request is sent this far into it
+REFILL_RETRY_S = 0.25  # a gap's read back, tried again while the log elects its leader
 
 
 class Feed:
@@ -47,6 +58,8 @@ class Feed:
         deliver: Callable[[Any], None],
         batch: int = 512,
         expires_s: float = 1.0,
+        start: Resume | None = None,
+        on_read_back: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.nc = nc
         self.partition = partition
@@ -58,6 +71,11 @@ class Feed:
         self.request = json.dumps({"batch": self.batch, "expires": int(expires_s * 1e9)}).encode()
         self.received = 0  # messages (not status notices) since the last request
         self.requests = 0
+        # the last delivery this feed had: the consumer's count, the stream's sequence
+        self.given = start.given if start is not None else None
+        self.last_seq = start.delivered if start is not None else 0
+        self.gap_filled = 0  # messages given out elsewhere, read back from the stream
+        self.on_read_back = on_read_back
         self._more = asyncio.Event()
         self._stopped = False
         self._sub: Any = None
@@ -93,7 +111,44 @@ class Feed:
         self.received += 1
         if self.received * 2 >= self.batch:
             self._more.set()
+        md = msg.metadata
+        given, seq = int(md.sequence.consumer), int(md.sequence.stream)
+        if self.given is not None and given > self.given + 1 and seq > self.last_seq + 1:
+            for missed in await self._read_back(self.last_seq, seq - 1, given):
+                self.deliver(missed)
+            if self._stopped:
+                return
+        self.given = given
+        self.last_seq = max(self.last_seq, seq)
         self.deliver(msg)
+
+    async def _read_back(self, after: int, upto: int, given: int) -> list[Any]:
+        """The partition's messages in (after, upto], which the consumer gave out elsewhere;
+        tried until read or stopped (messages behind wait in the inbox, keeping order)."""
+        while not self._stopped:
+            try:
+                missed = await read_range(self.nc, self.partition, after, upto, given=2)
+            except (nats_errors.Error, OSError) as err:
+                logger.warning(
+                    "partition %d: gap not read back yet (%s); retrying",
+                    self.partition,
+                    str(err) or type(err).__name__,
+                )
+                await asyncio.sleep(REFILL_RETRY_S)
+                continue
+            if missed:
+                self.gap_filled += len(missed)
+                self.on_read_back(len(missed))
+                logger.warning(
+                    "partition %d: %d message(s) given out elsewhere (deliveries %d to %d),"
+                    " read back from the log",
+                    self.partition,
+                    len(missed),
+                    (self.given or 0) + 1,
+                    given - 1,
+                )
+            return missed
+        return []
 
     def stop(self) -> None:
         """Nothing more is delivered from now on; the inbox goes when `run` ends."""

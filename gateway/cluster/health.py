@@ -59,6 +59,7 @@ def report(worker: Worker) -> dict[str, Any]:
         "unacked": len(worker.unacked),
         "commands_sent": worker.commands_sent,
         "backlog_judged": worker.backlog_judged,
+        "read_back": worker.metrics.value("gas_log_read_back_total"),
         "devices": sum(len(p.gw.registry) for p in owned.values()),
         "engine": next((p.gw.state.engine for p in owned.values()), None),
         "state_mb": round(sum(p.state_bytes for p in owned.values()) / 2**20, 2),

@@ -76,10 +76,14 @@ class Resume:
     `floor`: the last stream sequence acknowledged, i.e. committed. `delivered`: the last
     one an earlier owner was given. Messages in (floor, delivered] may or may not have been
     committed; the consumer would give them out again only after its ack wait and behind
-    newer ones, so the new owner reads them first itself (`read_backlog`)."""
+    newer ones, so the new owner reads them first itself (`read_backlog`). `given`: the
+    consumer's count of deliveries so far (its consumer sequence), from which the new
+    owner's feed sees whether a delivery went elsewhere (`gateway.cluster.feed`); None when
+    unknown."""
 
     floor: int
     delivered: int
+    given: int | None = None
 
 
 def _config(partition: int, ack_wait_s: float) -> ConsumerConfig:
@@ -134,10 +138,11 @@ async def take_consumer(
         info = await js.consumer_info(STREAM, consumer_name(partition), timeout=timeout_s)
     except NotFoundError:
         await js.add_consumer(STREAM, _config(partition, ack_wait_s))
-        return Resume(0, 0)
+        return Resume(0, 0, 0)
     floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
     delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
-    return Resume(floor, max(floor, delivered))
+    given = int(info.delivered.consumer_seq or 0) if info.delivered else 0
+    return Resume(floor, max(floor, delivered), given)
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,10 @@ class StoredMessage:
     headers: dict[str, str] | None
     metadata: _Metadata
 
+    async def ack(self) -> None:
+        """Nothing to send: a message read by sequence has no delivery of its own; the
+        partition's next acknowledged delivery (AckAll) covers it."""
+
 
 async def read_backlog(
     nc: NATS, partition: int, resume: Resume, timeout_s: float = 1.0
@@ -174,22 +183,31 @@ async def read_backlog(
     A read gets no answer while the stream elects its leader: `timeout_s` is short, so that
     the caller's next try comes soon after the log answers again.
     """
+    return await read_range(nc, partition, resume.floor, resume.delivered, timeout_s)
+
+
+async def read_range(
+    nc: NATS, partition: int, after: int, upto: int, timeout_s: float = 1.0, given: int = 1
+) -> list[Any]:
+    """The partition's messages with stream sequence in (after, upto], in order, read by
+    sequence as `read_backlog` does. `given`: how many times each counts as given out
+    (above 1, the pipeline reads it as a redelivery)."""
     js = nc.jetstream(timeout=timeout_s)
     subject = inbound_subject(partition)
     out: list[Any] = []
-    seq = resume.floor + 1
-    while seq <= resume.delivered:
+    seq = after + 1
+    while seq <= upto:
         try:
             raw = await js.get_msg(STREAM, seq=seq, subject=subject, next=True)
         except NotFoundError:
             break  # nothing more: the rest was removed from the stream
-        if raw.seq is None or raw.seq > resume.delivered:
+        if raw.seq is None or raw.seq > upto:
             break
         out.append(
             StoredMessage(
                 data=raw.data or b"",
                 headers=raw.headers,
-                metadata=_Metadata(_Sequence(int(raw.seq)), num_delivered=1),
+                metadata=_Metadata(_Sequence(int(raw.seq)), num_delivered=given),
             )
         )
         seq = int(raw.seq) + 1

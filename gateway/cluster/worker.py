@@ -266,6 +266,8 @@ class WorkerService:
             part.number,
             functools.partial(self._arrived, part),
             batch=self.settings.cluster.fetch_batch,
+            start=resume,
+            on_read_back=self.metrics.read_back.inc,
         )
         await part.feed.run()
 

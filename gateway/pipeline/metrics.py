@@ -83,6 +83,12 @@ class Metrics:
             " log): stored, not judged",
             registry=r,
         )
+        self.read_back = Counter(
+            "gas_log_read_back",
+            "Log messages its consumer gave out to no live reader (a dead owner's request, a"
+            " dying log node's wire), read back by sequence and judged",
+            registry=r,
+        )
         self.clock_skew = Counter(
             "gas_clock_skew", "Readings with a skewed device clock", registry=r
         )

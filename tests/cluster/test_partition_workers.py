@@ -358,6 +358,83 @@ def test_a_partition_feed_streams_in_order_renews_and_stops(log) -> None:
     asyncio.run(go())
 
 
+def test_deliveries_that_reach_no_one_are_read_back_before_the_next(log) -> None:
+    """A dead owner's pull request still waiting at the consumer's leader takes messages
+    after the new owner read the consumer's position; the consumer counts them as given,
+    and the new owner's first acknowledgement (AckAll) would cover them unjudged. The new
+    owner's feed sees the consumer's count of deliveries skip and reads the skipped
+    messages back from the stream first: every message, once, in order."""
+    import asyncio
+    import json
+
+    import nats
+
+    from gateway.cluster import jetstream
+    from gateway.cluster.feed import Feed
+    from gateway.protocol.log_subjects import STREAM, consumer_name, inbound_subject
+
+    cluster, _ = log
+    part = FEED_PARTITION + 3
+
+    async def go() -> tuple[list[str], list[str], list[str], int, list[int]]:
+        nc = await nats.connect(cluster.urls)
+        dead = await nats.connect(cluster.urls)  # the owner that dies holding a request
+        js = nc.jetstream(timeout=10)
+        try:
+            await jetstream.ensure_stream(js)
+            await jetstream.take_consumer(js, part, 30.0)  # created when missing
+            subject = inbound_subject(part)
+            sent = [f"gap-{time.time_ns()}-{i}" for i in range(6)]
+            for body in sent[:3]:
+                await js.publish(subject, body.encode())
+            resume = await jetstream.take_consumer(js, part, 30.0)  # the new owner's view
+            taken: list[str] = []
+            inbox = dead.new_inbox()
+
+            async def took(m: Any) -> None:
+                taken.append(m.data.decode())
+
+            sub = await dead.subscribe(inbox, cb=took)
+            await dead.publish(
+                f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{consumer_name(part)}",
+                json.dumps({"batch": 2, "expires": 2_000_000_000}).encode(),
+                reply=inbox,
+            )
+            deadline = time.monotonic() + 5
+            while len(taken) < 2:
+                assert time.monotonic() < deadline, f"the dead request took {taken}"
+                await asyncio.sleep(0.02)
+            await sub.unsubscribe()
+            await dead.close()  # never acknowledged, never judged
+            for body in sent[3:]:
+                await js.publish(subject, body.encode())
+            got: list[Any] = []
+            counted: list[int] = []
+            feed = Feed(nc, part, got.append, batch=100, start=resume,
+                        on_read_back=counted.append)
+            task = asyncio.create_task(feed.run())
+            deadline = time.monotonic() + 10
+            while len(got) < len(sent):
+                assert time.monotonic() < deadline, [m.data.decode() for m in got]
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # nothing more, nothing twice
+            await got[-1].ack()
+            feed.stop()
+            await asyncio.wait_for(task, 5)
+            return sent, taken, [m.data.decode() for m in got], feed.gap_filled, counted
+        finally:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(STREAM, consumer_name(part))
+            await nc.close()
+            if not dead.is_closed:
+                await dead.close()
+
+    sent, taken, got, filled, counted = asyncio.run(go())
+    assert taken == sent[:2]
+    assert got == sent  # the two the dead request took, read back ahead of the rest
+    assert (filled, counted) == (2, [2])
+
+
 def test_a_backlog_is_read_back_by_sequence_with_its_topics(log) -> None:
     """What a dead owner was given and never acknowledged (floor, delivered] is read back
     from the stream by sequence: only its partition's messages, in order, none past the last
