@@ -249,6 +249,7 @@ def test_a_whole_machine_killed_at_once(
         duplicates = sum(int(n) - 1 for _, _, n in rows)
         closes = _rows(dsn, "SELECT count(DISTINCT cmd_id) FROM valve_commands WHERE meter_id = %s"
                        " AND action = 'valve_close'", (victim.meter.id,))[0][0]
+        health = survivor.health() or {}
         killed = f"worker {doomed.name}, edge {a.name} broker and relay" + (
             f", NATS stream leader {leader.name}" if log_node else "")
         print(f"\nmachine kill -9 ({killed}): log answering again after {seen['log_back']:.2f} s;"
@@ -256,7 +257,9 @@ def test_a_whole_machine_killed_at_once(
               f" after it was sent; readings sent {edge['sent']}, acked by a broker"
               f" {edge['broker_acked']}, in the log {edge['in_log']}, lost at the edge"
               f" {edge['lost']}; of the log: stored {len(keys)}, not stored {not_stored},"
-              f" duplicate rows {duplicates}; close commands {closes}; refused {refused}")
+              f" duplicate rows {duplicates}; close commands {closes}; refused {refused};"
+              f" the survivor judged {health.get('backlog_judged')} of the dead owner's backlog"
+              f" and read back {health.get('read_back')} given out to no one")
         assert seen["took"] <= seen["log_back"] + TAKEOVER_BOUND_S
         assert seen["cut"] <= seen["took"] + CUT_BOUND_S
         # the edge's own window: what the killed broker had acknowledged and not relayed
